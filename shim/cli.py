@@ -1,0 +1,161 @@
+"""Command-line entry point; ``main`` is the only place that turns exceptions into exit codes.
+
+Import discipline: this module and what it imports at the top (configuration, identity rules, the
+logger, exec) never import ``requests``; the modules that talk to IMDS are imported only on the
+paths that fetch, so stepping aside costs an interpreter start and little else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+from shim import __version__
+from shim.config import Config, Invocation, error_exit_code_from, help_text, parse_command_line
+from shim.errors import (
+    CommandNotExecutable,
+    CommandNotFound,
+    CredentialsUnavailable,
+    Interrupted,
+    ShimError,
+)
+from shim.execute import interruptible, replace_process
+from shim.identity import clear_identity, reason_to_step_aside
+from shim.log import log
+
+if TYPE_CHECKING:
+    from shim.credentials import Fetched
+
+EXIT_NOT_EXECUTABLE = 126
+EXIT_NOT_FOUND = 127
+EXIT_SIGNAL_BASE = 128
+
+
+def fetch_credentials(config: Config, environ: Mapping[str, str]) -> Fetched:
+    """Everything IMDS has for this run. Imports the HTTP stack, so only fetching paths call it."""
+    from shim.credentials import describe, fetch
+    from shim.imds import ImdsClient
+    from shim.retry import Deadline
+
+    client = ImdsClient(config, Deadline(config.deadline))
+    try:
+        fetched = fetch(client, config, environ)
+    finally:
+        client.close()
+    log.info(describe(fetched, client.deadline.elapsed()))
+    return fetched
+
+
+def command_environment(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment the command runs with: the shim's own, plus the role's credentials."""
+    reason = None if config.override else reason_to_step_aside(environ)
+    if reason is not None:
+        log.info(f"stepping aside: {reason}; running the command with its environment unchanged")
+        return dict(environ)
+    environment = dict(environ)
+    if config.override:
+        cleared = clear_identity(environment)
+        if cleared:
+            log.info(f"--override: cleared {', '.join(cleared)}")
+    try:
+        if config.refresh:
+            from shim.refresh import refreshing_environment
+
+            return refreshing_environment(config, environment)
+        from shim.credentials import exported_variables
+
+        fetched = fetch_credentials(config, environment)
+    except CredentialsUnavailable as error:
+        if not config.optional:
+            raise
+        log.warning(f"{error}; running the command without credentials (--optional)")
+        return environment
+    environment.update(exported_variables(fetched, environment))
+    return environment
+
+
+def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
+    """Run the verb; returns an exit status, or does not return at all (exec)."""
+    if invocation.verb == "simulate":
+        from shim.simulator import simulate
+
+        return simulate(invocation.settings, invocation.command, environ)
+    config = Config.from_settings(invocation.settings)
+    if invocation.verb == "doctor":
+        from shim.doctor import doctor
+
+        return doctor(config, environ)
+    with interruptible():
+        if invocation.verb == "exec":
+            environment = command_environment(config, environ)
+        else:
+            from shim.formats import render
+
+            fetched = fetch_credentials(config, _without_identity(config, environ))
+            output = render(invocation.verb, config.format, fetched, environ)
+    if invocation.verb == "exec":
+        replace_process(invocation.command, environment)
+    sys.stdout.write(output)  # only once everything succeeded: never a half-written env file
+    return 0
+
+
+def _without_identity(config: Config, environ: Mapping[str, str]) -> Mapping[str, str]:
+    """export and credential-process print the instance role's credentials, by definition.
+
+    A more specific identity does not stop them (they run on hosts, where it is normal to have
+    keys configured), but a half-set key pair is still reported, as it would be for exec.
+    """
+    if not config.override:
+        reason_to_step_aside(environ)
+    return environ
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run imds-shim with ``argv`` (without the program name); return the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    env = dict(os.environ if environ is None else environ)
+    error_exit_code = error_exit_code_from(env, args)
+    try:
+        invocation = parse_command_line(args, env)
+        if invocation.show_help:
+            sys.stdout.write(_help(invocation))
+            return 0
+        if invocation.show_version:
+            sys.stdout.write(f"imds-shim {__version__}\n")
+            return 0
+        log.set_level(str(invocation.settings["log_level"]))
+        error_exit_code = int(invocation.settings.get("error_exit_code", error_exit_code))  # type: ignore[arg-type]
+        return _dispatch(invocation, env)
+    except Interrupted as interruption:
+        return EXIT_SIGNAL_BASE + interruption.signum
+    except CommandNotFound as error:
+        log.error(str(error))
+        return EXIT_NOT_FOUND
+    except CommandNotExecutable as error:
+        log.error(str(error))
+        return EXIT_NOT_EXECUTABLE
+    except ShimError as error:
+        log.error(str(error))
+        return error_exit_code
+    except Exception as error:  # noqa: BLE001 - a bug must still end in one line, not a traceback
+        # Only the type and place: an arbitrary message could quote a value we must not print.
+        trace = error.__traceback__
+        while trace is not None and trace.tb_next is not None:
+            trace = trace.tb_next
+        where = f"{trace.tb_frame.f_code.co_filename}:{trace.tb_lineno}" if trace else "?"
+        log.error(f"internal error {type(error).__name__} at {where}; please report it")
+        return error_exit_code
+
+
+def _help(invocation: Invocation) -> str:
+    if invocation.verb == "simulate":
+        from shim.simulator import simulator_help
+
+        return simulator_help()
+    return help_text()
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,436 @@
+"""Configuration: the command line, its ``IMDS_SHIM_*`` twins and the AWS SDKs' own variables.
+
+Precedence for every setting: flag > ``IMDS_SHIM_*`` > the SDK-wide variable > default. Everything
+after the first ``--`` is the command, taken verbatim: never parsed, re-quoted or given to a shell.
+
+One table of :class:`Option` drives parsing, validation and ``--help``, so the help text cannot
+forget an environment twin. This module must stay cheap to import: the step-aside path runs it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence, Union
+
+from shim import __version__
+from shim.errors import UsageError
+from shim.log import LEVELS
+
+IPV4_ENDPOINT = "http://169.254.169.254"
+IPV6_ENDPOINT = "http://[fd00:ec2::254]"
+DEFAULT_ERROR_EXIT_CODE = 125
+# Connecting to IMDS takes well under a millisecond on EC2; a SYN unanswered for this long means
+# there is nothing there. Two such tries stay inside the 1.5 s off-EC2 verdict.
+MAX_CONNECT_TIMEOUT = 0.5
+
+EXEC = "exec"
+VERBS = ("export", "credential-process", "doctor", "simulate")
+EXPORT_FORMATS = (
+    "env", "env-no-export", "fish", "powershell", "windows-cmd", "process", "dotenv", "json",
+)
+DOCTOR_FORMATS = ("text", "json")
+ENDPOINT_MODES = {"ipv4": IPV4_ENDPOINT, "ipv6": IPV6_ENDPOINT}
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
+IAM_NAME = re.compile(r"[\w+=,.@-]{1,128}", re.ASCII)
+
+Value = Union[str, int, float, bool, None]
+
+
+def _number(value: str, what: str, minimum: float, maximum: float) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not minimum <= number <= maximum:  # also rejects NaN
+        raise UsageError(f"{what}: expected a number from {minimum:g} to {maximum:g}, got {value!r}")
+    return number
+
+
+def seconds(value: str, what: str) -> float:
+    """A positive duration in seconds; decimals allowed (``0.25``)."""
+    return _number(value, what, 0.001, 3600)
+
+
+def signed_seconds(value: str, what: str) -> float:
+    """A duration that may be negative (the simulator's already-expired credentials)."""
+    return _number(value, what, -86400, 86400)
+
+
+def count(value: str, what: str) -> int:
+    """A whole number of attempts, 1 to 100."""
+    if not value.strip().isdigit() or not 1 <= int(value) <= 100:
+        raise UsageError(f"{what}: expected a whole number from 1 to 100, got {value!r}")
+    return int(value)
+
+
+def natural(value: str, what: str) -> int:
+    """A whole number of 0 or more."""
+    if not value.strip().isdigit():
+        raise UsageError(f"{what}: expected a whole number, got {value!r}")
+    return int(value)
+
+
+def port(value: str, what: str) -> int:
+    """A TCP port; 0 picks a free one."""
+    number = natural(value, what)
+    if number > 65535:
+        raise UsageError(f"{what}: expected a port from 0 to 65535, got {value!r}")
+    return number
+
+
+def exit_code(value: str, what: str) -> int:
+    """An exit status from 1 to 255."""
+    if not value.strip().isdigit() or not 1 <= int(value) <= 255:
+        raise UsageError(f"{what}: expected an exit status from 1 to 255, got {value!r}")
+    return int(value)
+
+
+def endpoint(value: str, what: str) -> str:
+    """An ``http://`` or ``https://`` base URL; a trailing slash is dropped."""
+    if not re.fullmatch(r"https?://[^/\s?#]+/?", value):
+        raise UsageError(f"{what}: expected a URL such as http://169.254.169.254, got {value!r}")
+    return value.rstrip("/")
+
+
+def endpoint_mode(value: str, what: str) -> str:
+    """``IPv4`` or ``IPv6``, any case, turned into the matching endpoint."""
+    try:
+        return ENDPOINT_MODES[value.strip().lower()]
+    except KeyError:
+        raise UsageError(f"{what}: expected IPv4 or IPv6, got {value!r}") from None
+
+
+def role_name(value: str, what: str) -> str:
+    """An IAM role name: 1 to 128 of letters, digits and ``+=,.@_-``."""
+    if not IAM_NAME.fullmatch(value):
+        raise UsageError(f"{what}: {value!r} is not a valid IAM role name")
+    return value
+
+
+def log_level(value: str, what: str) -> str:
+    """One of debug, info, warning, error."""
+    if value.lower() not in LEVELS:
+        raise UsageError(f"{what}: expected one of {', '.join(LEVELS)}, got {value!r}")
+    return value.lower()
+
+
+def text(value: str, what: str) -> str:
+    """Any string."""
+    return value
+
+
+def flag_word(value: str, what: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off``, any case (the ``IMDS_SHIM_*`` booleans)."""
+    word = value.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise UsageError(f"{what}: expected 1/true/yes/on or 0/false/no/off, got {value!r}")
+
+
+def sdk_true(value: str, what: str) -> bool:
+    """The SDKs' switches count only the word ``true``, in any case, as on."""
+    return value.strip().lower() == "true"
+
+
+Parser = Callable[[str, str], Value]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its flags, environment twin, SDK variables, parser, default and help."""
+
+    dest: str
+    flags: tuple[str, ...]
+    help: str
+    parse: Parser | None = None  # None: a boolean flag that takes no value
+    default: Value = None
+    metavar: str = ""
+    sdk_env: tuple[str, ...] = ()
+    env_parse: Parser | None = None  # for the SDK variables, when they differ from the twin
+    verbs: frozenset[str] = frozenset({EXEC, "export", "credential-process", "doctor"})
+    env_prefix: str = "IMDS_SHIM_"
+
+    @property
+    def env(self) -> str:
+        return self.env_prefix + self.dest.upper()
+
+
+FETCH_VERBS = frozenset({EXEC, "export", "credential-process", "doctor"})
+
+OPTIONS: tuple[Option, ...] = (
+    Option("endpoint", ("--endpoint",), "IMDS base URL", endpoint, None, "URL",
+           ("AWS_EC2_METADATA_SERVICE_ENDPOINT",)),
+    Option("endpoint_mode", ("--endpoint-mode",), "IPv4 (169.254.169.254) or IPv6 (fd00:ec2::254)",
+           endpoint_mode, IPV4_ENDPOINT, "MODE", ("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",)),
+    Option("role", ("--role",), "use this role instead of discovering it", role_name, None,
+           "NAME", ("AWS_EC2_INSTANCE_PROFILE_NAME",)),
+    Option("timeout", ("--timeout",), "seconds to wait for each IMDS answer (decimals allowed)",
+           seconds, 1.0, "SECONDS", ("AWS_METADATA_SERVICE_TIMEOUT",)),
+    Option("attempts", ("--attempts",), "tries per IMDS request while it is busy or garbled",
+           count, 10, "N", ("AWS_METADATA_SERVICE_NUM_ATTEMPTS",)),
+    Option("deadline", ("--deadline",), "overall seconds after which the shim gives up",
+           seconds, 20.0, "SECONDS"),
+    Option("no_imds_v1", ("--no-imds-v1",), "require IMDSv2 tokens, never fall back to IMDSv1",
+           None, False, "", ("AWS_EC2_METADATA_V1_DISABLED",), sdk_true),
+    Option("override", ("--override",),
+           "fetch even when a more specific identity is configured, clearing it first"),
+    Option("optional", ("--optional",),
+           "if credentials cannot be had, warn and run the command without them",
+           verbs=frozenset({EXEC})),
+    Option("refresh", ("--refresh",),
+           "give the command a credential_process profile that refreshes, not static keys",
+           verbs=frozenset({EXEC})),
+    Option("error_exit_code", ("--error-exit-code",), "exit status for the shim's own failures",
+           exit_code, DEFAULT_ERROR_EXIT_CODE, "N"),
+    Option("log_level", ("--log-level",), "debug, info, warning or error (-v info, -vv debug, -q error)",
+           log_level, "warning", "LEVEL", verbs=frozenset({*FETCH_VERBS, "simulate"})),
+    Option("format", ("--format",), "export: " + ", ".join(EXPORT_FORMATS) + "; doctor: text, json",
+           text, None, "FORMAT", verbs=frozenset({"export", "doctor"})),
+)
+
+VERBOSITY_FLAGS = {"-v": "info", "--verbose": "info", "-vv": "debug", "-q": "error", "--quiet": "error"}
+
+
+@dataclass
+class Invocation:
+    """What the command line asks for: a verb, its settings and (for exec and simulate) a command."""
+
+    verb: str
+    settings: dict[str, Value]
+    command: list[str] = field(default_factory=list)
+    show_help: bool = False
+    show_version: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    """The settings the IMDS client, the exporter and the exec path need, fully resolved."""
+
+    endpoint: str = IPV4_ENDPOINT
+    role: str | None = None
+    timeout: float = 1.0
+    attempts: int = 10
+    deadline: float = 20.0
+    allow_imds_v1: bool = True
+    override: bool = False
+    optional: bool = False
+    refresh: bool = False
+    error_exit_code: int = DEFAULT_ERROR_EXIT_CODE
+    log_level: str = "warning"
+    format: str | None = None
+
+    @property
+    def connect_timeout(self) -> float:
+        return min(self.timeout, MAX_CONNECT_TIMEOUT)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Value]) -> Config:
+        endpoint = settings.get("endpoint") or settings["endpoint_mode"]
+        return cls(
+            endpoint=str(endpoint),
+            role=settings["role"] and str(settings["role"]),
+            timeout=float(settings["timeout"]),  # type: ignore[arg-type]
+            attempts=int(settings["attempts"]),  # type: ignore[arg-type]
+            deadline=float(settings["deadline"]),  # type: ignore[arg-type]
+            allow_imds_v1=not settings["no_imds_v1"],
+            override=bool(settings["override"]),
+            optional=bool(settings.get("optional")),
+            refresh=bool(settings.get("refresh")),
+            error_exit_code=int(settings["error_exit_code"]),  # type: ignore[arg-type]
+            log_level=str(settings["log_level"]),
+            format=settings.get("format") and str(settings["format"]),
+        )
+
+    def as_flags(self) -> list[str]:
+        """These settings as command-line flags, so a child imds-shim behaves like this one."""
+        flags = ["--endpoint", self.endpoint, "--timeout", repr(self.timeout),
+                 "--attempts", str(self.attempts), "--deadline", repr(self.deadline),
+                 "--log-level", self.log_level]
+        if self.role:
+            flags += ["--role", self.role]
+        if not self.allow_imds_v1:
+            flags.append("--no-imds-v1")
+        if self.override:
+            flags.append("--override")
+        return flags
+
+
+def _resolve(
+    option: Option, given: Mapping[str, str | bool], environ: Mapping[str, str]
+) -> Value:
+    """Apply the precedence flag > IMDS_SHIM_* > SDK variable > default to one option."""
+    parse = option.parse or flag_word
+    if option.dest in given:
+        raw = given[option.dest]
+        return raw if isinstance(raw, bool) else parse(raw, option.flags[0])
+    if environ.get(option.env, "") != "":
+        return parse(environ[option.env], option.env)
+    for name in option.sdk_env:
+        if environ.get(name, "") != "":
+            return (option.env_parse or parse)(environ[name], name)
+    return option.default
+
+
+def parse_options(
+    tokens: Sequence[str],
+    options: Sequence[Option],
+    verb: str,
+    environ: Mapping[str, str],
+) -> dict[str, Value]:
+    """Parse option tokens for ``verb`` and resolve every option's value."""
+    by_flag = {flag: option for option in options for flag in option.flags}
+    given: dict[str, str | bool] = {}
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        index += 1
+        name, has_value, inline = token.partition("=")
+        option = by_flag.get(name)
+        if option is None or verb not in option.verbs:
+            where = "" if option is None else f" with {verb}"
+            raise UsageError(f"unknown option {name!r}{where} (see imds-shim --help)")
+        if option.parse is None:
+            if has_value:
+                raise UsageError(f"{name} takes no value")
+            given[option.dest] = True
+        elif has_value:
+            given[option.dest] = inline
+        elif index < len(tokens):
+            given[option.dest] = tokens[index]
+            index += 1
+        else:
+            raise UsageError(f"{name} needs a value ({option.metavar})")
+    return {option.dest: _resolve(option, given, environ) for option in options
+            if verb in option.verbs}
+
+
+def parse_command_line(argv: Sequence[str], environ: Mapping[str, str]) -> Invocation:
+    """Split ``argv`` into verb, options and the verbatim command after the first ``--``."""
+    if "--" in argv:
+        split = list(argv).index("--")
+        head, command, has_command = list(argv[:split]), list(argv[split + 1:]), True
+    else:
+        head, command, has_command = list(argv), [], False
+
+    verb: str | None = None
+    option_tokens: list[str] = []
+    invocation = Invocation(verb="", settings={})
+    value_due = False
+    for token in head:
+        if value_due:
+            option_tokens.append(token)
+            value_due = False
+        elif token in ("-h", "--help"):
+            invocation.show_help = True
+        elif token == "--version":
+            invocation.show_version = True
+        elif token in VERBOSITY_FLAGS:
+            option_tokens += ["--log-level", VERBOSITY_FLAGS[token]]
+        elif token.startswith("-") and len(token) > 1:
+            option_tokens.append(token)
+            value_due = _expects_value(token, verb)
+        elif verb is None and token in VERBS:
+            verb = token
+        elif verb is None:
+            raise UsageError(
+                f"unknown verb {token!r}: to run a command, put it after '--' "
+                f"(imds-shim -- {token} ...)"
+            )
+        else:
+            raise UsageError(f"unexpected argument {token!r} (see imds-shim --help)")
+    invocation.verb = verb or EXEC
+    invocation.command = command
+    if invocation.show_help or invocation.show_version:
+        return invocation
+
+    if invocation.verb == EXEC and not command:
+        reason = "no command after '--'" if has_command else "no command given"
+        raise UsageError(f"{reason}: usage is imds-shim [OPTIONS] -- COMMAND [ARGS...]")
+    if invocation.verb not in (EXEC, "simulate") and has_command:
+        raise UsageError(f"{invocation.verb} runs no command; remove everything from '--' on")
+
+    if invocation.verb == "simulate":
+        from shim.simulator import SIMULATOR_OPTIONS
+
+        options: Sequence[Option] = (*OPTIONS, *SIMULATOR_OPTIONS)
+    else:
+        options = OPTIONS
+    invocation.settings = parse_options(option_tokens, options, invocation.verb, environ)
+    _check_format(invocation)
+    return invocation
+
+
+def _expects_value(token: str, verb: str | None) -> bool:
+    """Whether ``token`` is a flag whose value is the next word (``--role NAME``)."""
+    if "=" in token:
+        return False
+    from_table = [o for o in OPTIONS if token in o.flags]
+    if verb == "simulate" and not from_table:
+        from shim.simulator import SIMULATOR_OPTIONS
+
+        from_table = [o for o in SIMULATOR_OPTIONS if token in o.flags]
+    return bool(from_table) and from_table[0].parse is not None
+
+
+def _check_format(invocation: Invocation) -> None:
+    verb, value = invocation.verb, invocation.settings.get("format")
+    choices = {"export": EXPORT_FORMATS, "doctor": DOCTOR_FORMATS}.get(verb)
+    if choices is None:
+        return
+    if value is None:
+        invocation.settings["format"] = choices[0]
+    elif value not in choices:
+        raise UsageError(f"--format for {verb}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def error_exit_code_from(environ: Mapping[str, str], argv: Sequence[str]) -> int:
+    """Best effort: the exit code for a usage error found before the settings could be resolved."""
+    head = list(argv[: list(argv).index("--")]) if "--" in argv else list(argv)
+    candidates = [t.partition("=")[2] for t in head if t.startswith("--error-exit-code=")]
+    if "--error-exit-code" in head:
+        position = head.index("--error-exit-code") + 1
+        candidates += head[position:position + 1]
+    candidates.append(environ.get("IMDS_SHIM_ERROR_EXIT_CODE", ""))
+    for candidate in candidates:
+        if candidate.strip().isdigit() and 1 <= int(candidate) <= 255:
+            return int(candidate)
+    return DEFAULT_ERROR_EXIT_CODE
+
+
+def help_text(options: Sequence[Option] = OPTIONS) -> str:
+    """``--help``: usage, verbs, and every option with its environment twin and SDK variables."""
+    lines = [
+        f"imds-shim {__version__}: export the EC2 instance role's credentials, then exec a command.",
+        "",
+        "usage: imds-shim [OPTIONS] -- COMMAND [ARGS...]",
+        "       imds-shim [OPTIONS] export [--format FORMAT]",
+        "       imds-shim [OPTIONS] credential-process",
+        "       imds-shim [OPTIONS] doctor [--format text|json]",
+        "       imds-shim simulate [SIMULATOR OPTIONS] [-- COMMAND [ARGS...]]",
+        "",
+        "Everything after '--' is the command, passed to exec unchanged.",
+        "Precedence: flag > IMDS_SHIM_* variable > AWS SDK variable > default.",
+        "",
+        "options:",
+    ]
+    for option in options:
+        flag = " ".join(option.flags) + (f" {option.metavar}" if option.metavar else "")
+        lines.append(f"  {flag}")
+        details = [option.help]
+        if option.default not in (None, False):
+            details.append(f"default {option.default}")
+        twins = ", ".join((option.env, *option.sdk_env))
+        lines.append(f"      {'; '.join(details)}  [env: {twins}]")
+    lines += [
+        "  -v, -vv, -q    shorthand for --log-level info, debug, error",
+        "  -h, --help     show this help;  --version  show the version",
+        "",
+        "exit status: the command's own; 125 the shim failed (--error-exit-code);",
+        "126 command not executable; 127 command not found; 128+N interrupted by signal N.",
+        "Run 'imds-shim simulate --help' for the built-in IMDS simulator.",
+    ]
+    return "\n".join(lines) + "\n"

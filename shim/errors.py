@@ -1,0 +1,62 @@
+"""The shim's own failures. Each message is one line that says what happened and what to do.
+
+``cli.main`` is the only place that turns these into exit codes. No message ever carries a secret:
+exceptions are built from status codes, paths and role names, never from response bodies.
+"""
+
+from __future__ import annotations
+
+
+class ShimError(Exception):
+    """A failure of the shim itself (exit 125 unless ``--error-exit-code`` says otherwise)."""
+
+
+class UsageError(ShimError):
+    """The command line or an environment variable is invalid."""
+
+
+class CredentialsUnavailable(ShimError):
+    """IMDS could not provide credentials; ``--optional`` turns this into a warning."""
+
+
+class ImdsUnreachable(CredentialsUnavailable):
+    """No TCP answer from IMDS: the signature of a machine that is not on EC2."""
+
+
+class HopLimitExceeded(CredentialsUnavailable):
+    """The token PUT connected but never answered: the IMDSv2 hop-limit symptom."""
+
+
+class ImdsRefused(CredentialsUnavailable):
+    """IMDS answered with a status that retrying cannot fix (400, 401, 403)."""
+
+
+class NoRoleAttached(CredentialsUnavailable):
+    """The instance has no instance profile (IMDS answered 404 on role discovery)."""
+
+
+class RoleNotFound(CredentialsUnavailable):
+    """IMDS does not know the role that was asked for."""
+
+
+class ImdsGaveUp(CredentialsUnavailable):
+    """IMDS stayed busy or answered garbage until the attempts or the deadline ran out."""
+
+
+class CommandNotFound(ShimError):
+    """The command to exec does not exist (exit 127)."""
+
+
+class CommandNotExecutable(ShimError):
+    """The command exists but cannot be executed (exit 126)."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived while the shim was still working (exit 128 + signal).
+
+    A ``BaseException`` so that no ``except Exception`` in requests or urllib3 swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

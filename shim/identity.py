@@ -1,0 +1,79 @@
+"""Step-aside rules: never shadow an identity more specific than the instance role.
+
+The SDKs read environment credentials *before* web identity (IRSA), the container provider (ECS task
+roles, EKS Pod Identity) and profiles, so exporting instance credentials over any of those would
+silently swap the identity the operator chose. This module decides without touching the network
+and without importing ``requests``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, MutableMapping
+
+from shim.errors import UsageError
+
+ACCESS_KEY = "AWS_ACCESS_KEY_ID"
+SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
+
+# (variable, what it means) in the order the SDKs consult them after the environment keys.
+MORE_SPECIFIC = (
+    ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "an ECS task role"),
+    ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "a container credentials endpoint (EKS Pod Identity)"),
+    ("AWS_WEB_IDENTITY_TOKEN_FILE", "a web identity (EKS IRSA)"),
+    ("AWS_PROFILE", "a named profile"),
+)
+
+# Everything that selects or carries an identity. --override clears all of it before exporting,
+# so the command never sees a mix of two identities.
+IDENTITY_FAMILY = (
+    ACCESS_KEY,
+    SECRET_KEY,
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_CREDENTIAL_EXPIRATION",
+    "AWS_ACCOUNT_ID",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+)
+
+
+def _is_set(environ: Mapping[str, str], name: str) -> bool:
+    # docker run -e NAME= sets an empty value; the SDKs treat that as unset, and so do we.
+    return environ.get(name, "") != ""
+
+
+def reason_to_step_aside(environ: Mapping[str, str]) -> str | None:
+    """Why the shim must leave the environment alone, or None when it should fetch.
+
+    Raises :class:`UsageError` for a half-set key pair: exporting over it would hide a mistake, and
+    stepping aside would hand the command credentials that cannot work.
+    """
+    has_key, has_secret = _is_set(environ, ACCESS_KEY), _is_set(environ, SECRET_KEY)
+    if has_key and has_secret:
+        return f"{ACCESS_KEY} and {SECRET_KEY} are already set"
+    if has_key != has_secret:
+        present, missing = (ACCESS_KEY, SECRET_KEY) if has_key else (SECRET_KEY, ACCESS_KEY)
+        raise UsageError(
+            f"{present} is set but {missing} is not: set both, unset both, or pass --override"
+        )
+    for name, meaning in MORE_SPECIFIC:
+        if _is_set(environ, name):
+            return f"{name} is set ({meaning})"
+    if environ.get("AWS_EC2_METADATA_DISABLED", "").strip().lower() == "true":
+        return "AWS_EC2_METADATA_DISABLED=true"
+    return None
+
+
+def clear_identity(environ: MutableMapping[str, str]) -> list[str]:
+    """Remove every identity variable (``--override``); return the names that were set."""
+    cleared = [name for name in IDENTITY_FAMILY if name in environ]
+    for name in cleared:
+        del environ[name]
+    return cleared

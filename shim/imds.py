@@ -1,0 +1,301 @@
+"""The IMDS client: IMDSv2 first, the SDKs' fallbacks, retries under a deadline, and diagnoses.
+
+One ``requests.Session`` (keep-alive, ``trust_env=False`` so no proxy or ``.netrc`` is ever used),
+redirects never followed, every body capped at 64 KiB, an explicit (connect, read) timeout on every
+call, both capped by the remaining deadline. Failures are classified by what the network did:
+
+- no TCP answer at all: not on EC2 (or firewalled); one retry, then :class:`ImdsUnreachable`;
+- token PUT connected but silent: the IMDSv2 hop-limit symptom; IMDSv1 fallback with a warning, or
+  :class:`HopLimitExceeded` with the fix when IMDSv1 is refused or disabled;
+- 5xx, 429, garbled bodies, silent GETs: a busy IMDS, retried with backoff until the deadline.
+
+The token and every response body stay inside this module: exceptions and log lines carry only
+methods, paths, status codes and timings.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Callable
+
+import requests
+import urllib3
+
+from shim import __version__
+from shim.config import Config
+from shim.errors import (
+    HopLimitExceeded,
+    ImdsGaveUp,
+    ImdsRefused,
+    ImdsUnreachable,
+)
+from shim.log import log
+from shim.retry import Deadline, Transient, Unreachable, retry_policy
+
+TOKEN_PATH = "/latest/api/token"
+ROLE_PATH = "/latest/meta-data/iam/security-credentials/"
+IDENTITY_DOCUMENT_PATH = "/latest/dynamic/instance-identity/document"
+REGION_PATH = "/latest/meta-data/placement/region"
+TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+TOKEN_HEADER = "X-aws-ec2-metadata-token"
+# The shim lives for seconds; a short-lived token is worth less to anyone who might see it.
+TOKEN_TTL_SECONDS = 60
+MAX_BODY_BYTES = 64 * 1024
+MAX_TOKEN_BYTES = 1024
+USER_AGENT = f"imds-shim/{__version__}"
+V1_STATUSES = (403, 404, 405)  # the token PUT answers these where IMDSv2 is not available
+HOP_LIMIT_FIX = (
+    "aws ec2 modify-instance-metadata-options --instance-id <id> "
+    "--http-put-response-hop-limit 2 (or use host networking, or an ECS task role)"
+)
+
+
+class ReadTimedOut(Transient):
+    """Connected, sent the request, and no answer came within the read timeout."""
+
+
+class TokenUnanswered(Exception):
+    """The token PUT timed out after connecting: not retried, it is the hop-limit symptom."""
+
+
+def new_session() -> requests.Session:
+    """A session that never consults the environment (proxies, ``.netrc``, CA bundles)."""
+    session = requests.Session()
+    session.trust_env = False
+    session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # absent, or an HTTP date: IMDS sends neither, backoff is enough
+
+
+class ImdsClient:
+    """Talks to one IMDS endpoint for the lifetime of one shim run."""
+
+    def __init__(
+        self,
+        config: Config,
+        deadline: Deadline,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.deadline = deadline
+        self.session = session or new_session()
+        self.sleep, self.rng = sleep, rng
+        self.token: str | None = None
+        self.version: int | None = None  # 2 with a token, 1 after a fallback, None before the PUT
+        self.hop_limit_suspected = False
+        self.requests_sent = 0
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- one HTTP exchange ---------------------------------------------------------------------
+
+    def _send(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes, float | None]:
+        """One request; returns (status, body, Retry-After) or raises a classified failure."""
+        remaining = self.deadline.remaining()
+        if remaining <= 0:
+            raise ImdsGaveUp(
+                f"gave up on IMDS after the {self.config.deadline:g} s deadline ({method} {path})"
+            )
+        timeout = (min(self.config.connect_timeout, remaining), min(self.config.timeout, remaining))
+        started = time.monotonic()
+        self.requests_sent += 1
+        status = "-"
+        try:
+            response = self.session.request(
+                method, self.config.endpoint + path, headers=headers, timeout=timeout,
+                stream=True, allow_redirects=False,
+            )
+            status = str(response.status_code)
+            body = self._read_capped(response, method, path)
+            return response.status_code, body, _retry_after(response)
+        except requests.exceptions.ConnectTimeout:
+            status = "connect timeout"
+            raise Unreachable(f"no TCP answer within {timeout[0]:g} s") from None
+        except requests.exceptions.ReadTimeout:
+            status = "read timeout"
+            raise ReadTimedOut(f"no answer to {method} {path} within {timeout[1]:g} s") from None
+        except requests.exceptions.ConnectionError as error:
+            if _never_connected(error):
+                status = "connection failed"
+                raise Unreachable("the connection was refused or there is no route") from None
+            status = "connection broken"
+            raise Transient(f"the connection broke during {method} {path}") from None
+        finally:
+            if log.enabled("debug"):
+                elapsed = (time.monotonic() - started) * 1000
+                log.debug(f"{method} {path} -> {status} in {elapsed:.1f} ms")
+
+    @staticmethod
+    def _read_capped(response: requests.Response, method: str, path: str) -> bytes:
+        try:
+            body = response.raw.read(MAX_BODY_BYTES + 1, decode_content=True)
+        except (urllib3.exceptions.HTTPError, OSError):
+            response.close()
+            raise Transient(f"the answer to {method} {path} was cut off") from None
+        if len(body) > MAX_BODY_BYTES:
+            response.close()  # drop the connection rather than drain an unbounded body
+            raise Transient(f"the answer to {method} {path} is larger than {MAX_BODY_BYTES} bytes")
+        response.close()
+        return body
+
+    # -- IMDSv2 token --------------------------------------------------------------------------
+
+    def _put_token(self) -> str | None:
+        """One token PUT: the token, or None where IMDS says IMDSv2 is not available."""
+        try:
+            status, body, retry_after = self._send(
+                "PUT", TOKEN_PATH, {TOKEN_TTL_HEADER: str(TOKEN_TTL_SECONDS)}
+            )
+        except ReadTimedOut:
+            raise TokenUnanswered from None
+        if status == 200:
+            token = body.strip()
+            if not token or len(token) > MAX_TOKEN_BYTES or not token.isascii() or b" " in token:
+                raise Transient("IMDS answered the token request with a malformed token")
+            return token.decode("ascii")
+        if status in V1_STATUSES:
+            return None
+        if status == 429 or status >= 500:
+            raise Transient(f"IMDS answered {status} to the token request", retry_after)
+        raise ImdsRefused(
+            f"IMDS answered {status} to the IMDSv2 token request (PUT {TOKEN_PATH}); "
+            "a proxy adding X-Forwarded-For causes this: IMDS calls must not go through one"
+        )
+
+    def _obtain_token(self) -> None:
+        """Get a token, or settle on IMDSv1 where that is allowed and IMDSv2 is not to be had."""
+        allow_v1 = self.config.allow_imds_v1
+        try:
+            token = retry_policy(self.deadline, self.config.attempts, self.sleep, self.rng)(
+                self._put_token
+            )
+        except TokenUnanswered:
+            self.hop_limit_suspected = True
+            waited = f"{self.config.timeout:g} s"
+            if not allow_v1:
+                raise HopLimitExceeded(_hop_limit_message(self.config.endpoint, waited, "IMDSv1 is "
+                                       "disabled (--no-imds-v1 / AWS_EC2_METADATA_V1_DISABLED)"))
+            log.warning(
+                f"the IMDSv2 token request connected but got no answer within {waited}: the "
+                "instance's metadata hop limit is probably 1 and this container is one hop "
+                f"further; falling back to IMDSv1. Fix: {HOP_LIMIT_FIX}"
+            )
+            self._use_v1()
+            return
+        except Unreachable as error:
+            raise ImdsUnreachable(_unreachable_message(self.config.endpoint, str(error))) from None
+        except Transient as error:
+            if not allow_v1:
+                raise ImdsGaveUp(f"no IMDSv2 token: {error}, and IMDSv1 is disabled") from None
+            log.warning(f"no IMDSv2 token ({error}); falling back to IMDSv1")
+            self._use_v1()
+            return
+        if token is None:
+            if not allow_v1:
+                raise ImdsRefused(
+                    "IMDS does not offer IMDSv2 tokens here (it refused the token request) and "
+                    "IMDSv1 is disabled (--no-imds-v1 / AWS_EC2_METADATA_V1_DISABLED)"
+                )
+            log.info("IMDS does not offer IMDSv2 tokens here; using IMDSv1")
+            self._use_v1()
+            return
+        self.token, self.version = token, 2
+
+    def _use_v1(self) -> None:
+        self.token, self.version = None, 1
+
+    # -- GET -----------------------------------------------------------------------------------
+
+    def _get_once(self, path: str) -> bytes | None:
+        if self.version is None or (self.version == 2 and self.token is None):
+            self._obtain_token()
+        headers = {TOKEN_HEADER: self.token} if self.token else {}
+        status, body, retry_after = self._send("GET", path, headers)
+        if status == 200:
+            return body
+        if status == 404:
+            return None
+        if status == 401 and self.version == 2:
+            self.token = None  # expired or revoked: the next attempt fetches a fresh one
+            raise Transient(f"IMDS rejected the token for GET {path}")
+        if status == 401:
+            if self.hop_limit_suspected:
+                raise HopLimitExceeded(_hop_limit_message(
+                    self.config.endpoint, f"{self.config.timeout:g} s",
+                    "IMDSv1 is disabled on this instance (IMDSv2 required)"))
+            raise ImdsRefused(
+                "IMDS requires IMDSv2 tokens on this instance but did not issue one"
+            )
+        if status == 429 or status >= 500:
+            raise Transient(f"IMDS answered {status} to GET {path}", retry_after)
+        if status == 403:
+            raise ImdsRefused(
+                f"IMDS answered 403 Forbidden to GET {path}: the metadata service is probably "
+                "turned off for this instance (enable it with aws ec2 "
+                "modify-instance-metadata-options --instance-id <id> --http-endpoint enabled)"
+            )
+        if 300 <= status < 400:
+            raise ImdsRefused(f"IMDS answered a redirect ({status}) to GET {path}; not followed")
+        raise ImdsRefused(f"IMDS answered {status} to GET {path}")
+
+    def get(
+        self, path: str, parse: Callable[[bytes], object] | None = None, attempts: int | None = None
+    ) -> object:
+        """GET ``path`` under the retry policy; None on 404.
+
+        ``parse`` runs inside the retry loop: a body it rejects by raising :class:`Transient` is
+        fetched again, like a 5xx.
+        """
+
+        def attempt() -> object:
+            body = self._get_once(path)
+            if body is None or parse is None:
+                return body
+            return parse(body)
+
+        policy = retry_policy(
+            self.deadline, attempts or self.config.attempts, self.sleep, self.rng
+        )
+        try:
+            return policy(attempt)
+        except Unreachable as error:
+            raise ImdsUnreachable(_unreachable_message(self.config.endpoint, str(error))) from None
+        except Transient as error:
+            raise ImdsGaveUp(
+                f"no usable answer from IMDS to GET {path} within "
+                f"{self.deadline.elapsed():.1f} s: {error}"
+            ) from None
+
+
+def _never_connected(error: requests.exceptions.ConnectionError) -> bool:
+    """Whether the failure happened before a TCP connection existed (refused, no route)."""
+    reason = error.args[0] if error.args else None
+    reason = getattr(reason, "reason", reason)
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
+
+
+def _unreachable_message(endpoint: str, detail: str) -> str:
+    return (
+        f"IMDS at {endpoint} is unreachable ({detail}): this does not look like an EC2 instance, "
+        "or a firewall blocks the metadata address. Off EC2, pass --optional "
+        "(IMDS_SHIM_OPTIONAL=1) to run the command without credentials"
+    )
+
+
+def _hop_limit_message(endpoint: str, waited: str, why_no_v1: str) -> str:
+    return (
+        f"the IMDSv2 token request to {endpoint} connected but got no answer within {waited}, "
+        f"and {why_no_v1}: the instance's metadata hop limit is probably 1, and a container on a "
+        f"bridge network is one hop further, so the token never arrives. Fix: {HOP_LIMIT_FIX}"
+    )

@@ -1,0 +1,53 @@
+"""A four-level logger that writes one line per message to stderr.
+
+Not the ``logging`` module: the step-aside path must stay cheap, and nothing here needs handlers,
+propagation or formatting configuration. Callers never pass secrets; key IDs go through
+:func:`mask_key_id`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+DEFAULT_LEVEL = "warning"
+
+
+class Logger:
+    """Writes ``imds-shim: LEVEL: message`` lines to stderr at or above the configured level."""
+
+    def __init__(self) -> None:
+        self.threshold = LEVELS[DEFAULT_LEVEL]
+
+    def set_level(self, level: str) -> None:
+        self.threshold = LEVELS[level]
+
+    def enabled(self, level: str) -> bool:
+        return LEVELS[level] >= self.threshold
+
+    def _emit(self, level: str, message: str) -> None:
+        if self.enabled(level):
+            sys.stderr.write(f"imds-shim: {level}: {message}\n")
+            sys.stderr.flush()
+
+    def debug(self, message: str) -> None:
+        self._emit("debug", message)
+
+    def info(self, message: str) -> None:
+        self._emit("info", message)
+
+    def warning(self, message: str) -> None:
+        self._emit("warning", message)
+
+    def error(self, message: str) -> None:
+        self._emit("error", message)
+
+
+log = Logger()
+
+
+def mask_key_id(key_id: str) -> str:
+    """Show an access key ID as ``ASIA…WXYZ``: enough to tell keys apart, not enough to use one."""
+    if len(key_id) <= 8:
+        return "…"
+    return f"{key_id[:4]}…{key_id[-4:]}"

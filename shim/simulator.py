@@ -1,0 +1,450 @@
+"""A local IMDS look-alike with knobs for what the real one does on a bad day.
+
+It speaks the subset of IMDS the AWS SDKs use: the IMDSv2 token (with the PUT-response hop limit
+applied as the IP TTL of the answer, as IMDS does), role discovery, role credentials, the instance
+identity document and ``placement/region``. Its credentials are obviously fake and rotate. Every
+request is recorded, so tests can count what reached "IMDS".
+
+Knobs: IMDSv2 required, hop limit, a token PUT that never answers, a fixed token status (IMDSv1
+only), the first N answers failing, throttling above a rate, latency, no role attached, credentials
+expiring in N seconds (or already expired), a missing identity document, and faulty credentials
+bodies (malformed, oversized, redirect, error code).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Mapping, Sequence
+
+from shim.config import (
+    Option,
+    Value,
+    natural,
+    port,
+    role_name,
+    seconds,
+    signed_seconds,
+    text,
+)
+from shim.errors import UsageError
+from shim.log import log
+
+TOKEN_PATH = "/latest/api/token"
+ROLE_PATH = "/latest/meta-data/iam/security-credentials/"
+IDENTITY_DOCUMENT_PATH = "/latest/dynamic/instance-identity/document"
+REGION_PATH = "/latest/meta-data/placement/region"
+INSTANCE_ID = "i-0123456789abcdef0"
+CREDENTIALS_FAULTS = ("malformed", "oversized", "redirect", "error-code", "missing-token")
+SIMULATE = frozenset({"simulate"})
+
+
+def _fault(value: str, what: str) -> str:
+    if value not in CREDENTIALS_FAULTS:
+        raise UsageError(f"{what}: expected one of {', '.join(CREDENTIALS_FAULTS)}, got {value!r}")
+    return value
+
+
+def _status(value: str, what: str) -> int:
+    code = natural(value, what)
+    if not 100 <= code <= 599:
+        raise UsageError(f"{what}: expected an HTTP status, got {value!r}")
+    return code
+
+
+def _sim(dest: str, flag: str, help: str, parse: object = None, default: Value = None,
+         metavar: str = "") -> Option:
+    return Option(dest, (flag,), help, parse, default, metavar,  # type: ignore[arg-type]
+                  verbs=SIMULATE, env_prefix="IMDS_SHIM_SIM_")
+
+
+SIMULATOR_OPTIONS: tuple[Option, ...] = (
+    _sim("host", "--host", "address to listen on", text, "127.0.0.1", "ADDRESS"),
+    _sim("port", "--port", "port to listen on (0: any free port)", port, 0, "PORT"),
+    _sim("role_name", "--role-name", "the attached role", role_name, "imds-shim-simulated-role",
+         "NAME"),
+    _sim("region", "--region", "the instance's region", text, "eu-west-1", "REGION"),
+    _sim("account", "--account", "the instance's account", text, "123456789012", "ID"),
+    _sim("imds_v2_required", "--imds-v2-required", "answer 401 to requests without a token"),
+    _sim("hop_limit", "--hop-limit", "IP TTL of token answers, like IMDS's PUT-response hop limit",
+         natural, 0, "N"),
+    _sim("token_hang", "--token-hang", "accept token PUTs but never answer them"),
+    _sim("token_status", "--token-status", "answer token PUTs with this status (e.g. 403: no v2)",
+         _status, 0, "STATUS"),
+    _sim("fail_first", "--fail-first", "answer the first N requests with --fail-status", natural, 0,
+         "N"),
+    _sim("fail_status", "--fail-status", "status for --fail-first", _status, 500, "STATUS"),
+    _sim("throttle", "--throttle", "answer 429 above this many requests per second", seconds, None,
+         "RPS"),
+    _sim("latency", "--latency", "seconds to wait before every answer", seconds, None, "SECONDS"),
+    _sim("no_role", "--no-role", "no instance profile: role discovery answers 404"),
+    _sim("expires_in", "--expires-in", "credentials expire this many seconds after issue "
+         "(negative: already expired)", signed_seconds, 21600.0, "SECONDS"),
+    _sim("no_identity_document", "--no-identity-document", "answer 404 for the identity document"),
+    _sim("credentials_fault", "--credentials-fault",
+         "credentials answers are: " + ", ".join(CREDENTIALS_FAULTS), _fault, None, "KIND"),
+    _sim("fault_times", "--fault-times", "only the first N credentials answers are faulty (0: all)",
+         natural, 0, "N"),
+)
+
+
+@dataclass
+class Settings:
+    """The simulator's knobs; see ``imds-shim simulate --help``."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    role_name: str = "imds-shim-simulated-role"
+    region: str = "eu-west-1"
+    account: str = "123456789012"
+    imds_v2_required: bool = False
+    hop_limit: int = 0
+    token_hang: bool = False
+    token_status: int = 0
+    fail_first: int = 0
+    fail_status: int = 500
+    throttle: float | None = None
+    latency: float | None = None
+    no_role: bool = False
+    expires_in: float = 21600.0
+    no_identity_document: bool = False
+    credentials_fault: str | None = None
+    fault_times: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Value]) -> Settings:
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in settings.items() if k in known})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One request as the simulator saw it."""
+
+    method: str
+    path: str
+    status: int
+    headers: dict[str, str]
+
+
+@dataclass
+class IssuedCredentials:
+    access_key_id: str
+    secret_access_key: str
+    token: str
+    expiration: datetime
+
+
+@dataclass
+class State:
+    """Everything the request handlers share; guarded by ``lock``."""
+
+    settings: Settings
+    started: float = field(default_factory=time.time)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    requests: list[Recorded] = field(default_factory=list)
+    tokens: dict[str, float] = field(default_factory=dict)
+    issued: dict[int, IssuedCredentials] = field(default_factory=dict)
+    bucket: float = 0.0
+    bucket_time: float = field(default_factory=time.monotonic)
+    credentials_answers: int = 0
+    closing: threading.Event = field(default_factory=threading.Event)
+
+    def rotation_period(self) -> float:
+        # Like IMDS: a new set well before the old one expires (five minutes for long-lived sets).
+        expires_in = self.settings.expires_in
+        return expires_in - 300 if expires_in > 600 else max(expires_in / 2, 1.0)
+
+    def credentials(self) -> IssuedCredentials:
+        period = self.rotation_period()
+        generation = int((time.time() - self.started) // period)
+        if generation not in self.issued:
+            issued_at = self.started + generation * period
+            self.issued[generation] = IssuedCredentials(
+                access_key_id=f"ASIASIMULATED{generation:03d}{secrets.token_hex(2).upper()}",
+                secret_access_key=f"simulated-secret-{generation}-{secrets.token_hex(12)}",
+                token=f"simulated-session-token-{generation}-{secrets.token_hex(24)}",
+                expiration=datetime.fromtimestamp(
+                    int(issued_at + self.settings.expires_in), timezone.utc
+                ),
+            )
+        return self.issued[generation]
+
+    def throttled(self) -> bool:
+        """A token bucket refilled at ``throttle`` per second, holding one second's worth."""
+        rate = self.settings.throttle
+        if rate is None:
+            return False
+        now = time.monotonic()
+        if not self.requests:
+            self.bucket = rate
+        self.bucket = min(rate, self.bucket + (now - self.bucket_time) * rate)
+        self.bucket_time = now
+        if self.bucket < 1:
+            return True
+        self.bucket -= 1
+        return False
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Answers one connection's requests from the shared :class:`State`."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # one answer, two writes: without this, 40 ms of delayed ACK
+    server: SimulatorServer
+    server_version = "EC2ws"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        """Quiet: requests are recorded, not printed."""
+
+    def do_PUT(self) -> None:  # noqa: N802 - stdlib naming
+        self._handle("PUT")
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        self._handle("GET")
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        self._handle("POST")
+
+    def _handle(self, method: str) -> None:
+        state = self.server.state
+        settings = state.settings
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(min(length, 65536))
+        if settings.latency:
+            time.sleep(settings.latency)
+        with state.lock:
+            status, body, headers = self._answer(method, state)
+            state.requests.append(Recorded(method, self.path, status, dict(self.headers.items())))
+        if status == 0:  # the token PUT that never answers
+            state.closing.wait()
+            self.close_connection = True
+            return
+        self._send(method, status, body, headers)
+
+    def _answer(self, method: str, state: State) -> tuple[int, bytes, dict[str, str]]:
+        settings, path = state.settings, self.path
+        if len(state.requests) < settings.fail_first:
+            return settings.fail_status, b"simulated failure\n", {}
+        if state.throttled():
+            return 429, b"Too Many Requests\n", {}
+        if path == TOKEN_PATH:
+            return self._token(method, state)
+        if method != "GET":
+            return 405, b"Method Not Allowed\n", {}
+        token = self.headers.get("X-aws-ec2-metadata-token")
+        if token is not None and state.tokens.get(token, 0) < time.monotonic():
+            return 401, b"Unauthorized\n", {}
+        if token is None and settings.imds_v2_required:
+            return 401, b"Unauthorized\n", {}
+        return self._metadata(path, state)
+
+    def _token(self, method: str, state: State) -> tuple[int, bytes, dict[str, str]]:
+        settings = state.settings
+        if method != "PUT":
+            return 405, b"Method Not Allowed\n", {}
+        if settings.token_hang:
+            return 0, b"", {}
+        if settings.token_status:
+            return settings.token_status, b"simulated token answer\n", {}
+        if "X-Forwarded-For" in self.headers:
+            return 403, b"Forbidden\n", {}
+        ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
+        if not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
+            return 400, b"Bad Request\n", {}
+        token = "SIMTOKEN-" + secrets.token_urlsafe(32)
+        state.tokens[token] = time.monotonic() + int(ttl)
+        return 200, token.encode(), {"X-aws-ec2-metadata-token-ttl-seconds": ttl}
+
+    def _metadata(self, path: str, state: State) -> tuple[int, bytes, dict[str, str]]:
+        settings = state.settings
+        if path == ROLE_PATH:
+            if settings.no_role:
+                return 404, b"Not Found\n", {}
+            return 200, settings.role_name.encode(), {}
+        if path == ROLE_PATH + settings.role_name and not settings.no_role:
+            return self._credentials(state)
+        if path == IDENTITY_DOCUMENT_PATH and not settings.no_identity_document:
+            return 200, json.dumps(_identity_document(settings), indent=2).encode(), {}
+        if path == REGION_PATH:
+            return 200, settings.region.encode(), {}
+        if path == "/latest/meta-data/instance-id":
+            return 200, INSTANCE_ID.encode(), {}
+        return 404, b"Not Found\n", {}
+
+    def _credentials(self, state: State) -> tuple[int, bytes, dict[str, str]]:
+        settings = state.settings
+        state.credentials_answers += 1
+        issued = state.credentials()
+        document = {
+            "Code": "Success",
+            "LastUpdated": _rfc3339(datetime.now(timezone.utc)),
+            "Type": "AWS-HMAC",
+            "AccessKeyId": issued.access_key_id,
+            "SecretAccessKey": issued.secret_access_key,
+            "Token": issued.token,
+            "Expiration": _rfc3339(issued.expiration),
+        }
+        fault = settings.credentials_fault
+        if fault and (not settings.fault_times or state.credentials_answers <= settings.fault_times):
+            return _faulty(fault, document)
+        return 200, json.dumps(document, indent=2).encode(), {}
+
+    def _send(self, method: str, status: int, body: bytes, headers: dict[str, str]) -> None:
+        hop_limit = self.server.state.settings.hop_limit
+        is_token_answer = method == "PUT" and self.path == TOKEN_PATH
+        if hop_limit and is_token_answer:
+            # IMDS sends the token answer with IP TTL = hop limit. Keep it for the rest of the
+            # connection (and close it) so that retransmissions are limited the same way.
+            _set_ttl(self.connection, hop_limit)
+            self.close_connection = True
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _set_ttl(connection: socket.socket, hops: int) -> None:
+    if connection.family == socket.AF_INET6:
+        connection.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hops)
+    else:
+        connection.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, hops)
+
+
+def _faulty(fault: str, document: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+    if fault == "malformed":
+        return 200, b'{"Code": "Success", "AccessKeyId": ', {}
+    if fault == "oversized":
+        padded = dict(document, Padding="x" * (128 * 1024))
+        return 200, json.dumps(padded).encode(), {}
+    if fault == "redirect":
+        return 302, b"", {"Location": "http://127.0.0.1:9/elsewhere"}
+    if fault == "error-code":
+        return 200, json.dumps({"Code": "AssumeRoleUnauthorizedAccess"}).encode(), {}
+    return 200, json.dumps({k: v for k, v in document.items() if k != "Token"}).encode(), {}
+
+
+def _identity_document(settings: Settings) -> dict[str, object]:
+    return {
+        "accountId": settings.account,
+        "architecture": "x86_64",
+        "availabilityZone": settings.region + "a",
+        "imageId": "ami-0123456789abcdef0",
+        "instanceId": INSTANCE_ID,
+        "instanceType": "t3.micro",
+        "pendingTime": "2026-01-01T00:00:00Z",
+        "privateIp": "10.0.0.10",
+        "region": settings.region,
+        "version": "2017-09-30",
+    }
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class SimulatorServer(ThreadingHTTPServer):
+    """The HTTP server; ``state`` is shared by all handler threads."""
+
+    daemon_threads = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.address_family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+        self.state = State(settings)
+        super().__init__((settings.host, settings.port), Handler)
+
+
+class Simulator:
+    """Run the simulator in a background thread: ``with Simulator(Settings()) as sim: sim.url``."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.server = SimulatorServer(settings or Settings())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        host = f"[{host}]" if ":" in str(host) else str(host)
+        return f"http://{host}:{port}"
+
+    @property
+    def state(self) -> State:
+        return self.server.state
+
+    @property
+    def requests(self) -> list[Recorded]:
+        with self.state.lock:
+            return list(self.state.requests)
+
+    def start(self) -> Simulator:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.state.closing.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def simulate(settings: Mapping[str, Value], command: Sequence[str], environ: Mapping[str, str]) -> int:
+    """``imds-shim simulate``: serve until interrupted, or run ``command`` against the simulator."""
+    try:
+        simulator = Simulator(Settings.from_settings(settings))
+    except OSError as error:
+        raise UsageError(f"cannot listen on {settings['host']}:{settings['port']}: "
+                         f"{error.strerror}") from None
+    with simulator:
+        log.warning(f"IMDS simulator serving on {simulator.url} (fake credentials)")
+        if not command:
+            try:
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                return 0
+        child_env = dict(environ, AWS_EC2_METADATA_SERVICE_ENDPOINT=simulator.url)
+        try:
+            child = subprocess.Popen(list(command), env=child_env)
+        except FileNotFoundError:
+            raise UsageError(f"{command[0]!r}: command not found") from None
+        try:
+            status = child.wait()
+        except KeyboardInterrupt:
+            child.terminate()
+            status = child.wait()
+        return 128 - status if status < 0 else status
+
+
+def simulator_help() -> str:
+    from shim.config import help_text
+
+    lines = help_text(SIMULATOR_OPTIONS).splitlines()
+    start = lines.index("options:")
+    return "\n".join([
+        "usage: imds-shim simulate [OPTIONS] [-- COMMAND [ARGS...]]",
+        "",
+        "Serve a local IMDS look-alike with fake, rotating credentials. With a command, run it with",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT pointing here and exit with its status:",
+        "  imds-shim simulate -- imds-shim -v -- env",
+        "",
+        *lines[start:start + 1 + 2 * len(SIMULATOR_OPTIONS)],
+    ]) + "\n"
+
