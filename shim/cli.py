@@ -82,11 +82,11 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
 
         return simulate(invocation.settings, invocation.command, environ)
     config = Config.from_settings(invocation.settings)
-    if invocation.verb == "doctor":
-        from shim.doctor import doctor
-
-        return doctor(config, environ)
     with interruptible():
+        if invocation.verb == "doctor":
+            from shim.doctor import doctor
+
+            return doctor(config, environ)
         if invocation.verb == "exec":
             environment = command_environment(config, environ)
         else:

@@ -143,7 +143,7 @@ def parse_identity_document(body: bytes) -> IdentityDocument:
     return found
 
 
-def _lookup_region_and_account(client: ImdsClient, need_region: bool) -> tuple[str | None, str | None]:
+def lookup_region_and_account(client: ImdsClient, need_region: bool) -> tuple[str | None, str | None]:
     """Region and account from the identity document, else the region from ``placement/region``.
 
     A busy IMDS is retried as usual, but a missing (404) or unreadable document is not worth a
@@ -164,19 +164,20 @@ def _lookup_region_and_account(client: ImdsClient, need_region: bool) -> tuple[s
     return region, account
 
 
-def fetch(client: ImdsClient, config: Config, environ: Mapping[str, str]) -> Fetched:
-    """Role, credentials, and (when not already known) region and account, from IMDS."""
-    role = config.role
-    if role is None:
-        discovered = client.get(ROLE_PATH, parse_role)
-        if discovered is None:
-            raise NoRoleAttached(
-                "no IAM role is attached to this instance (IMDS answered 404 to role discovery): "
-                "attach an instance profile, e.g. aws ec2 associate-iam-instance-profile"
-            )
-        role = str(discovered)
-    path = ROLE_PATH + urllib.parse.quote(role, safe="+=,.@_-")
-    credentials = client.get(path, parse_credentials)
+def discover_role(client: ImdsClient) -> str:
+    """The attached role's name, from ``security-credentials/`` (with the slash, as SDKs ask)."""
+    discovered = client.get(ROLE_PATH, parse_role)
+    if discovered is None:
+        raise NoRoleAttached(
+            "no IAM role is attached to this instance (IMDS answered 404 to role discovery): "
+            "attach an instance profile, e.g. aws ec2 associate-iam-instance-profile"
+        )
+    return str(discovered)
+
+
+def role_credentials(client: ImdsClient, role: str) -> Credentials:
+    """The role's current credentials; warns (and still returns them) when already expired."""
+    credentials = client.get(ROLE_PATH + urllib.parse.quote(role, safe="+=,.@_-"), parse_credentials)
     if credentials is None:
         raise RoleNotFound(
             f"IMDS has no credentials for role {role!r}: check --role / IMDS_SHIM_ROLE / "
@@ -190,11 +191,17 @@ def fetch(client: ImdsClient, config: Config, environ: Mapping[str, str]) -> Fet
             f"({format_time(credentials.expiration)}); using them anyway, as the AWS SDKs do: "
             "AWS may keep accepting them while IMDS recovers"
         )
+    return credentials
+
+
+def fetch(client: ImdsClient, config: Config, environ: Mapping[str, str]) -> Fetched:
+    """Role, credentials, and (when not already known) region and account, from IMDS."""
+    role = config.role or discover_role(client)
+    credentials = role_credentials(client, role)
     need_region = not any(environ.get(name) for name in REGION_VARIABLES)
-    need_account = credentials.account_id is None
     region = account = None
-    if need_region or need_account:
-        region, account = _lookup_region_and_account(client, need_region)
+    if need_region or credentials.account_id is None:
+        region, account = lookup_region_and_account(client, need_region)
     return Fetched(
         credentials=credentials,
         role=role,

@@ -93,6 +93,7 @@ class ImdsClient:
         self.token: str | None = None
         self.version: int | None = None  # 2 with a token, 1 after a fallback, None before the PUT
         self.hop_limit_suspected = False
+        self.fallback_warning: str | None = None
         self.requests_sent = 0
 
     def close(self) -> None:
@@ -100,7 +101,7 @@ class ImdsClient:
 
     # -- one HTTP exchange ---------------------------------------------------------------------
 
-    def _send(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes, float | None]:
+    def send(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes, float | None]:
         """One request; returns (status, body, Retry-After) or raises a classified failure."""
         remaining = self.deadline.remaining()
         if remaining <= 0:
@@ -154,7 +155,7 @@ class ImdsClient:
     def _put_token(self) -> str | None:
         """One token PUT: the token, or None where IMDS says IMDSv2 is not available."""
         try:
-            status, body, retry_after = self._send(
+            status, body, retry_after = self.send(
                 "PUT", TOKEN_PATH, {TOKEN_TTL_HEADER: str(TOKEN_TTL_SECONDS)}
             )
         except ReadTimedOut:
@@ -173,7 +174,7 @@ class ImdsClient:
             "a proxy adding X-Forwarded-For causes this: IMDS calls must not go through one"
         )
 
-    def _obtain_token(self) -> None:
+    def obtain_token(self) -> None:
         """Get a token, or settle on IMDSv1 where that is allowed and IMDSv2 is not to be had."""
         allow_v1 = self.config.allow_imds_v1
         try:
@@ -186,19 +187,22 @@ class ImdsClient:
             if not allow_v1:
                 raise HopLimitExceeded(_hop_limit_message(self.config.endpoint, waited, "IMDSv1 is "
                                        "disabled (--no-imds-v1 / AWS_EC2_METADATA_V1_DISABLED)"))
-            log.warning(
+            # Said once IMDSv1 has worked: if it is refused too, the error says it all.
+            self.fallback_warning = (
                 f"the IMDSv2 token request connected but got no answer within {waited}: the "
                 "instance's metadata hop limit is probably 1 and this container is one hop "
-                f"further; falling back to IMDSv1. Fix: {HOP_LIMIT_FIX}"
+                f"further; fell back to IMDSv1. Fix: {HOP_LIMIT_FIX}"
             )
             self._use_v1()
             return
         except Unreachable as error:
-            raise ImdsUnreachable(_unreachable_message(self.config.endpoint, str(error))) from None
+            raise ImdsUnreachable(unreachable_message(self.config.endpoint, str(error))) from None
         except Transient as error:
             if not allow_v1:
                 raise ImdsGaveUp(f"no IMDSv2 token: {error}, and IMDSv1 is disabled") from None
-            log.warning(f"no IMDSv2 token ({error}); falling back to IMDSv1")
+            if self.deadline.remaining() < self.config.timeout:
+                raise ImdsGaveUp(self._gave_up(error)) from None
+            self.fallback_warning = f"no IMDSv2 token ({error}); fell back to IMDSv1"
             self._use_v1()
             return
         if token is None:
@@ -219,10 +223,13 @@ class ImdsClient:
 
     def _get_once(self, path: str) -> bytes | None:
         if self.version is None or (self.version == 2 and self.token is None):
-            self._obtain_token()
+            self.obtain_token()
         headers = {TOKEN_HEADER: self.token} if self.token else {}
-        status, body, retry_after = self._send("GET", path, headers)
+        status, body, retry_after = self.send("GET", path, headers)
         if status == 200:
+            if self.fallback_warning:
+                log.warning(self.fallback_warning)
+                self.fallback_warning = None
             return body
         if status == 404:
             return None
@@ -270,12 +277,16 @@ class ImdsClient:
         try:
             return policy(attempt)
         except Unreachable as error:
-            raise ImdsUnreachable(_unreachable_message(self.config.endpoint, str(error))) from None
+            raise ImdsUnreachable(unreachable_message(self.config.endpoint, str(error))) from None
         except Transient as error:
-            raise ImdsGaveUp(
-                f"no usable answer from IMDS to GET {path} within "
-                f"{self.deadline.elapsed():.1f} s: {error}"
-            ) from None
+            raise ImdsGaveUp(self._gave_up(error)) from None
+
+    def _gave_up(self, error: Transient) -> str:
+        return (
+            f"gave up on IMDS after {self.requests_sent} requests in "
+            f"{self.deadline.elapsed():.1f} s (--attempts {self.config.attempts}, --deadline "
+            f"{self.config.deadline:g}): {error}"
+        )
 
 
 def _never_connected(error: requests.exceptions.ConnectionError) -> bool:
@@ -285,7 +296,7 @@ def _never_connected(error: requests.exceptions.ConnectionError) -> bool:
     return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
-def _unreachable_message(endpoint: str, detail: str) -> str:
+def unreachable_message(endpoint: str, detail: str) -> str:
     return (
         f"IMDS at {endpoint} is unreachable ({detail}): this does not look like an EC2 instance, "
         "or a firewall blocks the metadata address. Off EC2, pass --optional "

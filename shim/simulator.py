@@ -42,6 +42,7 @@ ROLE_PATH = "/latest/meta-data/iam/security-credentials/"
 IDENTITY_DOCUMENT_PATH = "/latest/dynamic/instance-identity/document"
 REGION_PATH = "/latest/meta-data/placement/region"
 INSTANCE_ID = "i-0123456789abcdef0"
+REDIRECT_TARGET = "/latest/meta-data/redirected"  # a client that follows redirects asks for it
 CREDENTIALS_FAULTS = ("malformed", "oversized", "redirect", "error-code", "missing-token")
 SIMULATE = frozenset({"simulate"})
 
@@ -81,6 +82,10 @@ SIMULATOR_OPTIONS: tuple[Option, ...] = (
     _sim("fail_first", "--fail-first", "answer the first N requests with --fail-status", natural, 0,
          "N"),
     _sim("fail_status", "--fail-status", "status for --fail-first", _status, 500, "STATUS"),
+    _sim("retry_after", "--retry-after", "send Retry-After: SECONDS with --fail-first answers",
+         natural, None, "SECONDS"),
+    _sim("revoke_first_token", "--revoke-first-token",
+         "answer 401 to requests that use the first token issued (an expired token)"),
     _sim("throttle", "--throttle", "answer 429 above this many requests per second", seconds, None,
          "RPS"),
     _sim("latency", "--latency", "seconds to wait before every answer", seconds, None, "SECONDS"),
@@ -110,6 +115,8 @@ class Settings:
     token_status: int = 0
     fail_first: int = 0
     fail_status: int = 500
+    retry_after: int | None = None
+    revoke_first_token: bool = False
     throttle: float | None = None
     latency: float | None = None
     no_role: bool = False
@@ -132,6 +139,7 @@ class Recorded:
     path: str
     status: int
     headers: dict[str, str]
+    at: float  # time.monotonic() when the answer was decided
 
 
 @dataclass
@@ -224,7 +232,9 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(settings.latency)
         with state.lock:
             status, body, headers = self._answer(method, state)
-            state.requests.append(Recorded(method, self.path, status, dict(self.headers.items())))
+            state.requests.append(Recorded(
+                method, self.path, status, dict(self.headers.items()), time.monotonic()
+            ))
         if status == 0:  # the token PUT that never answers
             state.closing.wait()
             self.close_connection = True
@@ -234,7 +244,8 @@ class Handler(BaseHTTPRequestHandler):
     def _answer(self, method: str, state: State) -> tuple[int, bytes, dict[str, str]]:
         settings, path = state.settings, self.path
         if len(state.requests) < settings.fail_first:
-            return settings.fail_status, b"simulated failure\n", {}
+            hint = {} if settings.retry_after is None else {"Retry-After": str(settings.retry_after)}
+            return settings.fail_status, b"simulated failure\n", hint
         if state.throttled():
             return 429, b"Too Many Requests\n", {}
         if path == TOKEN_PATH:
@@ -243,6 +254,8 @@ class Handler(BaseHTTPRequestHandler):
             return 405, b"Method Not Allowed\n", {}
         token = self.headers.get("X-aws-ec2-metadata-token")
         if token is not None and state.tokens.get(token, 0) < time.monotonic():
+            return 401, b"Unauthorized\n", {}
+        if token is not None and settings.revoke_first_token and token == next(iter(state.tokens)):
             return 401, b"Unauthorized\n", {}
         if token is None and settings.imds_v2_required:
             return 401, b"Unauthorized\n", {}
@@ -332,7 +345,7 @@ def _faulty(fault: str, document: dict[str, str]) -> tuple[int, bytes, dict[str,
         padded = dict(document, Padding="x" * (128 * 1024))
         return 200, json.dumps(padded).encode(), {}
     if fault == "redirect":
-        return 302, b"", {"Location": "http://127.0.0.1:9/elsewhere"}
+        return 302, b"", {"Location": REDIRECT_TARGET}
     if fault == "error-code":
         return 200, json.dumps({"Code": "AssumeRoleUnauthorizedAccess"}).encode(), {}
     return 200, json.dumps({k: v for k, v in document.items() if k != "Token"}).encode(), {}

@@ -1,0 +1,211 @@
+"""``imds-shim doctor``: walk the entrypoint's path step by step and say what happened at each.
+
+The steps are the ones the exec path takes (same configuration, client and parsing), each timed
+and explained, so "Unable to locate credentials" turns into a named cause and a fix. Secrets are
+never printed: the key ID is masked and the secret, session token and IMDS token are not shown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+import urllib.parse
+from dataclasses import asdict, dataclass
+from typing import Callable, Mapping, TypeVar
+
+from shim import __version__
+from shim.config import Config
+from shim.credentials import (
+    discover_role,
+    format_duration,
+    format_time,
+    lookup_region_and_account,
+    role_credentials,
+    seconds_left,
+)
+from shim.errors import ShimError
+from shim.identity import MORE_SPECIFIC, reason_to_step_aside
+from shim.imds import ROLE_PATH, ImdsClient, unreachable_message
+from shim.log import log
+from shim.retry import Deadline
+
+T = TypeVar("T")
+PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY")
+
+
+@dataclass
+class Step:
+    """One line of the report: ok, warn, fail, info or skip."""
+
+    name: str
+    status: str
+    detail: str
+    ms: float | None = None
+
+
+class Report:
+    """Collects steps; ``timed`` runs one and records its outcome."""
+
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+
+    def add(self, name: str, status: str, detail: str, ms: float | None = None) -> None:
+        self.steps.append(Step(name, status, detail, None if ms is None else round(ms, 1)))
+
+    def timed(self, name: str, action: Callable[[], T]) -> tuple[T | None, float, ShimError | None]:
+        started = time.monotonic()
+        try:
+            result: T | None = action()
+            error = None
+        except ShimError as failure:
+            result, error = None, failure
+        elapsed = (time.monotonic() - started) * 1000
+        if error is not None:
+            self.add(name, "fail", str(error), elapsed)
+        return result, elapsed, error
+
+    def skip_rest(self, names: tuple[str, ...], why: str) -> None:
+        for name in names:
+            self.add(name, "skip", why)
+
+    def text(self, obtained: bool) -> str:
+        lines = [f"imds-shim doctor {__version__}"]
+        for step in self.steps:
+            took = "" if step.ms is None else f" ({step.ms:g} ms)"
+            lines.append(f"  {step.status:<4}  {step.name:<15} {step.detail}{took}")
+        lines.append(
+            "result: credentials available" if obtained else "result: no credentials (see fail)"
+        )
+        return "\n".join(lines) + "\n"
+
+    def json(self, obtained: bool) -> str:
+        document = {"version": __version__, "credentials": obtained,
+                    "steps": [asdict(step) for step in self.steps]}
+        return json.dumps(document, indent=2) + "\n"
+
+
+def _environment(report: Report, config: Config, environ: Mapping[str, str]) -> None:
+    try:
+        reason = reason_to_step_aside(environ)
+    except ShimError as error:
+        report.add("environment", "fail", str(error))
+        return
+    if reason is None:
+        report.add("environment", "ok", "nothing configured that outranks the instance role")
+    elif config.override:
+        report.add("environment", "info", f"{reason}, but --override fetches anyway")
+    else:
+        report.add("environment", "warn",
+                   f"the entrypoint would step aside: {reason} (pass --override to fetch anyway)")
+    others = [name for name, _ in MORE_SPECIFIC if environ.get(name) and name not in str(reason)]
+    if others:
+        report.add("environment", "info", "also set: " + ", ".join(others))
+    proxies = [name for name in PROXY_VARIABLES if environ.get(name)]
+    if proxies:
+        report.add("proxy", "info", f"{', '.join(proxies)} set: imds-shim never uses a proxy for "
+                   "IMDS, but botocore does unless NO_PROXY lists 169.254.169.254")
+
+
+def _tcp(report: Report, config: Config) -> bool:
+    parts = urllib.parse.urlsplit(config.endpoint)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    started = time.monotonic()
+    try:
+        socket.create_connection((host, port), timeout=config.connect_timeout).close()
+    except OSError as error:
+        detail = "timed out" if isinstance(error, socket.timeout) else (error.strerror or "failed")
+        elapsed = (time.monotonic() - started) * 1000
+        report.add("tcp", "fail", unreachable_message(config.endpoint, f"connect {detail}"), elapsed)
+        return False
+    report.add("tcp", "ok", f"connected to {host} port {port}",
+               (time.monotonic() - started) * 1000)
+    return True
+
+
+def _imds_steps(report: Report, config: Config, client: ImdsClient) -> bool:
+    """Token, IMDSv1, role, credentials, region; True when credentials were obtained."""
+    later = ("role", "credentials", "region/account")
+    _, elapsed, error = report.timed("imdsv2 token", client.obtain_token)
+    if error is not None:
+        report.skip_rest(later, "no way to talk to IMDS")
+        return False
+    if client.version == 2:
+        report.add("imdsv2 token", "ok", "issued", elapsed)
+    elif client.hop_limit_suspected:
+        report.add("imdsv2 token", "warn", "connected but no answer: the metadata hop limit is "
+                   "probably 1 and this container is one hop further; IMDSv1 is used instead. "
+                   "Fix: aws ec2 modify-instance-metadata-options --instance-id <id> "
+                   "--http-put-response-hop-limit 2", elapsed)
+    else:
+        report.add("imdsv2 token", "warn", "IMDS refused to issue a token; IMDSv1 is used", elapsed)
+    _probe_v1(report, config, client)
+
+    role: str | None = config.role
+    if role is None:
+        role, elapsed, error = report.timed("role", lambda: discover_role(client))
+        if error is not None:
+            report.skip_rest(later[1:], "no role")
+            return False
+        report.add("role", "ok", f"{role} (discovered)", elapsed)
+    else:
+        report.add("role", "info", f"{role} (given)")
+    assert role is not None
+    credentials, elapsed, error = report.timed("credentials",
+                                               lambda: role_credentials(client, str(role)))
+    if credentials is None:
+        report.skip_rest(later[2:], "no credentials")
+        return False
+    left = seconds_left(credentials)
+    report.add("credentials", "ok" if left > 0 else "warn",
+               f"{credentials.masked_key_id}, expire {format_time(credentials.expiration)} "
+               f"({'in ' + format_duration(left) if left > 0 else 'expired'})", elapsed)
+    started = time.monotonic()
+    region, account = lookup_region_and_account(client, need_region=True)
+    report.add("region/account", "ok" if region else "warn",
+               f"region {region or 'unknown'}, account {credentials.account_id or account or 'unknown'}",
+               (time.monotonic() - started) * 1000)
+    return True
+
+
+def _probe_v1(report: Report, config: Config, client: ImdsClient) -> None:
+    """Does IMDS answer without a token? Tells whether IMDSv1 is still enabled on the instance."""
+    started = time.monotonic()
+    try:
+        status = client.send("GET", ROLE_PATH, {})[0]
+    except Exception as error:  # noqa: BLE001 - a probe: report whatever happened
+        report.add("imdsv1", "info", f"probe failed: {error}", (time.monotonic() - started) * 1000)
+        return
+    elapsed = (time.monotonic() - started) * 1000
+    if status == 401:
+        report.add("imdsv1", "info", "disabled on this instance (IMDSv2 required)", elapsed)
+    else:
+        allowed = "allowed by imds-shim" if config.allow_imds_v1 else "not used (--no-imds-v1)"
+        report.add("imdsv1", "info", f"enabled on this instance; {allowed}", elapsed)
+
+
+def doctor(config: Config, environ: Mapping[str, str]) -> int:
+    """Print the report; 0 when credentials were obtained, the error exit code otherwise."""
+    if not log.enabled("debug"):
+        log.set_level("error")  # the report says it all; warnings would repeat it
+    report = Report()
+    _environment(report, config, environ)
+    report.add("endpoint", "info", config.endpoint)
+    obtained = False
+    if _tcp(report, config):
+        client = ImdsClient(config, Deadline(config.deadline))
+        try:
+            obtained = _imds_steps(report, config, client)
+        finally:
+            client.close()
+    else:
+        report.skip_rest(("imdsv2 token", "role", "credentials", "region/account"), "no TCP")
+    if os.getpid() == 1:
+        report.add("pid 1", "warn", "running as PID 1: use docker run --init (or tini) so the "
+                   "command is not PID 1 and zombies are reaped")
+    output = report.json(obtained) if config.format == "json" else report.text(obtained)
+    sys.stdout.write(output)
+    return 0 if obtained else config.error_exit_code

@@ -1,0 +1,69 @@
+"""Output formats for ``export`` and ``credential-process``.
+
+The shell formats quote every value for their shell, so ``eval "$(imds-shim export)"`` can never
+run anything a value contains; values with control characters are refused outright, since no
+format (least of all ``--env-file``) can carry a newline safely.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Callable, Mapping
+
+from shim.credentials import Fetched, exported_variables, format_time
+from shim.errors import ShimError
+
+
+def _fish(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _powershell(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _windows_cmd(name: str, value: str) -> str:
+    if any(char in value for char in '"%!^'):
+        raise ShimError(f"{name} has a character that windows-cmd cannot quote; use another format")
+    return f'set "{name}={value}"'
+
+
+LINE_FORMATS: dict[str, Callable[[str, str], str]] = {
+    "env": lambda name, value: f"export {name}={shlex.quote(value)}",
+    "env-no-export": lambda name, value: f"{name}={shlex.quote(value)}",
+    "fish": lambda name, value: f"set -gx {name} {_fish(value)}",
+    "powershell": lambda name, value: f"$Env:{name}={_powershell(value)}",
+    "windows-cmd": _windows_cmd,
+    # docker run --env-file takes everything after the first '=' literally: no quotes, no export.
+    "dotenv": lambda name, value: f"{name}={value}",
+}
+
+
+def credential_process_document(fetched: Fetched) -> dict[str, object]:
+    """The JSON an AWS config ``credential_process`` must print (Version 1)."""
+    credentials = fetched.credentials
+    document: dict[str, object] = {
+        "Version": 1,
+        "AccessKeyId": credentials.access_key_id,
+        "SecretAccessKey": credentials.secret_access_key,
+        "SessionToken": credentials.session_token,
+        "Expiration": format_time(credentials.expiration),
+    }
+    if fetched.account_id:
+        document["AccountId"] = fetched.account_id
+    return document
+
+
+def render(verb: str, format_name: str | None, fetched: Fetched, environ: Mapping[str, str]) -> str:
+    """The whole output for ``export --format FORMAT`` or ``credential-process``."""
+    if verb == "credential-process" or format_name == "process":
+        return json.dumps(credential_process_document(fetched), indent=2) + "\n"
+    variables = exported_variables(fetched, environ)
+    for name, value in variables.items():
+        if not value.isprintable():
+            raise ShimError(f"{name} from IMDS contains control characters; refusing to print it")
+    if format_name == "json":
+        return json.dumps(variables, indent=2) + "\n"
+    line = LINE_FORMATS[format_name or "env"]
+    return "".join(line(name, value) + "\n" for name, value in variables.items())

@@ -1,0 +1,164 @@
+"""Shared fixtures: the installed ``imds-shim``, a clean environment, simulators, network guards."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from shim.simulator import Settings, Simulator
+
+HERE = Path(__file__).parent
+PROBE = str(HERE / "probe.py")
+# Addresses no test may reach from this machine's own network (see DEVELOPERS.md, safety).
+METADATA_ADDRESSES = frozenset({"169.254.169.254", "fd00:ec2::254", "169.254.170.2"})
+
+
+def installed_shim() -> str:
+    """The console script installed next to this interpreter: tests run what users run."""
+    candidate = Path(sys.executable).parent / "imds-shim"
+    found = str(candidate) if candidate.exists() else shutil.which("imds-shim")
+    if not found:
+        pytest.exit("imds-shim is not installed: pip install -e '.[test]'", returncode=4)
+    return found
+
+
+SHIM = installed_shim()
+
+
+def closed_port() -> int:
+    """A loopback port with nothing listening: a connection there is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+FAIL_FAST_ENDPOINT = f"http://127.0.0.1:{closed_port()}"
+
+
+@pytest.fixture(autouse=True)
+def _never_the_real_metadata_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forgotten endpoint fails fast on loopback instead of reaching the real IMDS.
+
+    Subprocesses inherit the fail-fast endpoint; in-process code additionally cannot connect to a
+    metadata address at all.
+    """
+    for name in list(os.environ):
+        if name.startswith(("IMDS_SHIM_", "AWS_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", FAIL_FAST_ENDPOINT)
+    real_connect = socket.socket.connect
+
+    def guarded_connect(self: socket.socket, address: Any) -> None:
+        if isinstance(address, tuple) and address[0] in METADATA_ADDRESSES:
+            raise ConnectionRefusedError(f"test guard: {address[0]} is off limits")
+        real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """A minimal environment for the shim: no AWS or IMDS_SHIM variables unless a test adds them."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": "C.UTF-8",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": FAIL_FAST_ENDPOINT,
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def simulator() -> Iterator[Callable[..., Simulator]]:
+    """Start simulators on loopback with the given knobs; all are stopped after the test."""
+    started: list[Simulator] = []
+
+    def start(**knobs: Any) -> Simulator:
+        sim = Simulator(Settings(**knobs)).start()
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        sim.stop()
+
+
+@pytest.fixture
+def sim(simulator: Callable[..., Simulator]) -> Simulator:
+    """A healthy simulator with default knobs."""
+    return simulator()
+
+
+class Result:
+    """A finished shim run: exit status, output, and how long it took."""
+
+    def __init__(self, completed: subprocess.CompletedProcess[str], seconds: float) -> None:
+        self.returncode = completed.returncode
+        self.stdout = completed.stdout
+        self.stderr = completed.stderr
+        self.seconds = seconds
+
+    def probe(self) -> dict[str, Any]:
+        """What tests/probe.py reported from inside the command."""
+        report: dict[str, Any] = json.loads(self.stdout)
+        return report
+
+
+def run_shim(
+    args: list[str],
+    env: dict[str, str] | None = None,
+    endpoint: str | None = None,
+    timeout: float = 60,
+    **popen: Any,
+) -> Result:
+    """Run the installed imds-shim with ``args`` in a clean environment."""
+    environment = clean_env() if env is None else env
+    if endpoint is not None:
+        environment["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = endpoint
+    started = time.monotonic()
+    completed = subprocess.run(
+        [SHIM, *args], env=environment, capture_output=True, text=True, timeout=timeout, **popen
+    )
+    return Result(completed, time.monotonic() - started)
+
+
+def probe_command() -> list[str]:
+    """A command that prints what it got (env, argv, pid, fds, signals) as JSON."""
+    return [sys.executable, PROBE]
+
+
+@pytest.fixture
+def unanswered_endpoint() -> Iterator[str]:
+    """A loopback endpoint whose SYNs are silently dropped, like IMDS seen from off EC2.
+
+    A listening socket whose accept queue is full: Linux drops further SYNs instead of refusing.
+    """
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(8):  # fill the queue until a connection attempt goes unanswered
+        filler = socket.socket()
+        filler.settimeout(0.2)
+        fillers.append(filler)
+        try:
+            filler.connect(("127.0.0.1", port))
+        except socket.timeout:
+            break
+    else:
+        pytest.fail("could not make a loopback port drop SYNs")
+    yield f"http://127.0.0.1:{port}"
+    for filler in fillers:
+        filler.close()
+    server.close()

@@ -1,0 +1,240 @@
+"""The exec path: what the command actually gets from imds-shim."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SHIM, clean_env, probe_command, run_shim
+
+from shim.simulator import Simulator
+
+CREDENTIAL_VARIABLES = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+    "AWS_CREDENTIAL_EXPIRATION", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCOUNT_ID",
+)
+
+
+def status_field(status: str, name: str) -> int:
+    """A hex mask such as SigIgn from /proc/<pid>/status."""
+    line = next(line for line in status.splitlines() if line.startswith(name + ":"))
+    return int(line.split()[1], 16)
+
+
+def signal_bit(signum: int) -> int:
+    return 1 << (signum - 1)
+
+
+def test_exports_every_variable_and_nothing_else(sim: Simulator) -> None:
+    """The command sees the role's credentials, token twice, expiry, region, account; nothing else changes."""
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, KEEP_ME="1")
+    result = run_shim(["--", *probe_command()], env=env)
+    assert result.returncode == 0, result.stderr
+    child = result.probe()["env"]
+    issued = next(iter(sim.state.issued.values()))
+    assert child["AWS_ACCESS_KEY_ID"] == issued.access_key_id
+    assert child["AWS_SECRET_ACCESS_KEY"] == issued.secret_access_key
+    assert child["AWS_SESSION_TOKEN"] == issued.token
+    assert child["AWS_SECURITY_TOKEN"] == issued.token
+    assert child["AWS_CREDENTIAL_EXPIRATION"] == issued.expiration.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert child["AWS_REGION"] == child["AWS_DEFAULT_REGION"] == "eu-west-1"
+    assert child["AWS_ACCOUNT_ID"] == "123456789012"
+    unchanged = {k: v for k, v in child.items() if k not in CREDENTIAL_VARIABLES}
+    # LC_CTYPE may be coerced by the probe's own interpreter (PEP 538): not the shim's doing.
+    unchanged.pop("LC_CTYPE", None)
+    assert unchanged == env
+    assert result.stderr == ""  # quiet on success
+
+
+def test_stale_inherited_security_token_is_replaced(sim: Simulator) -> None:
+    """A stale AWS_SECURITY_TOKEN (read first by botocore) never survives next to fresh keys."""
+    env = clean_env(AWS_SECURITY_TOKEN="stale", AWS_SESSION_TOKEN="stale")
+    result = run_shim(["--", *probe_command()], env=env, endpoint=sim.url)
+    child = result.probe()["env"]
+    assert child["AWS_SECURITY_TOKEN"] == child["AWS_SESSION_TOKEN"] != "stale"
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [
+        ({"AWS_REGION": "us-east-2"}, ("us-east-2", "us-east-2")),
+        ({"AWS_DEFAULT_REGION": "ap-south-1"}, ("ap-south-1", "ap-south-1")),
+        ({"AWS_REGION": "us-east-2", "AWS_DEFAULT_REGION": "ca-central-1"},
+         ("us-east-2", "ca-central-1")),
+    ],
+)
+def test_preset_region_is_kept_and_copied(
+    sim: Simulator, preset: dict[str, str], expected: tuple[str, str]
+) -> None:
+    """A preset region wins over IMDS and is copied to the other variable."""
+    result = run_shim(["--", *probe_command()], env=clean_env(**preset), endpoint=sim.url)
+    child = result.probe()["env"]
+    assert (child["AWS_REGION"], child["AWS_DEFAULT_REGION"]) == expected
+
+
+def test_same_pid_and_untouched_argv(sim: Simulator) -> None:
+    """exec, not fork: the command has the shim's PID and exactly the argv given after --."""
+    awkward = ["--", "-v", "$HOME", "a b", "*", "'quoted'", "", "--help", "ünï"]
+    process = subprocess.Popen(
+        [SHIM, "--", *probe_command(), *awkward], env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+        stdout=subprocess.PIPE, text=True,
+    )
+    output, _ = process.communicate(timeout=30)
+    import json
+
+    report = json.loads(output)
+    assert report["pid"] == process.pid
+    assert report["argv"] == [*probe_command(), *awkward]
+
+
+def test_stdin_reaches_the_command(sim: Simulator) -> None:
+    """The command reads the shim's stdin."""
+    result = run_shim(["--", *probe_command(), "--read-stdin"], endpoint=sim.url,
+                      input="hello from stdin\n")
+    assert result.probe()["stdin"] == "hello from stdin\n"
+
+
+def test_no_file_descriptor_leaks(sim: Simulator) -> None:
+    """The command has exactly the descriptors it would have had without the shim."""
+    direct = subprocess.run(probe_command(), capture_output=True, text=True, check=True)
+    shimmed = run_shim(["--", *probe_command()], endpoint=sim.url)
+    import json
+
+    assert shimmed.probe()["fds"] == json.loads(direct.stdout)["fds"]
+
+
+def _ignore_sighup_block_sigusr2() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+
+
+def test_signal_dispositions_and_mask_are_inherited_not_pythons(sim: Simulator) -> None:
+    """SIGPIPE/SIGXFSZ/SIGINT as inherited (not as CPython set them); ignored stays ignored; mask kept."""
+    result = run_shim(["--", "cat", "/proc/self/status"], endpoint=sim.url,
+                      preexec_fn=_ignore_sighup_block_sigusr2)
+    assert result.returncode == 0, result.stderr
+    ignored = status_field(result.stdout, "SigIgn")
+    blocked = status_field(result.stdout, "SigBlk")
+    caught = status_field(result.stdout, "SigCgt")
+    assert ignored == signal_bit(signal.SIGHUP)  # nothing else: SIGPIPE and SIGXFSZ are reset
+    assert blocked == signal_bit(signal.SIGUSR2)
+    assert caught == 0
+
+
+def test_sigint_inherited_as_ignored_stays_ignored(sim: Simulator) -> None:
+    """A background job's ignored SIGINT is passed on as ignored."""
+    result = run_shim(["--", "cat", "/proc/self/status"], endpoint=sim.url,
+                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert status_field(result.stdout, "SigIgn") == signal_bit(signal.SIGINT)
+
+
+def test_pipelines_see_default_sigpipe(sim: Simulator) -> None:
+    """`yes | head -n 1` ends by SIGPIPE, not by a write error, inside the command."""
+    result = run_shim(["--", "sh", "-c", "yes | head -n 1"], endpoint=sim.url)
+    assert result.stdout == "y\n"
+    assert "Broken pipe" not in result.stderr  # what `yes` says when SIGPIPE is ignored
+
+
+@pytest.mark.parametrize("status", [0, 1, 42, 255])
+def test_command_exit_status_is_its_own(sim: Simulator, status: int) -> None:
+    """The shim's exit status is the command's."""
+    assert run_shim(["--", "sh", "-c", f"exit {status}"], endpoint=sim.url).returncode == status
+
+
+def test_command_killed_by_signal(sim: Simulator) -> None:
+    """A command that dies of SIGTERM looks like that to the shim's parent (same process)."""
+    result = run_shim(["--", "sh", "-c", "kill -TERM $$"], endpoint=sim.url)
+    assert result.returncode == -signal.SIGTERM
+
+
+def test_command_not_found_is_127(sim: Simulator) -> None:
+    """A missing command exits 127 with one line naming it."""
+    result = run_shim(["--", "no-such-command-xyz", "arg"], endpoint=sim.url)
+    assert result.returncode == 127
+    assert result.stderr.strip().splitlines() == [
+        "imds-shim: error: 'no-such-command-xyz': command not found"
+    ]
+
+
+def test_command_not_executable_is_126(sim: Simulator, tmp_path: Path) -> None:
+    """A command that exists but cannot be executed exits 126 with one line naming it."""
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    result = run_shim(["--", str(script)], endpoint=sim.url)
+    assert result.returncode == 126
+    assert str(script) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_python_dash_m_behaves_the_same(sim: Simulator) -> None:
+    """`python -m shim` is the same program as the console script."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "shim", "--", "sh", "-c", 'echo "$AWS_ACCESS_KEY_ID"'],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url), capture_output=True, text=True,
+        timeout=30,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("ASIASIMULATED")
+
+
+def test_sigterm_while_waiting_on_imds_exits_143(simulator) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM during the fetch ends the shim at once with 128+15, and the command never runs."""
+    sim = simulator(token_hang=True)
+    process = subprocess.Popen(
+        [SHIM, "--timeout", "30", "--", "sh", "-c", "echo ran"],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    _wait_for_request(sim)
+    process.send_signal(signal.SIGTERM)
+    stdout, _ = process.communicate(timeout=5)
+    assert process.returncode == 143
+    assert stdout == ""
+
+
+def test_sigint_while_waiting_on_imds_exits_130(simulator) -> None:  # type: ignore[no-untyped-def]
+    """SIGINT during the fetch exits 128+2 without a traceback."""
+    sim = simulator(token_hang=True)
+    process = subprocess.Popen(
+        [SHIM, "--timeout", "30", "--", "true"],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    _wait_for_request(sim)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=5)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/unshare").exists(),
+                    reason="needs root and unshare to make a PID namespace")
+def test_sigterm_as_pid_1_exits_143(simulator) -> None:  # type: ignore[no-untyped-def]
+    """As PID 1 (no default signal actions) SIGTERM still ends the fetch at once with 143."""
+    sim = simulator(token_hang=True)
+    process = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--kill-child", SHIM, "--timeout", "30", "--", "true"],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    _wait_for_request(sim)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    os.kill(int(children[0]), signal.SIGTERM)
+    process.communicate(timeout=5)
+    assert process.returncode == 143
+
+
+def _wait_for_request(sim: Simulator) -> None:
+    """Block until the shim's first request has reached the simulator (no sleeping on guesses)."""
+    import time
+
+    deadline = time.monotonic() + 20
+    while not sim.requests:
+        assert time.monotonic() < deadline, "the shim never reached the simulator"
+        time.sleep(0.01)

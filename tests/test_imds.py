@@ -1,0 +1,369 @@
+"""Talking to IMDS: tokens, fallbacks, diagnoses, retries and hostile answers, over real HTTP."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from conftest import closed_port, probe_command, run_shim
+
+from shim.simulator import REDIRECT_TARGET, Simulator
+
+StartSimulator = Callable[..., Simulator]
+VERDICT_SECONDS = 1.5
+ROLE_DISCOVERY = "/latest/meta-data/iam/security-credentials/"
+
+
+def paths(sim: Simulator) -> list[tuple[str, str, int]]:
+    return [(r.method, r.path, r.status) for r in sim.requests]
+
+
+def one_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("imds-shim: error: ")
+    return lines[0]
+
+
+def test_imdsv2_flow_is_four_requests_with_token(sim: Simulator) -> None:
+    """Token PUT (short TTL), discovery with the trailing slash, credentials, identity document."""
+    result = run_shim(["--", "true"], endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    assert [(m, p) for m, p, _ in paths(sim)] == [
+        ("PUT", "/latest/api/token"),
+        ("GET", ROLE_DISCOVERY),
+        ("GET", ROLE_DISCOVERY + "imds-shim-simulated-role"),
+        ("GET", "/latest/dynamic/instance-identity/document"),
+    ]
+    put, *gets = sim.requests
+    assert 1 <= int(put.headers["X-aws-ec2-metadata-token-ttl-seconds"]) <= 300
+    assert all(g.headers["X-aws-ec2-metadata-token"] in sim.state.tokens for g in gets)
+    assert all(r.headers["User-Agent"].startswith("imds-shim/") for r in sim.requests)
+    assert all("X-Forwarded-For" not in r.headers for r in sim.requests)
+
+
+def test_preset_region_and_account_in_credentials_skip_identity_document(
+    simulator: StartSimulator,
+) -> None:
+    """With the region preset, the identity document is still asked once, for the account."""
+    sim = simulator()
+    env = {"AWS_REGION": "us-east-2"}
+    from conftest import clean_env
+
+    run_shim(["--", "true"], env=clean_env(**env), endpoint=sim.url)
+    assert len(sim.requests) == 4
+
+
+def test_endpoint_with_trailing_slash(sim: Simulator) -> None:
+    """A trailing slash on the endpoint does not double the slash in paths."""
+    result = run_shim(["--", "true"], endpoint=sim.url + "/")
+    assert result.returncode == 0, result.stderr
+    assert all(not r.path.startswith("//") for r in sim.requests)
+
+
+@pytest.mark.parametrize("status", [403, 404, 405])
+def test_token_refused_falls_back_to_imdsv1(simulator: StartSimulator, status: int) -> None:
+    """403/404/405 to the token PUT: IMDSv1 (no token header) and success."""
+    sim = simulator(token_status=status)
+    result = run_shim(["--", *probe_command()], endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    assert result.probe()["env"]["AWS_ACCESS_KEY_ID"].startswith("ASIA")
+    assert all("X-aws-ec2-metadata-token" not in r.headers for r in sim.requests[1:])
+
+
+@pytest.mark.parametrize("switch", [["--no-imds-v1"], []])
+@pytest.mark.parametrize("status", [403, 404, 405])
+def test_token_refused_with_imdsv1_disabled_fails(
+    simulator: StartSimulator, status: int, switch: list[str]
+) -> None:
+    """With IMDSv1 disabled (flag or AWS_EC2_METADATA_V1_DISABLED) a refused token is fatal."""
+    from conftest import clean_env
+
+    sim = simulator(token_status=status)
+    env = clean_env() if switch else clean_env(AWS_EC2_METADATA_V1_DISABLED="True")
+    result = run_shim([*switch, "--", "true"], env=env, endpoint=sim.url)
+    assert result.returncode == 125
+    assert "IMDSv1 is disabled" in one_error_line(result.stderr)
+    assert len(sim.requests) == 1
+
+
+def test_token_400_is_fatal_and_mentions_proxies(simulator: StartSimulator) -> None:
+    """400 to the token PUT is not retried and not a reason to fall back."""
+    sim = simulator(token_status=400)
+    result = run_shim(["--", "true"], endpoint=sim.url)
+    assert result.returncode == 125
+    assert "X-Forwarded-For" in one_error_line(result.stderr)
+    assert len(sim.requests) == 1
+
+
+def test_hop_limit_symptom_falls_back_to_imdsv1_with_warning(simulator: StartSimulator) -> None:
+    """A token PUT that connects but never answers: IMDSv1 in <= 1.5 s, one warning naming the hop limit."""
+    sim = simulator(token_hang=True)
+    result = run_shim(["--", *probe_command()], endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    assert result.seconds <= VERDICT_SECONDS
+    assert result.probe()["env"]["AWS_ACCESS_KEY_ID"].startswith("ASIA")
+    warnings = result.stderr.strip().splitlines()
+    assert len(warnings) == 1
+    assert "hop limit" in warnings[0]
+    assert "--http-put-response-hop-limit 2" in warnings[0]
+    assert [m for m, _, _ in paths(sim)].count("PUT") == 1  # the silent PUT is not retried
+
+
+@pytest.mark.parametrize("v1_refused_by", ["instance", "shim"])
+def test_hop_limit_with_imdsv2_required_is_diagnosed(
+    simulator: StartSimulator, v1_refused_by: str
+) -> None:
+    """Hop-limit symptom plus IMDSv1 refused: exit 125 in <= 1.5 s naming the hop limit and the fix."""
+    sim = simulator(token_hang=True, imds_v2_required=True)
+    args = ["--no-imds-v1"] if v1_refused_by == "shim" else []
+    result = run_shim([*args, "--", "true"], endpoint=sim.url)
+    assert result.returncode == 125
+    assert result.seconds <= VERDICT_SECONDS
+    line = one_error_line(result.stderr)
+    assert "hop limit is probably 1" in line
+    assert "aws ec2 modify-instance-metadata-options" in line
+    assert "--http-put-response-hop-limit 2" in line
+
+
+def test_off_ec2_verdict_within_budget(unanswered_endpoint: str) -> None:
+    """No TCP answer at all: exit 125 in <= 1.5 s saying IMDS is unreachable (not on EC2)."""
+    result = run_shim(["--", "true"], endpoint=unanswered_endpoint)
+    assert result.returncode == 125
+    assert result.seconds <= VERDICT_SECONDS
+    line = one_error_line(result.stderr)
+    assert "unreachable" in line
+    assert "does not look like an EC2 instance" in line
+
+
+def test_off_ec2_optional_runs_command_without_credentials(unanswered_endpoint: str) -> None:
+    """--optional off EC2: one warning, the command runs without credentials, its status returned."""
+    result = run_shim(["--optional", "--", *probe_command()], endpoint=unanswered_endpoint)
+    assert result.returncode == 0
+    assert result.seconds <= VERDICT_SECONDS
+    assert "AWS_ACCESS_KEY_ID" not in result.probe()["env"]
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "--optional" in result.stderr
+
+
+def test_connection_refused_is_unreachable() -> None:
+    """A refused connection gets the not-on-EC2 verdict at once."""
+    result = run_shim(["--", "true"], endpoint=f"http://127.0.0.1:{closed_port()}")
+    assert result.returncode == 125
+    assert "unreachable" in one_error_line(result.stderr)
+    assert result.seconds <= VERDICT_SECONDS
+
+
+def test_no_role_attached(simulator: StartSimulator) -> None:
+    """404 on role discovery: exit 125 at once, saying no role is attached; no retries."""
+    sim = simulator(no_role=True)
+    result = run_shim(["--", "true"], endpoint=sim.url)
+    assert result.returncode == 125
+    assert "no IAM role is attached" in one_error_line(result.stderr)
+    assert len(sim.requests) == 2
+
+
+@pytest.mark.parametrize("how", ["flag", "IMDS_SHIM_ROLE", "AWS_EC2_INSTANCE_PROFILE_NAME"])
+def test_named_role_skips_discovery(sim: Simulator, how: str) -> None:
+    """A role given by flag or variable is used without asking IMDS which role is attached."""
+    from conftest import clean_env
+
+    role = "imds-shim-simulated-role"
+    args = ["--role", role] if how == "flag" else []
+    env = clean_env() if how == "flag" else clean_env(**{how: role})
+    result = run_shim([*args, "--", "true"], env=env, endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    assert ROLE_DISCOVERY not in [r.path for r in sim.requests]
+
+
+def test_unknown_named_role_fails_naming_it(sim: Simulator) -> None:
+    """A role IMDS does not know: exit 125, the message names the role."""
+    result = run_shim(["--role", "not-my-role", "--", "true"], endpoint=sim.url)
+    assert result.returncode == 125
+    assert "'not-my-role'" in one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_busy_imds_first_two_answers_fail_then_success(simulator: StartSimulator, status: int) -> None:
+    """An IMDS whose first two answers are 5xx/429 still succeeds, with IMDSv2."""
+    sim = simulator(fail_first=2, fail_status=status)
+    result = run_shim(["--", *probe_command()], endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    assert [s for _, _, s in paths(sim)][:2] == [status, status]
+    assert "X-aws-ec2-metadata-token" in sim.requests[-1].headers
+
+
+def test_retry_after_is_honoured(simulator: StartSimulator) -> None:
+    """A 429 with Retry-After: 1 is not retried sooner than a second later."""
+    sim = simulator(fail_first=1, fail_status=429, retry_after=1)
+    result = run_shim(["--", "true"], endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    first, second = sim.requests[:2]
+    assert second.at - first.at >= 1.0
+
+
+def test_retry_after_beyond_deadline_gives_up_at_once(simulator: StartSimulator) -> None:
+    """A Retry-After longer than the deadline leaves is not waited out."""
+    sim = simulator(fail_first=100, fail_status=503, retry_after=60)
+    result = run_shim(["--no-imds-v1", "--deadline", "5", "--", "true"], endpoint=sim.url)
+    assert result.returncode == 125
+    assert result.seconds < 5
+    assert len(sim.requests) == 1
+
+
+def test_busy_until_deadline_fails_within_deadline(simulator: StartSimulator) -> None:
+    """A permanently busy IMDS: failure when the deadline runs out, never later."""
+    sim = simulator(fail_first=10_000, fail_status=503)
+    result = run_shim(["--deadline", "2", "--attempts", "100", "--", "true"], endpoint=sim.url)
+    assert result.returncode == 125
+    assert result.seconds < 2 + 0.5  # interpreter start and exit on top of the deadline
+    assert "503" in one_error_line(result.stderr)
+    assert len(sim.requests) > 3
+
+
+def test_attempts_bound_retries(simulator: StartSimulator) -> None:
+    """--attempts caps the tries per request."""
+    sim = simulator(fail_first=10_000, fail_status=500)
+    result = run_shim(["--attempts", "3", "--no-imds-v1", "--", "true"], endpoint=sim.url)
+    assert result.returncode == 125
+    assert len(sim.requests) == 3
+
+
+def test_rejected_token_is_replaced(simulator: StartSimulator) -> None:
+    """A GET answered 401 under IMDSv2 fetches a new token and retries."""
+    sim = simulator(revoke_first_token=True)
+    result = run_shim(["--", "true"], endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    assert [m for m, _, _ in paths(sim)].count("PUT") == 2
+
+
+@pytest.mark.parametrize("fault", ["malformed", "oversized", "error-code", "missing-token"])
+def test_bad_credentials_answer_is_retried(simulator: StartSimulator, fault: str) -> None:
+    """A malformed, oversized or unsuccessful credentials answer is retried like a 5xx."""
+    sim = simulator(credentials_fault=fault, fault_times=1)
+    result = run_shim(["--", *probe_command()], endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    assert result.probe()["env"]["AWS_ACCESS_KEY_ID"].startswith("ASIA")
+    credential_requests = [r for r in sim.requests if r.path.endswith("simulated-role")]
+    assert len(credential_requests) == 2
+
+
+@pytest.mark.parametrize("fault", ["malformed", "oversized", "error-code", "missing-token"])
+def test_always_bad_credentials_answer_fails(simulator: StartSimulator, fault: str) -> None:
+    """A credentials answer that never becomes valid: exit 125, one line, within the attempts."""
+    sim = simulator(credentials_fault=fault)
+    result = run_shim(["--attempts", "3", "--", "true"], endpoint=sim.url)
+    assert result.returncode == 125
+    one_error_line(result.stderr)
+
+
+def test_redirect_is_not_followed(simulator: StartSimulator) -> None:
+    """A redirect is an error; its target is never requested."""
+    sim = simulator(credentials_fault="redirect")
+    result = run_shim(["--", "true"], endpoint=sim.url)
+    assert result.returncode == 125
+    assert "redirect" in one_error_line(result.stderr)
+    assert REDIRECT_TARGET not in [r.path for r in sim.requests]
+
+
+def test_proxy_and_netrc_are_never_used(sim: Simulator, tmp_path: Path) -> None:
+    """HTTP_PROXY and ~/.netrc are ignored: requests go straight to IMDS, without credentials."""
+    from conftest import clean_env
+
+    proxy = socket.socket()
+    proxy.bind(("127.0.0.1", 0))
+    proxy.listen(8)
+    proxy.settimeout(0)
+    proxy_url = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+    (tmp_path / ".netrc").write_text("machine 127.0.0.1 login user password netrc-secret\n")
+    env = clean_env(HTTP_PROXY=proxy_url, http_proxy=proxy_url, ALL_PROXY=proxy_url,
+                    HOME=str(tmp_path))
+    result = run_shim(["--", "true"], env=env, endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    with pytest.raises(BlockingIOError):
+        proxy.accept()
+    proxy.close()
+    assert all("Authorization" not in r.headers for r in sim.requests)
+
+
+def test_expired_credentials_are_used_with_a_warning(simulator: StartSimulator) -> None:
+    """Credentials already expired: the command still runs with them, after one warning."""
+    sim = simulator(expires_in=-120)
+    result = run_shim(["--", *probe_command()], endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    assert "expired" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.probe()["env"]["AWS_CREDENTIAL_EXPIRATION"] < "2100"
+
+
+def test_region_falls_back_to_placement_when_no_identity_document(
+    simulator: StartSimulator,
+) -> None:
+    """No identity document (404): one request for it, then placement/region; no retries."""
+    sim = simulator(no_identity_document=True, region="ap-southeast-2")
+    result = run_shim(["--", *probe_command()], endpoint=sim.url)
+    assert result.probe()["env"]["AWS_REGION"] == "ap-southeast-2"
+    assert "AWS_ACCOUNT_ID" not in result.probe()["env"]
+    assert [p for _, p, _ in paths(sim)][-2:] == [
+        "/latest/dynamic/instance-identity/document", "/latest/meta-data/placement/region"
+    ]
+
+
+def test_slow_imds_within_timeout_is_fine(simulator: StartSimulator) -> None:
+    """Answers slower than usual but inside --timeout are accepted."""
+    sim = simulator(latency=0.2)
+    result = run_shim(["--timeout", "0.5", "--", "true"], endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+
+
+def test_silent_gets_are_retried_then_fail_by_deadline(simulator: StartSimulator) -> None:
+    """GETs slower than --timeout are retried, and the deadline ends it."""
+    sim = simulator(latency=0.5)
+    result = run_shim(["--timeout", "0.1", "--deadline", "1.5", "--no-imds-v1", "--", "true"],
+                      endpoint=sim.url)
+    assert result.returncode == 125
+    assert result.seconds < 1.5 + 0.5
+    one_error_line(result.stderr)
+
+
+def test_verbose_prints_one_info_line(sim: Simulator) -> None:
+    """-v: exactly one info line with role, IMDS version, masked key, expiry, region, cost."""
+    result = run_shim(["-v", "--", "true"], endpoint=sim.url)
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("imds-shim: info: role imds-shim-simulated-role via IMDSv2")
+    assert "ASIA…" in line and "expire in" in line and "region eu-west-1" in line
+    assert "4 requests" in line
+
+
+def test_very_verbose_prints_every_request(sim: Simulator) -> None:
+    """-vv: one debug line per request with method, path, status and time."""
+    result = run_shim(["-vv", "--", "true"], endpoint=sim.url)
+    debug = [line for line in result.stderr.splitlines() if ": debug: " in line]
+    assert len(debug) == len(sim.requests) == 4
+    assert "PUT /latest/api/token -> 200 in" in debug[0]
+
+
+def test_log_level_variable(sim: Simulator) -> None:
+    """IMDS_SHIM_LOG_LEVEL=debug is -vv."""
+    from conftest import clean_env
+
+    result = run_shim(["--", "true"], env=clean_env(IMDS_SHIM_LOG_LEVEL="debug"), endpoint=sim.url)
+    assert result.stderr.count(": debug: ") == 4
+
+
+def test_concurrent_shims_share_nothing(sim: Simulator) -> None:
+    """Several shims at once each get a full set of credentials."""
+    results: list[int] = []
+
+    def one() -> None:
+        results.append(run_shim(["--", "true"], endpoint=sim.url).returncode)
+
+    threads = [threading.Thread(target=one) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [0] * 5
