@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from shim import __version__
 from shim.config import Config, Invocation, error_exit_code_from, help_text, parse_command_line
@@ -138,7 +139,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ShimError as error:
         log.error(str(error))
         return error_exit_code
-    except Exception as error:  # noqa: BLE001 - a bug must still end in one line, not a traceback
+    except Exception as error:
         # Only the type and place: an arbitrary message could quote a value we must not print.
         trace = error.__traceback__
         while trace is not None and trace.tb_next is not None:

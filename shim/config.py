@@ -10,8 +10,9 @@ forget an environment twin. This module must stay cheap to import: the step-asid
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence, Union
+from typing import Callable, Union
 
 from shim import __version__
 from shim.errors import UsageError
@@ -232,7 +233,7 @@ class Config:
         endpoint = settings.get("endpoint") or settings["endpoint_mode"]
         return cls(
             endpoint=str(endpoint),
-            role=settings["role"] and str(settings["role"]),
+            role=str(settings["role"]) if settings["role"] else None,
             timeout=float(settings["timeout"]),  # type: ignore[arg-type]
             attempts=int(settings["attempts"]),  # type: ignore[arg-type]
             deadline=float(settings["deadline"]),  # type: ignore[arg-type]
@@ -242,7 +243,7 @@ class Config:
             refresh=bool(settings.get("refresh")),
             error_exit_code=int(settings["error_exit_code"]),  # type: ignore[arg-type]
             log_level=str(settings["log_level"]),
-            format=settings.get("format") and str(settings["format"]),
+            format=str(settings["format"]) if settings.get("format") else None,
         )
 
     def as_flags(self) -> list[str]:
@@ -347,12 +348,6 @@ def parse_command_line(argv: Sequence[str], environ: Mapping[str, str]) -> Invoc
     if invocation.show_help or invocation.show_version:
         return invocation
 
-    if invocation.verb == EXEC and not command:
-        reason = "no command after '--'" if has_command else "no command given"
-        raise UsageError(f"{reason}: usage is imds-shim [OPTIONS] -- COMMAND [ARGS...]")
-    if invocation.verb not in (EXEC, "simulate") and has_command:
-        raise UsageError(f"{invocation.verb} runs no command; remove everything from '--' on")
-
     if invocation.verb == "simulate":
         from shim.simulator import SIMULATOR_OPTIONS
 
@@ -361,6 +356,11 @@ def parse_command_line(argv: Sequence[str], environ: Mapping[str, str]) -> Invoc
         options = OPTIONS
     invocation.settings = parse_options(option_tokens, options, invocation.verb, environ)
     _check_format(invocation)
+    if invocation.verb == EXEC and not command:
+        reason = "no command after '--'" if has_command else "no command given"
+        raise UsageError(f"{reason}: usage is imds-shim [OPTIONS] -- COMMAND [ARGS...]")
+    if invocation.verb not in (EXEC, "simulate") and has_command:
+        raise UsageError(f"{invocation.verb} runs no command; remove everything from '--' on")
     return invocation
 
 

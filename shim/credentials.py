@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Mapping, TypedDict
+from typing import TypedDict
 
 from shim.config import IAM_NAME, Config
 from shim.errors import CredentialsUnavailable, NoRoleAttached, RoleNotFound
@@ -139,7 +140,7 @@ def parse_identity_document(body: bytes) -> IdentityDocument:
     for name in ("region", "accountId"):
         value = document.get(name)
         if isinstance(value, str) and value:
-            found[name] = value  # type: ignore[literal-required]
+            found[name] = value
     return found
 
 

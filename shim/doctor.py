@@ -13,8 +13,9 @@ import socket
 import sys
 import time
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Callable, Mapping, TypeVar
+from typing import Callable, TypeVar
 
 from shim import __version__
 from shim.config import Config
@@ -176,7 +177,7 @@ def _probe_v1(report: Report, config: Config, client: ImdsClient) -> None:
     started = time.monotonic()
     try:
         status = client.send("GET", ROLE_PATH, {})[0]
-    except Exception as error:  # noqa: BLE001 - a probe: report whatever happened
+    except Exception as error:
         report.add("imdsv1", "info", f"probe failed: {error}", (time.monotonic() - started) * 1000)
         return
     elapsed = (time.monotonic() - started) * 1000

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import FrameType
-from typing import Iterator, Mapping, NoReturn, Sequence
+from typing import NoReturn
 
 from shim.errors import CommandNotExecutable, CommandNotFound, Interrupted
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import shlex
-from typing import Callable, Mapping
+from collections.abc import Mapping
+from typing import Callable
 
 from shim.credentials import Fetched, exported_variables, format_time
 from shim.errors import ShimError

@@ -8,7 +8,7 @@ and without importing ``requests``.
 
 from __future__ import annotations
 
-from typing import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 
 from shim.errors import UsageError
 

@@ -185,8 +185,10 @@ class ImdsClient:
             self.hop_limit_suspected = True
             waited = f"{self.config.timeout:g} s"
             if not allow_v1:
-                raise HopLimitExceeded(_hop_limit_message(self.config.endpoint, waited, "IMDSv1 is "
-                                       "disabled (--no-imds-v1 / AWS_EC2_METADATA_V1_DISABLED)"))
+                raise HopLimitExceeded(_hop_limit_message(
+                    self.config.endpoint, waited,
+                    "IMDSv1 is disabled (--no-imds-v1 / AWS_EC2_METADATA_V1_DISABLED)",
+                )) from None
             # Said once IMDSv1 has worked: if it is refused too, the error says it all.
             self.fallback_warning = (
                 f"the IMDSv2 token request connected but got no answer within {waited}: the "

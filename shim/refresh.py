@@ -12,7 +12,7 @@ import os
 import shlex
 import sys
 import tempfile
-from typing import Mapping
+from collections.abc import Mapping
 
 from shim.config import Config
 from shim.credentials import REGION_VARIABLES, region_variables

@@ -53,7 +53,7 @@ class Deadline:
         return self.clock() - self.started
 
 
-class retry_transient(retry_base):  # noqa: N801 - tenacity's naming
+class retry_transient(retry_base):
     """Retry :class:`Transient` failures; an :class:`Unreachable` IMDS only once."""
 
     def __call__(self, retry_state: RetryCallState) -> bool:
@@ -64,7 +64,7 @@ class retry_transient(retry_base):  # noqa: N801 - tenacity's naming
         return isinstance(error, Transient)
 
 
-class wait_jitter_or_retry_after(wait_base):  # noqa: N801 - tenacity's naming
+class wait_jitter_or_retry_after(wait_base):
     """Full jitter: uniform(0, min(cap, base * 2**(n-1))), raised to any ``Retry-After``."""
 
     def __init__(
@@ -76,7 +76,7 @@ class wait_jitter_or_retry_after(wait_base):  # noqa: N801 - tenacity's naming
         self.base, self.cap, self.rng = base, cap, rng
 
     def __call__(self, retry_state: RetryCallState) -> float:
-        ceiling = min(self.cap, self.base * 2 ** (retry_state.attempt_number - 1))
+        ceiling: float = min(self.cap, self.base * 2.0 ** (retry_state.attempt_number - 1))
         delay = ceiling * self.rng()
         outcome = retry_state.outcome
         error = outcome.exception() if outcome is not None and outcome.failed else None
@@ -85,14 +85,14 @@ class wait_jitter_or_retry_after(wait_base):  # noqa: N801 - tenacity's naming
         return delay
 
 
-class stop_at_deadline(stop_base):  # noqa: N801 - tenacity's naming
+class stop_at_deadline(stop_base):
     """Stop when the next sleep would not end before the deadline."""
 
     def __init__(self, deadline: Deadline) -> None:
         self.deadline = deadline
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        return self.deadline.remaining() <= retry_state.upcoming_sleep
+        return bool(self.deadline.remaining() <= retry_state.upcoming_sleep)
 
 
 def retry_policy(

@@ -19,10 +19,10 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Mapping, Sequence
 
 from shim.config import (
     Option,
@@ -51,6 +51,13 @@ def _fault(value: str, what: str) -> str:
     if value not in CREDENTIALS_FAULTS:
         raise UsageError(f"{what}: expected one of {', '.join(CREDENTIALS_FAULTS)}, got {value!r}")
     return value
+
+
+def _period(value: str, what: str) -> float:
+    period = signed_seconds(value, what)
+    if period < 0:
+        raise UsageError(f"{what}: expected 0 or more seconds, got {value!r}")
+    return period
 
 
 def _status(value: str, what: str) -> int:
@@ -92,6 +99,8 @@ SIMULATOR_OPTIONS: tuple[Option, ...] = (
     _sim("no_role", "--no-role", "no instance profile: role discovery answers 404"),
     _sim("expires_in", "--expires-in", "credentials expire this many seconds after issue "
          "(negative: already expired)", signed_seconds, 21600.0, "SECONDS"),
+    _sim("rotate_every", "--rotate-every", "seconds between credential sets (0: a new set for "
+         "every answer; default: 5 minutes before expiry)", _period, None, "SECONDS"),
     _sim("no_identity_document", "--no-identity-document", "answer 404 for the identity document"),
     _sim("credentials_fault", "--credentials-fault",
          "credentials answers are: " + ", ".join(CREDENTIALS_FAULTS), _fault, None, "KIND"),
@@ -121,6 +130,7 @@ class Settings:
     latency: float | None = None
     no_role: bool = False
     expires_in: float = 21600.0
+    rotate_every: float | None = None
     no_identity_document: bool = False
     credentials_fault: str | None = None
     fault_times: int = 0
@@ -166,17 +176,23 @@ class State:
     closing: threading.Event = field(default_factory=threading.Event)
 
     def rotation_period(self) -> float:
+        """Seconds between credential sets; 0 means a new set for every answer."""
+        if self.settings.rotate_every is not None:
+            return self.settings.rotate_every
         # Like IMDS: a new set well before the old one expires (five minutes for long-lived sets).
         expires_in = self.settings.expires_in
         return expires_in - 300 if expires_in > 600 else max(expires_in / 2, 1.0)
 
     def credentials(self) -> IssuedCredentials:
         period = self.rotation_period()
-        generation = int((time.time() - self.started) // period)
-        if generation not in self.issued:
+        if period:
+            generation = int((time.time() - self.started) // period)
             issued_at = self.started + generation * period
+        else:
+            generation, issued_at = self.credentials_answers, time.time()
+        if generation not in self.issued:
             self.issued[generation] = IssuedCredentials(
-                access_key_id=f"ASIASIMULATED{generation:03d}{secrets.token_hex(2).upper()}",
+                access_key_id=f"ASIASIMULATED{generation % 1000:03d}{secrets.token_hex(2).upper()}",
                 secret_access_key=f"simulated-secret-{generation}-{secrets.token_hex(12)}",
                 token=f"simulated-session-token-{generation}-{secrets.token_hex(24)}",
                 expiration=datetime.fromtimestamp(
@@ -210,16 +226,16 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "EC2ws"
     sys_version = ""
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: object) -> None:
         """Quiet: requests are recorded, not printed."""
 
-    def do_PUT(self) -> None:  # noqa: N802 - stdlib naming
+    def do_PUT(self) -> None:
         self._handle("PUT")
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         self._handle("GET")
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+    def do_POST(self) -> None:
         self._handle("POST")
 
     def _handle(self, method: str) -> None:
@@ -390,9 +406,9 @@ class Simulator:
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        host = f"[{host}]" if ":" in str(host) else str(host)
-        return f"http://{host}:{port}"
+        address, port = self.server.server_address[:2]
+        host = address.decode() if isinstance(address, bytes) else str(address)
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     @property
     def state(self) -> State:

@@ -1,0 +1,154 @@
+"""The command line: help, version, bad input, precedence, exit codes."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import clean_env, closed_port, run_shim
+
+from shim import __version__
+from shim.config import OPTIONS, Config, parse_command_line
+from shim.simulator import SIMULATOR_OPTIONS, Simulator
+
+
+def test_help_lists_every_option_with_its_environment_twin() -> None:
+    """--help shows each option, its IMDS_SHIM_* twin and the SDK variables it honours."""
+    result = run_shim(["--help"])
+    assert result.returncode == 0
+    for option in OPTIONS:
+        assert option.flags[0] in result.stdout
+        assert option.env in result.stdout
+        for name in option.sdk_env:
+            assert name in result.stdout
+    assert "125" in result.stdout
+    assert "127" in result.stdout
+
+
+def test_simulate_help_lists_every_knob() -> None:
+    """simulate --help shows every simulator knob."""
+    result = run_shim(["simulate", "--help"])
+    assert result.returncode == 0
+    for option in SIMULATOR_OPTIONS:
+        assert option.flags[0] in result.stdout
+        assert option.env in result.stdout
+
+
+def test_version() -> None:
+    """--version prints the version."""
+    result = run_shim(["--version"])
+    assert (result.returncode, result.stdout) == (0, f"imds-shim {__version__}\n")
+
+
+BAD_INPUT = [
+    ([], "no command given"),
+    (["--"], "no command after '--'"),
+    (["--timeout", "abc", "--", "true"], "--timeout"),
+    (["--timeout", "nan", "--", "true"], "--timeout"),
+    (["--attempts", "0", "--", "true"], "--attempts"),
+    (["--deadline", "-1", "--", "true"], "--deadline"),
+    (["--endpoint", "ftp://x", "--", "true"], "--endpoint"),
+    (["--endpoint-mode", "IPv5", "--", "true"], "--endpoint-mode"),
+    (["--role", "bad role!", "--", "true"], "not a valid IAM role name"),
+    (["--no-such-flag", "--", "true"], "unknown option '--no-such-flag'"),
+    (["--role"], "--role needs a value"),
+    (["--override=yes", "--", "true"], "--override takes no value"),
+    (["python", "app.py"], "put it after '--'"),
+    (["export", "--format", "yaml"], "--format for export"),
+    (["--format", "json", "--", "true"], "unknown option '--format' with exec"),
+    (["export", "--", "true"], "export runs no command"),
+    (["--error-exit-code", "300", "--", "true"], "--error-exit-code"),
+    (["simulate", "--port", "70000"], "--port"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT)
+def test_bad_input_is_one_line_and_125(args: list[str], message: str) -> None:
+    """Bad input: exit 125, one clear line on stderr, nothing on stdout, no traceback."""
+    result = run_shim(args)
+    assert result.returncode == 125
+    assert result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("imds-shim: error: ")
+    assert message in line
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("IMDS_SHIM_TIMEOUT", "soon"),
+    ("AWS_METADATA_SERVICE_TIMEOUT", "-3"),
+    ("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "many"),
+    ("IMDS_SHIM_OPTIONAL", "perhaps"),
+    ("AWS_EC2_METADATA_SERVICE_ENDPOINT", "not a url"),
+])
+def test_bad_variable_is_named(variable: str, value: str) -> None:
+    """A bad environment value: exit 125 and the variable's name in the message."""
+    result = run_shim(["--", "true"], env=clean_env(**{variable: value}))
+    assert result.returncode == 125
+    assert variable in result.stderr
+
+
+@pytest.mark.parametrize("how", ["flag", "variable"])
+def test_error_exit_code_is_configurable(how: str) -> None:
+    """--error-exit-code / IMDS_SHIM_ERROR_EXIT_CODE change the shim's failure status."""
+    args = ["--error-exit-code", "3"] if how == "flag" else []
+    env = clean_env() if how == "flag" else clean_env(IMDS_SHIM_ERROR_EXIT_CODE="3")
+    assert run_shim([*args, "--", "true"], env=env).returncode == 3
+    assert run_shim([*args, "--timeout", "x", "--", "true"], env=env).returncode == 3
+
+
+def test_endpoint_precedence_flag_over_twin_over_sdk(sim: Simulator) -> None:
+    """flag > IMDS_SHIM_ENDPOINT > AWS_EC2_METADATA_SERVICE_ENDPOINT, against real servers."""
+    dead = f"http://127.0.0.1:{closed_port()}"
+    assert run_shim(["--", "true"], env=clean_env(IMDS_SHIM_ENDPOINT=sim.url),
+                    endpoint=dead).returncode == 0
+    assert run_shim(["--endpoint", sim.url, "--", "true"], env=clean_env(IMDS_SHIM_ENDPOINT=dead),
+                    endpoint=dead).returncode == 0
+    assert run_shim(["--", "true"], env=clean_env(IMDS_SHIM_ENDPOINT=dead),
+                    endpoint=sim.url).returncode == 125
+
+
+def config_for(argv: list[str], **environ: str) -> Config:
+    return Config.from_settings(parse_command_line([*argv, "--", "true"], environ).settings)
+
+
+def test_precedence_order_for_every_source() -> None:
+    """Each setting: flag, then IMDS_SHIM_*, then the SDK variable, then the default."""
+    sdk = {"AWS_METADATA_SERVICE_TIMEOUT": "2", "AWS_METADATA_SERVICE_NUM_ATTEMPTS": "4"}
+    twin = {"IMDS_SHIM_TIMEOUT": "0.3", "IMDS_SHIM_ATTEMPTS": "6"}
+    assert (config_for([]).timeout, config_for([]).attempts) == (1.0, 10)
+    assert (config_for([], **sdk).timeout, config_for([], **sdk).attempts) == (2.0, 4)
+    both = {**sdk, **twin}
+    assert (config_for([], **both).timeout, config_for([], **both).attempts) == (0.3, 6)
+    flagged = config_for(["--timeout", "0.25", "--attempts=2"], **both)
+    assert (flagged.timeout, flagged.attempts) == (0.25, 2)
+
+
+@pytest.mark.parametrize(("environ", "endpoint"), [
+    ({}, "http://169.254.169.254"),
+    ({"AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "IPv6"}, "http://[fd00:ec2::254]"),
+    ({"AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "ipv4"}, "http://169.254.169.254"),
+    ({"AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "IPv6",
+      "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://[::1]:8080/"}, "http://[::1]:8080"),
+])
+def test_endpoint_mode_and_override(environ: dict[str, str], endpoint: str) -> None:
+    """The endpoint variable overrides the mode; the mode picks IPv4 or IPv6."""
+    assert config_for([], **environ).endpoint == endpoint
+
+
+@pytest.mark.parametrize(("value", "allowed"), [("true", False), ("TRUE", False), ("false", True),
+                                                ("1", True), ("", True)])
+def test_imdsv1_disabled_switch_follows_the_sdks(value: str, allowed: bool) -> None:
+    """AWS_EC2_METADATA_V1_DISABLED counts only the word true."""
+    assert config_for([], AWS_EC2_METADATA_V1_DISABLED=value).allow_imds_v1 is allowed
+
+
+def test_decimal_timeout_and_connect_timeout_cap() -> None:
+    """Timeouts accept decimals; the connect timeout never exceeds 0.5 s."""
+    assert config_for([], AWS_METADATA_SERVICE_TIMEOUT="0.2").connect_timeout == 0.2
+    assert config_for([], AWS_METADATA_SERVICE_TIMEOUT="5").connect_timeout == 0.5
+
+
+def test_nothing_after_double_dash_is_parsed() -> None:
+    """Options after -- belong to the command, even ones the shim knows."""
+    invocation = parse_command_line(["-v", "--", "cmd", "--role", "x", "--", "-vv", "--help"], {})
+    assert invocation.command == ["cmd", "--role", "x", "--", "-vv", "--help"]
+    assert invocation.settings["role"] is None
+    assert not invocation.show_help

@@ -1,0 +1,58 @@
+"""No secret ever reaches a log line, an error message or doctor's report, at any verbosity."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+from conftest import clean_env, run_shim
+
+from shim.simulator import Simulator
+
+SCENARIOS: list[tuple[str, dict[str, Any], list[str], dict[str, str]]] = [
+    ("healthy", {}, ["--", "true"], {}),
+    ("imdsv1 fallback", {"token_status": 403}, ["--", "true"], {}),
+    ("hop limit fallback", {"token_hang": True}, ["--", "true"], {}),
+    ("hop limit fatal", {"token_hang": True, "imds_v2_required": True}, ["--", "true"], {}),
+    ("busy then fine", {"fail_first": 2, "fail_status": 503}, ["--", "true"], {}),
+    ("revoked token", {"revoke_first_token": True}, ["--", "true"], {}),
+    ("expired", {"expires_in": -60}, ["--", "true"], {}),
+    ("malformed once", {"credentials_fault": "malformed", "fault_times": 1}, ["--", "true"], {}),
+    ("missing token", {"credentials_fault": "missing-token"}, ["--attempts", "2", "--", "true"], {}),
+    ("error code", {"credentials_fault": "error-code"}, ["--attempts", "2", "--", "true"], {}),
+    ("oversized", {"credentials_fault": "oversized"}, ["--attempts", "2", "--", "true"], {}),
+    ("no role", {"no_role": True}, ["--optional", "--", "true"], {}),
+    ("override", {}, ["--override", "--", "true"],
+     {"AWS_ACCESS_KEY_ID": "AKIAOLD", "AWS_SECRET_ACCESS_KEY": "old-secret-value"}),
+    ("refresh", {}, ["--refresh", "--", "true"], {}),
+    ("export", {}, ["export"], {}),
+    ("export json", {}, ["export", "--format", "json"], {}),
+    ("credential-process", {}, ["credential-process"], {}),
+    ("doctor", {}, ["doctor"], {}),
+    ("doctor json", {"token_hang": True}, ["doctor", "--format", "json"], {}),
+    ("command not found", {}, ["--", "no-such-command-xyz"], {}),
+]
+PRINTS_CREDENTIALS = {"export", "export json", "credential-process"}
+
+
+@pytest.mark.parametrize(("name", "knobs", "args", "extra_env"), SCENARIOS,
+                         ids=[s[0] for s in SCENARIOS])
+def test_no_secret_in_any_output_at_debug_level(
+    simulator: Callable[..., Simulator], name: str, knobs: dict[str, Any], args: list[str],
+    extra_env: dict[str, str],
+) -> None:
+    """Secret keys, session tokens and IMDS tokens never appear; key IDs only masked."""
+    sim = simulator(**knobs)
+    env = clean_env(IMDS_SHIM_LOG_LEVEL="debug", AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url,
+                    **extra_env)
+    result = run_shim(["-vv", *args], env=env)
+    assert sim.requests, "the scenario never reached the simulator"
+    secrets = [*sim.state.tokens]
+    for issued in sim.state.issued.values():
+        secrets += [issued.secret_access_key, issued.token, issued.access_key_id]
+    secrets += [value for key, value in extra_env.items() if "SECRET" in key]
+    logged = result.stderr + ("" if name in PRINTS_CREDENTIALS else result.stdout)
+    for secret in secrets:
+        assert secret not in logged, f"{name}: a secret leaked"
+        assert secret[4:-4] not in logged, f"{name}: part of a secret leaked"
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,123 @@
+"""The retry policy, with tenacity's sleep and the clock injected: no real waiting."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+
+from shim.retry import BACKOFF_CAP, Deadline, Transient, Unreachable, retry_policy
+
+
+class FakeTime:
+    """A clock that only moves when the policy sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def failing(times: int, error: Exception) -> Callable[[], str]:
+    calls = {"n": 0}
+
+    def attempt() -> str:
+        calls["n"] += 1
+        if calls["n"] <= times:
+            raise error
+        return "ok"
+
+    attempt.calls = calls  # type: ignore[attr-defined]
+    return attempt
+
+
+def policy(fake: FakeTime, attempts: int = 10, deadline: float = 60.0, jitter: float = 1.0):  # type: ignore[no-untyped-def]
+    return retry_policy(Deadline(deadline, fake.clock), attempts, fake.sleep, lambda: jitter)
+
+
+def test_exponential_backoff_doubles_from_50_ms() -> None:
+    """With the jitter at its top, waits are 50, 100, 200, 400 ms."""
+    fake = FakeTime()
+    assert policy(fake)(failing(4, Transient("busy"))) == "ok"
+    assert fake.sleeps == pytest.approx([0.05, 0.1, 0.2, 0.4])
+
+
+def test_backoff_is_capped() -> None:
+    """No single wait exceeds the cap."""
+    fake = FakeTime()
+    policy(fake, attempts=20, deadline=1000)(failing(15, Transient("busy")))
+    assert max(fake.sleeps) == BACKOFF_CAP
+
+
+def test_full_jitter_scales_the_wait() -> None:
+    """Full jitter: the wait is the ceiling times a uniform draw (here 0.25)."""
+    fake = FakeTime()
+    policy(fake, jitter=0.25)(failing(3, Transient("busy")))
+    assert fake.sleeps == pytest.approx([0.0125, 0.025, 0.05])
+
+
+def test_retry_after_is_a_floor() -> None:
+    """A Retry-After hint raises the wait to at least that many seconds."""
+    fake = FakeTime()
+    policy(fake, jitter=0.0)(failing(2, Transient("throttled", retry_after=1.5)))
+    assert fake.sleeps == [1.5, 1.5]
+
+
+def test_retry_after_past_the_deadline_stops_at_once() -> None:
+    """A hint that would end past the deadline is not slept; the error is raised."""
+    fake = FakeTime()
+    with pytest.raises(Transient):
+        policy(fake, deadline=2.0)(failing(5, Transient("throttled", retry_after=30)))
+    assert fake.sleeps == []
+
+
+def test_unreachable_is_tried_twice_only() -> None:
+    """No TCP answer: one retry, then the verdict."""
+    fake = FakeTime()
+    attempt = failing(10, Unreachable("no answer"))
+    with pytest.raises(Unreachable):
+        policy(fake)(attempt)
+    assert attempt.calls["n"] == 2  # type: ignore[attr-defined]
+    assert len(fake.sleeps) == 1
+
+
+def test_other_errors_are_not_retried() -> None:
+    """Anything that is not Transient propagates at once."""
+    fake = FakeTime()
+    attempt = failing(1, ValueError("bug"))
+    with pytest.raises(ValueError, match="bug"):
+        policy(fake)(attempt)
+    assert fake.sleeps == []
+
+
+def test_attempts_bound_the_tries() -> None:
+    """attempts=3: three tries, two waits, then the last error."""
+    fake = FakeTime()
+    attempt = failing(10, Transient("busy"))
+    with pytest.raises(Transient):
+        policy(fake, attempts=3)(attempt)
+    assert attempt.calls["n"] == 3  # type: ignore[attr-defined]
+    assert len(fake.sleeps) == 2
+
+
+def test_deadline_bounds_total_waiting() -> None:
+    """However many attempts are allowed, the waits never run past the deadline."""
+    fake = FakeTime()
+    with pytest.raises(Transient):
+        policy(fake, attempts=100, deadline=3.0)(failing(1000, Transient("busy")))
+    assert sum(fake.sleeps) <= 3.0
+    assert fake.now <= 3.0
+
+
+def test_deadline_remaining_never_negative() -> None:
+    """Deadline.remaining is 0 once passed, and elapsed keeps counting."""
+    fake = FakeTime()
+    deadline = Deadline(1.0, fake.clock)
+    fake.now = 5.0
+    assert (deadline.remaining(), deadline.elapsed()) == (0.0, 5.0)

@@ -1,0 +1,72 @@
+"""Against implementations nobody on this team wrote: moto's IMDS, and botocore as the consumer."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+
+import pytest
+from conftest import clean_env, probe_command, run_shim
+
+from shim.simulator import Simulator
+
+BOTOCORE_REPORT = (
+    "import json, botocore.session\n"
+    "session = botocore.session.get_session()\n"
+    "first = session.get_credentials()\n"
+    "frozen = first.get_frozen_credentials()\n"
+    "again = first.get_frozen_credentials()\n"
+    "print(json.dumps({'method': first.method, 'key': frozen.access_key,\n"
+    "                  'key_after_refresh': again.access_key,\n"
+    "                  'region': session.get_config_variable('region')}))\n"
+)
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """moto's server mode on loopback: a second, independent IMDS implementation."""
+    server_module = pytest.importorskip("moto.server")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def test_works_against_moto_unchanged(moto_endpoint: str) -> None:
+    """moto (no Code field, no identity document): credentials exported, region from placement."""
+    result = run_shim(["-v", "--", *probe_command()], endpoint=moto_endpoint)
+    assert result.returncode == 0, result.stderr
+    child = result.probe()["env"]
+    assert child["AWS_ACCESS_KEY_ID"] == "test-key"
+    assert child["AWS_SECRET_ACCESS_KEY"] == "test-secret-key"
+    assert child["AWS_SESSION_TOKEN"] == child["AWS_SECURITY_TOKEN"] == "test-session-token"
+    assert child["AWS_REGION"] == child["AWS_DEFAULT_REGION"] == "us-east-1"
+    assert "AWS_ACCOUNT_ID" not in child
+    assert "test-secret-key" not in result.stderr
+
+
+def test_botocore_in_the_command_uses_the_exported_credentials(sim: Simulator) -> None:
+    """A botocore child resolves credentials by method env, with the region from IMDS."""
+    pytest.importorskip("botocore")
+    result = run_shim(["--", sys.executable, "-c", BOTOCORE_REPORT], endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["method"] == "env"
+    assert report["key"].startswith("ASIASIMULATED")
+    assert report["region"] == "eu-west-1"
+
+
+def test_botocore_refreshes_through_refresh_mode(simulator) -> None:  # type: ignore[no-untyped-def]
+    """--refresh: botocore's method is custom-process and a refresh brings new keys."""
+    pytest.importorskip("botocore")
+    # Ten minutes left is inside botocore's refresh window: every access refreshes.
+    sim = simulator(expires_in=600, rotate_every=0)
+    result = run_shim(["--refresh", "--", sys.executable, "-c", BOTOCORE_REPORT],
+                      env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["method"] == "custom-process"
+    assert report["key"] != report["key_after_refresh"]
+    assert report["region"] == "eu-west-1"
