@@ -19,7 +19,6 @@ import random
 import time
 from typing import Callable
 
-import requests
 import urllib3
 
 from shim import __version__
@@ -30,6 +29,7 @@ from shim.errors import (
     ImdsRefused,
     ImdsUnreachable,
 )
+from shim.lean_requests import requests
 from shim.log import log
 from shim.retry import Deadline, Transient, Unreachable, retry_policy
 

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from conftest import SHIM, clean_env, probe_command, run_shim
@@ -113,24 +114,40 @@ def _ignore_sighup_block_sigusr2() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
 
 
+def signal_state(preexec: Callable[[], None], endpoint: str | None) -> tuple[int, int, int]:
+    """(SigIgn, SigBlk, SigCgt) of `cat /proc/self/status`, via the shim or (None) directly."""
+    command = ["cat", "/proc/self/status"]
+    if endpoint is None:
+        completed = subprocess.run(command, capture_output=True, text=True, check=True,
+                                   preexec_fn=preexec)
+        status = completed.stdout
+    else:
+        result = run_shim(["--", *command], endpoint=endpoint, preexec_fn=preexec)
+        assert result.returncode == 0, result.stderr
+        status = result.stdout
+    return tuple(status_field(status, name) for name in ("SigIgn", "SigBlk", "SigCgt"))  # type: ignore[return-value]
+
+
 def test_signal_dispositions_and_mask_are_inherited_not_pythons(sim: Simulator) -> None:
     """SIGPIPE/SIGXFSZ/SIGINT as inherited (not as CPython set them); ignored stays ignored; mask kept."""
-    result = run_shim(["--", "cat", "/proc/self/status"], endpoint=sim.url,
-                      preexec_fn=_ignore_sighup_block_sigusr2)
-    assert result.returncode == 0, result.stderr
-    ignored = status_field(result.stdout, "SigIgn")
-    blocked = status_field(result.stdout, "SigBlk")
-    caught = status_field(result.stdout, "SigCgt")
-    assert ignored == signal_bit(signal.SIGHUP)  # nothing else: SIGPIPE and SIGXFSZ are reset
-    assert blocked == signal_bit(signal.SIGUSR2)
+    direct = signal_state(_ignore_sighup_block_sigusr2, None)
+    shimmed = signal_state(_ignore_sighup_block_sigusr2, sim.url)
+    assert shimmed == direct
+    ignored, blocked, caught = shimmed
+    assert ignored & signal_bit(signal.SIGHUP)
+    assert not ignored & (signal_bit(signal.SIGPIPE) | signal_bit(signal.SIGXFSZ))
+    assert blocked & signal_bit(signal.SIGUSR2)
     assert caught == 0
 
 
 def test_sigint_inherited_as_ignored_stays_ignored(sim: Simulator) -> None:
     """A background job's ignored SIGINT is passed on as ignored."""
-    result = run_shim(["--", "cat", "/proc/self/status"], endpoint=sim.url,
-                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    assert status_field(result.stdout, "SigIgn") == signal_bit(signal.SIGINT)
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    shimmed = signal_state(ignore_sigint, sim.url)
+    assert shimmed == signal_state(ignore_sigint, None)
+    assert shimmed[0] & signal_bit(signal.SIGINT)
 
 
 def test_pipelines_see_default_sigpipe(sim: Simulator) -> None:
