@@ -4,19 +4,19 @@ Precedence for every setting: flag > ``IMDS_SHIM_*`` > the SDK-wide variable > d
 after the first ``--`` is the command, taken verbatim: never parsed, re-quoted or given to a shell.
 
 One table of :class:`Option` drives parsing, validation and ``--help``, so the help text cannot
-forget an environment twin. This module must stay cheap to import: the step-aside path runs it.
+forget an environment twin. This module must stay cheap to import, because the step-aside path
+runs it: no ``re``, ``typing``, ``dataclasses`` or ``enum`` at run time (each costs milliseconds
+at every container start; together they would double the cost of stepping aside).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Callable, Union
-
 from shim import __version__
 from shim.errors import UsageError
 from shim.log import LEVELS
+
+# typing costs ~15 ms to import: the annotations here are strings, checked by mypy only.
+TYPE_CHECKING = False
 
 IPV4_ENDPOINT = "http://169.254.169.254"
 IPV6_ENDPOINT = "http://[fd00:ec2::254]"
@@ -34,9 +34,21 @@ DOCTOR_FORMATS = ("text", "json")
 ENDPOINT_MODES = {"ipv4": IPV4_ENDPOINT, "ipv6": IPV6_ENDPOINT}
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
-IAM_NAME = re.compile(r"[\w+=,.@-]{1,128}", re.ASCII)
+IAM_NAME_CHARACTERS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+=,.@-"
+)
 
-Value = Union[str, int, float, bool, None]
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Union
+
+    Value = Union[str, int, float, bool, None]
+    Parser = Callable[[str, str], Value]
+
+
+def is_iam_name(value: str) -> bool:
+    """1 to 128 of letters, digits and ``_+=,.@-``: what IAM accepts in a role name."""
+    return 1 <= len(value) <= 128 and set(value) <= IAM_NAME_CHARACTERS
 
 
 def _number(value: str, what: str, minimum: float, maximum: float) -> float:
@@ -90,7 +102,11 @@ def exit_code(value: str, what: str) -> int:
 
 def endpoint(value: str, what: str) -> str:
     """An ``http://`` or ``https://`` base URL; a trailing slash is dropped."""
-    if not re.fullmatch(r"https?://[^/\s?#]+/?", value):
+    scheme, _, rest = value.partition("://")
+    authority = rest[:-1] if rest.endswith("/") else rest
+    if scheme not in ("http", "https") or not authority or any(
+        char in "/?#" or char.isspace() for char in authority
+    ):
         raise UsageError(f"{what}: expected a URL such as http://169.254.169.254, got {value!r}")
     return value.rstrip("/")
 
@@ -105,7 +121,7 @@ def endpoint_mode(value: str, what: str) -> str:
 
 def role_name(value: str, what: str) -> str:
     """An IAM role name: 1 to 128 of letters, digits and ``+=,.@_-``."""
-    if not IAM_NAME.fullmatch(value):
+    if not is_iam_name(value):
         raise UsageError(f"{what}: {value!r} is not a valid IAM role name")
     return value
 
@@ -137,23 +153,28 @@ def sdk_true(value: str, what: str) -> bool:
     return value.strip().lower() == "true"
 
 
-Parser = Callable[[str, str], Value]
-
-
-@dataclass(frozen=True)
 class Option:
     """One setting: its flags, environment twin, SDK variables, parser, default and help."""
 
-    dest: str
-    flags: tuple[str, ...]
-    help: str
-    parse: Parser | None = None  # None: a boolean flag that takes no value
-    default: Value = None
-    metavar: str = ""
-    sdk_env: tuple[str, ...] = ()
-    env_parse: Parser | None = None  # for the SDK variables, when they differ from the twin
-    verbs: frozenset[str] = frozenset({EXEC, "export", "credential-process", "doctor"})
-    env_prefix: str = "IMDS_SHIM_"
+    __slots__ = ("default", "dest", "env_parse", "env_prefix", "flags", "help", "metavar", "parse",
+                 "sdk_env", "verbs")
+
+    def __init__(
+        self,
+        dest: str,
+        flags: tuple[str, ...],
+        help: str,
+        parse: Parser | None = None,  # None: a boolean flag that takes no value
+        default: Value = None,
+        metavar: str = "",
+        sdk_env: tuple[str, ...] = (),
+        env_parse: Parser | None = None,  # for the SDK variables, when they differ from the twin
+        verbs: frozenset[str] = frozenset({EXEC, "export", "credential-process", "doctor"}),
+        env_prefix: str = "IMDS_SHIM_",
+    ) -> None:
+        self.dest, self.flags, self.help, self.parse = dest, flags, help, parse
+        self.default, self.metavar, self.sdk_env, self.env_parse = default, metavar, sdk_env, env_parse
+        self.verbs, self.env_prefix = verbs, env_prefix
 
     @property
     def env(self) -> str:
@@ -196,33 +217,39 @@ OPTIONS: tuple[Option, ...] = (
 VERBOSITY_FLAGS = {"-v": "info", "--verbose": "info", "-vv": "debug", "-q": "error", "--quiet": "error"}
 
 
-@dataclass
 class Invocation:
     """What the command line asks for: a verb, its settings and (for exec and simulate) a command."""
 
-    verb: str
-    settings: dict[str, Value]
-    command: list[str] = field(default_factory=list)
-    show_help: bool = False
-    show_version: bool = False
+    def __init__(self, verb: str, settings: dict[str, Value]) -> None:
+        self.verb = verb
+        self.settings = settings
+        self.command: list[str] = []
+        self.show_help = False
+        self.show_version = False
 
 
-@dataclass(frozen=True)
 class Config:
     """The settings the IMDS client, the exporter and the exec path need, fully resolved."""
 
-    endpoint: str = IPV4_ENDPOINT
-    role: str | None = None
-    timeout: float = 1.0
-    attempts: int = 10
-    deadline: float = 20.0
-    allow_imds_v1: bool = True
-    override: bool = False
-    optional: bool = False
-    refresh: bool = False
-    error_exit_code: int = DEFAULT_ERROR_EXIT_CODE
-    log_level: str = "warning"
-    format: str | None = None
+    def __init__(
+        self,
+        endpoint: str = IPV4_ENDPOINT,
+        role: str | None = None,
+        timeout: float = 1.0,
+        attempts: int = 10,
+        deadline: float = 20.0,
+        allow_imds_v1: bool = True,
+        override: bool = False,
+        optional: bool = False,
+        refresh: bool = False,
+        error_exit_code: int = DEFAULT_ERROR_EXIT_CODE,
+        log_level: str = "warning",
+        format: str | None = None,
+    ) -> None:
+        self.endpoint, self.role, self.timeout, self.attempts = endpoint, role, timeout, attempts
+        self.deadline, self.allow_imds_v1, self.override = deadline, allow_imds_v1, override
+        self.optional, self.refresh, self.error_exit_code = optional, refresh, error_exit_code
+        self.log_level, self.format = log_level, format
 
     @property
     def connect_timeout(self) -> float:

@@ -6,11 +6,10 @@ import json
 import re
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TypedDict
 
-from shim.config import IAM_NAME, Config
+from shim.config import Config, is_iam_name
 from shim.errors import CredentialsUnavailable, NoRoleAttached, RoleNotFound
 from shim.imds import IDENTITY_DOCUMENT_PATH, REGION_PATH, ROLE_PATH, ImdsClient
 from shim.log import log, mask_key_id
@@ -41,15 +40,27 @@ class IdentityDocument(TypedDict, total=False):
     accountId: str
 
 
-@dataclass(frozen=True)
 class Credentials:
-    """Temporary credentials; ``repr`` shows only the masked key ID, never the secrets."""
+    """Temporary credentials; ``repr`` shows only the masked key ID, never the secrets.
 
-    access_key_id: str = field(repr=False)
-    secret_access_key: str = field(repr=False)
-    session_token: str = field(repr=False)
-    expiration: datetime
-    account_id: str | None = None
+    A plain class, not a dataclass: on the healthy path nothing else imports ``dataclasses``.
+    """
+
+    __slots__ = ("access_key_id", "account_id", "expiration", "secret_access_key", "session_token")
+
+    def __init__(
+        self,
+        access_key_id: str,
+        secret_access_key: str,
+        session_token: str,
+        expiration: datetime,
+        account_id: str | None = None,
+    ) -> None:
+        self.access_key_id = access_key_id
+        self.secret_access_key = secret_access_key
+        self.session_token = session_token
+        self.expiration = expiration
+        self.account_id = account_id
 
     @property
     def masked_key_id(self) -> str:
@@ -59,16 +70,22 @@ class Credentials:
         return f"Credentials({self.masked_key_id}, expires {format_time(self.expiration)})"
 
 
-@dataclass(frozen=True)
 class Fetched:
     """What one run learnt from IMDS."""
 
-    credentials: Credentials
-    role: str
-    region: str | None
-    account_id: str | None
-    imds_version: int
-    requests_sent: int
+    __slots__ = ("account_id", "credentials", "imds_version", "region", "requests_sent", "role")
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        role: str,
+        region: str | None,
+        account_id: str | None,
+        imds_version: int,
+        requests_sent: int,
+    ) -> None:
+        self.credentials, self.role, self.region = credentials, role, region
+        self.account_id, self.imds_version, self.requests_sent = account_id, imds_version, requests_sent
 
 
 def parse_time(value: str) -> datetime:
@@ -124,7 +141,7 @@ def parse_role(body: bytes) -> str:
     """The first line of the discovery answer, trimmed, checked to be an IAM role name."""
     lines = body.decode("utf-8", "replace").strip().splitlines()
     role = lines[0].strip() if lines else ""
-    if not IAM_NAME.fullmatch(role):
+    if not is_iam_name(role):
         raise Transient("IMDS answered role discovery with something that is not a role name")
     return role
 

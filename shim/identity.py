@@ -8,9 +8,11 @@ and without importing ``requests``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
-
 from shim.errors import UsageError
+
+TYPE_CHECKING = False  # no typing import at run time: this is the step-aside path
+if TYPE_CHECKING:
+    from collections.abc import Mapping, MutableMapping
 
 ACCESS_KEY = "AWS_ACCESS_KEY_ID"
 SECRET_KEY = "AWS_SECRET_ACCESS_KEY"

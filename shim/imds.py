@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Callable
+from typing import Callable, TypeVar
 
 import urllib3
 
@@ -31,7 +31,7 @@ from shim.errors import (
 )
 from shim.lean_requests import requests
 from shim.log import log
-from shim.retry import Deadline, Transient, Unreachable, retry_policy
+from shim.retry import Deadline, Transient, Unreachable, with_retries
 
 TOKEN_PATH = "/latest/api/token"
 ROLE_PATH = "/latest/meta-data/iam/security-credentials/"
@@ -44,6 +44,7 @@ TOKEN_TTL_SECONDS = 60
 MAX_BODY_BYTES = 64 * 1024
 MAX_TOKEN_BYTES = 1024
 USER_AGENT = f"imds-shim/{__version__}"
+T = TypeVar("T")
 V1_STATUSES = (403, 404, 405)  # the token PUT answers these where IMDSv2 is not available
 HOP_LIMIT_FIX = (
     "aws ec2 modify-instance-metadata-options --instance-id <id> "
@@ -178,9 +179,7 @@ class ImdsClient:
         """Get a token, or settle on IMDSv1 where that is allowed and IMDSv2 is not to be had."""
         allow_v1 = self.config.allow_imds_v1
         try:
-            token = retry_policy(self.deadline, self.config.attempts, self.sleep, self.rng)(
-                self._put_token
-            )
+            token = self._with_retries(self._put_token, self.config.attempts)
         except TokenUnanswered:
             self.hop_limit_suspected = True
             waited = f"{self.config.timeout:g} s"
@@ -217,6 +216,9 @@ class ImdsClient:
             self._use_v1()
             return
         self.token, self.version = token, 2
+
+    def _with_retries(self, attempt: Callable[[], T], attempts: int) -> T:
+        return with_retries(attempt, self.deadline, attempts, self.sleep, self.rng)
 
     def _use_v1(self) -> None:
         self.token, self.version = None, 1
@@ -273,11 +275,8 @@ class ImdsClient:
                 return body
             return parse(body)
 
-        policy = retry_policy(
-            self.deadline, attempts or self.config.attempts, self.sleep, self.rng
-        )
         try:
-            return policy(attempt)
+            return self._with_retries(attempt, attempts or self.config.attempts)
         except Unreachable as error:
             raise ImdsUnreachable(unreachable_message(self.config.endpoint, str(error))) from None
         except Transient as error:

@@ -1,29 +1,19 @@
-"""Retry policy for IMDS requests, composed from tenacity's ``stop``, ``wait`` and ``retry`` parts.
+"""When an IMDS request is retried, and how long the shim may take in all.
 
-- ``retry``: only :class:`Transient` failures (5xx, 429, garbled bodies, read timeouts, a rejected
-  token). An :class:`Unreachable` IMDS (no TCP answer) gets one more try and no more: on a machine
-  that is not on EC2 every further try only delays the verdict.
-- ``wait``: exponential backoff with full jitter, so a herd of containers starting together spreads
-  out instead of hammering IMDS in lockstep; a ``Retry-After`` is honoured as a floor.
-- ``stop``: the attempt budget, or the overall :class:`Deadline`, whichever comes first; a sleep
-  that would end past the deadline is not taken.
+:class:`Transient` marks a failure worth another try, :class:`Unreachable` one that gets a single
+retry, and :class:`Deadline` is the overall budget that every timeout and sleep is measured
+against. :func:`with_retries` makes the first attempt directly and builds the tenacity policy
+(:mod:`shim.backoff`) only once something has failed. tenacity and the modules it pulls in cost
+~15 ms to import, and a healthy IMDS never needs them.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from typing import Callable
+from typing import Callable, TypeVar
 
-import tenacity
-from tenacity import RetryCallState
-from tenacity.retry import retry_base
-from tenacity.stop import stop_base
-from tenacity.wait import wait_base
-
-BACKOFF_BASE = 0.05
-BACKOFF_CAP = 4.0
-UNREACHABLE_TRIES = 2
+T = TypeVar("T")
 
 
 class Transient(Exception):
@@ -53,59 +43,24 @@ class Deadline:
         return self.clock() - self.started
 
 
-class retry_transient(retry_base):
-    """Retry :class:`Transient` failures; an :class:`Unreachable` IMDS only once."""
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        outcome = retry_state.outcome
-        error = outcome.exception() if outcome is not None and outcome.failed else None
-        if isinstance(error, Unreachable):
-            return retry_state.attempt_number < UNREACHABLE_TRIES
-        return isinstance(error, Transient)
-
-
-class wait_jitter_or_retry_after(wait_base):
-    """Full jitter: uniform(0, min(cap, base * 2**(n-1))), raised to any ``Retry-After``."""
-
-    def __init__(
-        self,
-        base: float = BACKOFF_BASE,
-        cap: float = BACKOFF_CAP,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
-        self.base, self.cap, self.rng = base, cap, rng
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        ceiling: float = min(self.cap, self.base * 2.0 ** (retry_state.attempt_number - 1))
-        delay = ceiling * self.rng()
-        outcome = retry_state.outcome
-        error = outcome.exception() if outcome is not None and outcome.failed else None
-        if isinstance(error, Transient) and error.retry_after is not None:
-            delay = max(delay, error.retry_after)
-        return delay
-
-
-class stop_at_deadline(stop_base):
-    """Stop when the next sleep would not end before the deadline."""
-
-    def __init__(self, deadline: Deadline) -> None:
-        self.deadline = deadline
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return bool(self.deadline.remaining() <= retry_state.upcoming_sleep)
-
-
-def retry_policy(
+def with_retries(
+    attempt: Callable[[], T],
     deadline: Deadline,
     attempts: int,
     sleep: Callable[[float], None] = time.sleep,
     rng: Callable[[], float] = random.random,
-) -> tenacity.Retrying:
-    """The policy every IMDS request runs under; ``sleep`` and ``rng`` are injectable for tests."""
-    return tenacity.Retrying(
-        retry=retry_transient(),
-        wait=wait_jitter_or_retry_after(rng=rng),
-        stop=tenacity.stop_after_attempt(attempts) | stop_at_deadline(deadline),
-        sleep=sleep,
-        reraise=True,
-    )
+) -> T:
+    """Call ``attempt`` under the retry policy; its first failure is replayed, not repeated."""
+    try:
+        return attempt()
+    except Transient as failure:
+        first_failure: list[Transient] = [failure]
+
+    from shim.backoff import retry_policy
+
+    def replay_then_attempt() -> T:
+        if first_failure:
+            raise first_failure.pop()
+        return attempt()
+
+    return retry_policy(deadline, attempts, sleep, rng)(replay_then_attempt)

@@ -23,10 +23,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 from shim.config import (
     Option,
-    Value,
     natural,
     port,
     role_name,
@@ -36,6 +36,9 @@ from shim.config import (
 )
 from shim.errors import UsageError
 from shim.log import log
+
+if TYPE_CHECKING:
+    from shim.config import Value
 
 TOKEN_PATH = "/latest/api/token"
 ROLE_PATH = "/latest/meta-data/iam/security-credentials/"

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.mark.parametrize("command", [["ruff", "check", "shim", "tests"], ["mypy"]],
+@pytest.mark.parametrize("command", [["ruff", "check", "shim", "tests", "bench"], ["mypy"]],
                          ids=["ruff", "mypy"])
 def test_static_check_is_clean(command: list[str]) -> None:
     """The code passes the project's linters (configured in pyproject.toml)."""

@@ -6,7 +6,8 @@ from typing import Callable
 
 import pytest
 
-from shim.retry import BACKOFF_CAP, Deadline, Transient, Unreachable, retry_policy
+from shim.backoff import BACKOFF_CAP, retry_policy
+from shim.retry import Deadline, Transient, Unreachable, with_retries
 
 
 class FakeTime:
@@ -121,3 +122,24 @@ def test_deadline_remaining_never_negative() -> None:
     deadline = Deadline(1.0, fake.clock)
     fake.now = 5.0
     assert (deadline.remaining(), deadline.elapsed()) == (0.0, 5.0)
+
+
+def test_with_retries_replays_the_first_failure_instead_of_repeating_it() -> None:
+    """with_retries: one call on success; after a failure, the same waits as the policy."""
+    fake = FakeTime()
+    healthy = failing(0, Transient("busy"))
+    assert with_retries(healthy, Deadline(60, fake.clock), 10, fake.sleep, lambda: 1.0) == "ok"
+    assert (healthy.calls["n"], fake.sleeps) == (1, [])  # type: ignore[attr-defined]
+    flaky = failing(2, Transient("busy"))
+    assert with_retries(flaky, Deadline(60, fake.clock), 10, fake.sleep, lambda: 1.0) == "ok"
+    assert flaky.calls["n"] == 3  # type: ignore[attr-defined]
+    assert fake.sleeps == pytest.approx([0.05, 0.1])
+
+
+def test_with_retries_counts_the_first_failure_as_an_attempt() -> None:
+    """attempts=3 means three requests in all, the first one included."""
+    fake = FakeTime()
+    attempt = failing(10, Transient("busy"))
+    with pytest.raises(Transient):
+        with_retries(attempt, Deadline(60, fake.clock), 3, fake.sleep, lambda: 1.0)
+    assert attempt.calls["n"] == 3  # type: ignore[attr-defined]

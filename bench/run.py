@@ -1,0 +1,187 @@
+"""Side-by-side start-up benchmark: imds-shim against its floor and the alternatives.
+
+    python bench/run.py                 # 40 interleaved rounds, the README's table
+    python bench/run.py --rounds 3      # CI's smoke run
+
+Every command runs once per round, in a rotating order, so that drift in the machine's speed hits
+every command alike. All fetch against the project's IMDS simulator on loopback (IMDSv2 required),
+started as a separate process. Wall time is measured around fork, exec and wait. Peak RSS is the
+child's ``ru_maxrss``. The script prints medians, ratios to the floor (`import requests, tenacity`
+in the same interpreter), the targets, and the IMDS requests per run. A missing alternative (curl
+and jq, boto3, AWS CLI v2) is skipped with the reason. This is a benchmark, not a test: it fails
+only on ``--check`` when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+SHIM = str(BIN / "imds-shim")
+PYTHON = sys.executable
+AWS_CLI = "/usr/bin/aws"  # Debian's awscli package is v2; a pip-installed `aws` may be v1
+BOTO3_EXEC = (
+    "import os, boto3\n"
+    "c = boto3.Session().get_credentials().get_frozen_credentials()\n"
+    "os.execvpe('true', ['true'], dict(os.environ, AWS_ACCESS_KEY_ID=c.access_key,\n"
+    "           AWS_SECRET_ACCESS_KEY=c.secret_key, AWS_SESSION_TOKEN=c.token))\n"
+)
+AWS_CLI_EXEC = f'eval "$({AWS_CLI} configure export-credentials --format env)" && exec true'
+
+
+@dataclass
+class Case:
+    """One command in the comparison."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    times: list[float] = field(default_factory=list)
+    rss_kib: list[int] = field(default_factory=list)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.times) * 1000
+
+
+def run_once(case: Case, base_env: dict[str, str]) -> None:
+    env = dict(base_env, **case.env)
+    started = time.perf_counter()
+    child = subprocess.Popen(case.argv, env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    elapsed = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"{case.name}: exited {child.returncode}; run it by hand to see why")
+    case.times.append(elapsed)
+    case.rss_kib.append(usage.ru_maxrss)
+
+
+def start_simulator() -> tuple[subprocess.Popen[str], str]:
+    simulator = subprocess.Popen([SHIM, "simulate", "--imds-v2-required"],
+                                 stderr=subprocess.PIPE, text=True)
+    assert simulator.stderr is not None
+    line = simulator.stderr.readline()
+    found = re.search(r"http://\S+", line)
+    if not found:
+        simulator.kill()
+        raise SystemExit(f"the simulator did not start: {line!r}")
+    return simulator, found.group(0)
+
+
+def available_cases() -> tuple[list[Case], list[str]]:
+    keys = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLEEXAMPLE00", "AWS_SECRET_ACCESS_KEY": "example"}
+    cases = [
+        Case("imds-shim -- true", [SHIM, "--", "true"]),
+        Case("floor: python -c 'import requests, tenacity'",
+             [PYTHON, "-c", "import requests, tenacity"]),
+        Case("python -c pass", [PYTHON, "-c", "pass"]),
+        Case("imds-shim step-aside (keys preset)", [SHIM, "--", "true"], keys),
+        Case("imds-shim export", [SHIM, "export"]),
+        Case("imds-shim credential-process", [SHIM, "credential-process"]),
+    ]
+    skipped = []
+    if shutil.which("curl") and shutil.which("jq"):
+        cases.append(Case("curl + jq recipe", ["sh", str(HERE / "curl_recipe.sh"), "true"]))
+    else:
+        skipped.append("curl + jq recipe: curl or jq not installed")
+    if subprocess.run([PYTHON, "-c", "import boto3"], capture_output=True).returncode == 0:
+        cases.append(Case("boto3 provider + exec", [PYTHON, "-c", BOTO3_EXEC]))
+    else:
+        skipped.append("boto3 provider: boto3 not installed in this interpreter")
+    version = subprocess.run([AWS_CLI, "--version"], capture_output=True, text=True) \
+        if os.path.exists(AWS_CLI) else None
+    if version is not None and version.stdout.startswith("aws-cli/2"):
+        cases.append(Case("AWS CLI v2 export-credentials + exec", ["sh", "-c", AWS_CLI_EXEC]))
+    else:
+        skipped.append(f"AWS CLI v2: {AWS_CLI} missing or not v2 (Debian package awscli)")
+    return cases, skipped
+
+
+def requests_per_run(base_env: dict[str, str]) -> int:
+    """How many requests one `imds-shim -- true` sends, from its own -vv lines."""
+    completed = subprocess.run([SHIM, "-vv", "--", "true"], env=base_env, capture_output=True,
+                               text=True, check=True)
+    return sum(": debug: " in line and " -> " in line for line in completed.stderr.splitlines())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args()
+
+    simulator, url = start_simulator()
+    base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ["HOME"],
+                "LANG": "C.UTF-8", "AWS_EC2_METADATA_SERVICE_ENDPOINT": url}
+    try:
+        cases, skipped = available_cases()
+        for _ in range(args.warmup):
+            for case in cases:
+                run_once(case, base_env)
+                case.times.clear()
+                case.rss_kib.clear()
+        for round_number in range(args.rounds):
+            shift = round_number % len(cases)
+            for case in cases[shift:] + cases[:shift]:
+                run_once(case, base_env)
+        requests = requests_per_run(base_env)
+    finally:
+        simulator.terminate()
+        simulator.wait()
+    return report(cases, skipped, requests, args)
+
+
+def report(cases: list[Case], skipped: list[str], requests: int, args: argparse.Namespace) -> int:
+    by_name = {case.name: case for case in cases}
+    shim = by_name["imds-shim -- true"].median_ms
+    floor = by_name["floor: python -c 'import requests, tenacity'"].median_ms
+    print(f"imds-shim start-up benchmark, {date.today()}, {platform.machine()}, "
+          f"{os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"{args.rounds} interleaved rounds")
+    print(f"{'command':<44} {'median ms':>9} {'x floor':>8} {'/ shim':>7} {'peak RSS MiB':>12}")
+    for case in cases:
+        print(f"{case.name:<44} {case.median_ms:>9.1f} {case.median_ms / floor:>8.2f} "
+              f"{case.median_ms / shim:>7.2f} {statistics.median(case.rss_kib) / 1024:>12.1f}")
+    for reason in skipped:
+        print(f"skipped: {reason}")
+    print(f"IMDS requests per `imds-shim -- true`: {requests}")
+
+    targets = [
+        ("imds-shim -- true <= 1.0 x floor", shim / floor, shim <= floor),
+        ("step-aside <= 20 ms", by_name["imds-shim step-aside (keys preset)"].median_ms,
+         by_name["imds-shim step-aside (keys preset)"].median_ms <= 20),
+        ("<= 4 IMDS requests per run", requests, requests <= 4),
+    ]
+    if "boto3 provider + exec" in by_name:
+        ratio = by_name["boto3 provider + exec"].median_ms / shim
+        targets.append(("boto3 provider >= 1.3 x slower", ratio, ratio >= 1.3))
+    if "AWS CLI v2 export-credentials + exec" in by_name:
+        ratio = by_name["AWS CLI v2 export-credentials + exec"].median_ms / shim
+        targets.append(("AWS CLI v2 >= 3.5 x slower", ratio, ratio >= 3.5))
+    if "curl + jq recipe" in by_name:
+        ratio = shim / by_name["curl + jq recipe"].median_ms
+        targets.append(("imds-shim <= 1.35 x curl + jq", ratio, ratio <= 1.35))
+    missed = 0
+    for label, value, met in targets:
+        missed += not met
+        print(f"target {'met   ' if met else 'MISSED'} {label}: {value:.2f}")
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
