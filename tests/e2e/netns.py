@@ -1,0 +1,84 @@
+"""Network namespaces for the end-to-end tests: a private EC2 look-alike (see conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+IMDS_ADDRESS = "169.254.169.254"
+BIN = Path(sys.executable).parent
+SHIM = str(BIN / "imds-shim")
+TIMINGS: list[tuple[str, float]] = []
+
+
+def why_no_namespaces() -> str | None:
+    if os.geteuid() != 0:
+        return "network namespaces need root (CI runs as root)"
+    if shutil.which("ip") is None:
+        return "the ip command is missing (Debian package iproute2)"
+    return None
+
+
+class Topology:
+    """Names of the namespaces; ``run`` executes a command inside one of them."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.imds, self.host, self.container = f"{tag}-imds", f"{tag}-host", f"{tag}-ctr"
+        self.offec2, self.router = f"{tag}-off", f"{tag}-rtr"
+        self.all = (self.imds, self.host, self.container, self.offec2, self.router)
+
+    def ip(self, namespace: str | None, *args: str) -> None:
+        prefix = ["ip", "netns", "exec", namespace] if namespace else []
+        subprocess.run([*prefix, "ip", *args], check=True, capture_output=True, text=True)
+
+    def build(self) -> None:
+        for namespace in self.all:
+            subprocess.run(["ip", "netns", "add", namespace], check=True)
+            self.ip(namespace, "link", "set", "lo", "up")
+        t = self.tag[-6:]  # interface names are at most 15 characters
+        self._link(f"i{t}", self.imds, f"h{t}", self.host)
+        self._link(f"c{t}", self.container, f"b{t}", self.host)
+        self._link(f"o{t}", self.offec2, f"r{t}", self.router)
+        self.ip(self.imds, "addr", "add", f"{IMDS_ADDRESS}/16", "dev", f"i{t}")
+        self.ip(self.host, "addr", "add", "169.254.0.1/16", "dev", f"h{t}")
+        self.ip(self.host, "addr", "add", "198.51.100.1/24", "dev", f"b{t}")
+        self.ip(self.container, "addr", "add", "198.51.100.2/24", "dev", f"c{t}")
+        self.ip(self.container, "route", "add", "default", "via", "198.51.100.1")
+        self.ip(self.imds, "route", "add", "198.51.100.0/24", "via", "169.254.0.1")
+        self.ip(self.offec2, "addr", "add", "203.0.113.2/24", "dev", f"o{t}")
+        self.ip(self.offec2, "route", "add", "default", "via", "203.0.113.1")
+        self.ip(self.router, "addr", "add", "203.0.113.1/24", "dev", f"r{t}")
+        self.ip(self.router, "route", "add", "blackhole", "default")
+        for namespace in (self.host, self.router):
+            subprocess.run(["ip", "netns", "exec", namespace, "sysctl", "-q", "-w",
+                            "net.ipv4.ip_forward=1"], check=True)
+
+    def _link(self, left: str, left_ns: str, right: str, right_ns: str) -> None:
+        subprocess.run(["ip", "link", "add", left, "netns", left_ns, "type", "veth", "peer",
+                        "name", right, "netns", right_ns], check=True)
+        self.ip(left_ns, "link", "set", left, "up")
+        self.ip(right_ns, "link", "set", right, "up")
+
+    def remove(self) -> None:
+        for namespace in self.all:
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+
+    def run(self, namespace: str, argv: list[str], env: dict[str, str] | None = None,
+            timeout: float = 30, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", namespace, *argv], env=env,
+                              capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def shim_env(**extra: str) -> dict[str, str]:
+    """The shim's defaults: no endpoint override, nothing but PATH and the given variables."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", **extra}
+
+
+def record(scenario: str, seconds: float) -> None:
+    """Keep a scenario's measured time for the summary at the end of the run."""
+    TIMINGS.append((scenario, seconds))
