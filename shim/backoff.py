@@ -4,7 +4,9 @@
   token). An :class:`Unreachable` IMDS (no TCP answer) gets one more try and no more: on a machine
   that is not on EC2 every further try only delays the verdict.
 - ``wait``: exponential backoff with full jitter, so a herd of containers starting together spreads
-  out instead of hammering IMDS in lockstep; a ``Retry-After`` is honoured as a floor.
+  out instead of hammering IMDS in lockstep; a ``Retry-After`` is honoured as a floor. Throttling
+  (429) starts from a ten times higher base, as the AWS SDKs' standard retry mode does: a busy
+  IMDS recovers in milliseconds, a throttling one only when the herd slows down.
 - ``stop``: the attempt budget, or the overall :class:`Deadline`, whichever comes first; a sleep
   that would end past the deadline is not taken.
 
@@ -23,9 +25,11 @@ from tenacity.retry import retry_base
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from shim.retry import Deadline, Transient, Unreachable
+from shim.retry import Deadline, Throttled, Transient, Unreachable
 
+# The lower-case class names below follow tenacity's own (stop_after_attempt, wait_random, ...).
 BACKOFF_BASE = 0.05
+THROTTLED_BACKOFF_BASE = 0.5
 BACKOFF_CAP = 4.0
 UNREACHABLE_TRIES = 2
 
@@ -42,21 +46,26 @@ class retry_transient(retry_base):
 
 
 class wait_jitter_or_retry_after(wait_base):
-    """Full jitter: uniform(0, min(cap, base * 2**(n-1))), raised to any ``Retry-After``."""
+    """Full jitter: uniform(0, min(cap, base * 2**(n-1))), raised to any ``Retry-After``.
+
+    The base is ``throttled_base`` after a 429, ``base`` after anything else.
+    """
 
     def __init__(
         self,
         base: float = BACKOFF_BASE,
         cap: float = BACKOFF_CAP,
         rng: Callable[[], float] = random.random,
+        throttled_base: float = THROTTLED_BACKOFF_BASE,
     ) -> None:
-        self.base, self.cap, self.rng = base, cap, rng
+        self.base, self.cap, self.rng, self.throttled_base = base, cap, rng, throttled_base
 
     def __call__(self, retry_state: RetryCallState) -> float:
-        ceiling: float = min(self.cap, self.base * 2.0 ** (retry_state.attempt_number - 1))
-        delay = ceiling * self.rng()
         outcome = retry_state.outcome
         error = outcome.exception() if outcome is not None and outcome.failed else None
+        base = self.throttled_base if isinstance(error, Throttled) else self.base
+        ceiling: float = min(self.cap, base * 2.0 ** (retry_state.attempt_number - 1))
+        delay = ceiling * self.rng()
         if isinstance(error, Transient) and error.retry_after is not None:
             delay = max(delay, error.retry_after)
         return delay

@@ -21,6 +21,10 @@ TYPE_CHECKING = False
 IPV4_ENDPOINT = "http://169.254.169.254"
 IPV6_ENDPOINT = "http://[fd00:ec2::254]"
 DEFAULT_ERROR_EXIT_CODE = 125
+# Generous on purpose: only a busy or throttling IMDS is waited for this long (a herd of 100
+# containers against an IMDS throttling at 50 req/s needs ~15 s). The verdicts that matter (not on
+# EC2, hop limit, no role) are decided by what the network did, in about a second.
+DEFAULT_DEADLINE = 30.0
 # Connecting to IMDS takes well under a millisecond on EC2; a SYN unanswered for this long means
 # there is nothing there. Two such tries stay inside the 1.5 s off-EC2 verdict.
 MAX_CONNECT_TIMEOUT = 0.5
@@ -195,7 +199,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("attempts", ("--attempts",), "tries per IMDS request while it is busy or garbled",
            count, 10, "N", ("AWS_METADATA_SERVICE_NUM_ATTEMPTS",)),
     Option("deadline", ("--deadline",), "overall seconds after which the shim gives up",
-           seconds, 20.0, "SECONDS"),
+           seconds, DEFAULT_DEADLINE, "SECONDS"),
     Option("no_imds_v1", ("--no-imds-v1",), "require IMDSv2 tokens, never fall back to IMDSv1",
            None, False, "", ("AWS_EC2_METADATA_V1_DISABLED",), sdk_true),
     Option("override", ("--override",),
@@ -237,7 +241,7 @@ class Config:
         role: str | None = None,
         timeout: float = 1.0,
         attempts: int = 10,
-        deadline: float = 20.0,
+        deadline: float = DEFAULT_DEADLINE,
         allow_imds_v1: bool = True,
         override: bool = False,
         optional: bool = False,

@@ -31,7 +31,7 @@ from shim.errors import (
 )
 from shim.lean_requests import requests
 from shim.log import log
-from shim.retry import Deadline, Transient, Unreachable, with_retries
+from shim.retry import Deadline, Throttled, Transient, Unreachable, with_retries
 
 TOKEN_PATH = "/latest/api/token"
 ROLE_PATH = "/latest/meta-data/iam/security-credentials/"
@@ -169,7 +169,7 @@ class ImdsClient:
         if status in V1_STATUSES:
             return None
         if status == 429 or status >= 500:
-            raise Transient(f"IMDS answered {status} to the token request", retry_after)
+            raise _busy(status, "the token request", retry_after)
         raise ImdsRefused(
             f"IMDS answered {status} to the IMDSv2 token request (PUT {TOKEN_PATH}); "
             "a proxy adding X-Forwarded-For causes this: IMDS calls must not go through one"
@@ -249,7 +249,7 @@ class ImdsClient:
                 "IMDS requires IMDSv2 tokens on this instance but did not issue one"
             )
         if status == 429 or status >= 500:
-            raise Transient(f"IMDS answered {status} to GET {path}", retry_after)
+            raise _busy(status, f"GET {path}", retry_after)
         if status == 403:
             raise ImdsRefused(
                 f"IMDS answered 403 Forbidden to GET {path}: the metadata service is probably "
@@ -288,6 +288,11 @@ class ImdsClient:
             f"{self.deadline.elapsed():.1f} s (--attempts {self.config.attempts}, --deadline "
             f"{self.config.deadline:g}): {error}"
         )
+
+
+def _busy(status: int, what: str, retry_after: float | None) -> Transient:
+    kind = Throttled if status == 429 else Transient
+    return kind(f"IMDS answered {status} to {what}", retry_after)
 
 
 def _never_connected(error: requests.exceptions.ConnectionError) -> bool:

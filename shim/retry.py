@@ -24,6 +24,10 @@ class Transient(Exception):
         self.retry_after = retry_after
 
 
+class Throttled(Transient):
+    """IMDS answered 429: it wants fewer requests, so the backoff starts higher."""
+
+
 class Unreachable(Transient):
     """No TCP connection to IMDS (timed out, refused or no route)."""
 

@@ -7,7 +7,7 @@ from typing import Callable
 import pytest
 
 from shim.backoff import BACKOFF_CAP, retry_policy
-from shim.retry import Deadline, Transient, Unreachable, with_retries
+from shim.retry import Deadline, Throttled, Transient, Unreachable, with_retries
 
 
 class FakeTime:
@@ -47,6 +47,13 @@ def test_exponential_backoff_doubles_from_50_ms() -> None:
     fake = FakeTime()
     assert policy(fake)(failing(4, Transient("busy"))) == "ok"
     assert fake.sleeps == pytest.approx([0.05, 0.1, 0.2, 0.4])
+
+
+def test_throttling_backs_off_ten_times_harder() -> None:
+    """After a 429 the waits start at 500 ms, as the SDKs' standard mode does for throttling."""
+    fake = FakeTime()
+    policy(fake)(failing(3, Throttled("429")))
+    assert fake.sleeps == pytest.approx([0.5, 1.0, 2.0])
 
 
 def test_backoff_is_capped() -> None:
