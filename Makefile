@@ -17,7 +17,7 @@ demo: $(BIN)/python
 # Install the test dependencies and run the whole suite (lint and type checks included).
 test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Start-up benchmark, side by side (see README, "Performance"). BENCH_ARGS=--rounds 3 for a smoke run.
 bench:
