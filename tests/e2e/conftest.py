@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from .netns import IMDS_ADDRESS, SHIM, TIMINGS, Topology, why_no_namespaces
+from .netns import IMDS_ADDRESS, SHIM, TIMINGS, StartImds, Topology, why_no_namespaces
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +43,7 @@ def topology() -> Iterator[Topology]:
 
 
 @pytest.fixture
-def imds(topology: Topology) -> Iterator[Any]:
+def imds(topology: Topology) -> Iterator[StartImds]:
     """Start the simulator on 169.254.169.254:80 inside the IMDS namespace: imds(*knobs)."""
     running: list[subprocess.Popen[str]] = []
 

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ IMDS_ADDRESS = "169.254.169.254"
 BIN = Path(sys.executable).parent
 SHIM = str(BIN / "imds-shim")
 TIMINGS: list[tuple[str, float]] = []
+StartImds = Callable[..., None]  # the imds fixture: imds("--hop-limit", "1", ...)
 
 
 def why_no_namespaces() -> str | None:

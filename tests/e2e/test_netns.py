@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .netns import SHIM, Topology, record, shim_env
+from .netns import SHIM, StartImds, Topology, record, shim_env
 
 BUDGET = 1.5
 ENV_REPORT = [sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"]
@@ -23,7 +23,7 @@ def timed(topology: Topology, namespace: str, args: list[str]) -> tuple[float, o
     return time.monotonic() - started, completed
 
 
-def test_hop_limit_2_imdsv2_required_works_from_the_container(topology: Topology, imds) -> None:  # type: ignore[no-untyped-def]
+def test_hop_limit_2_imdsv2_required_works_from_the_container(topology: Topology, imds: StartImds) -> None:
     """Hop limit 2, IMDSv2 required: the container gets credentials through the host."""
     imds("--hop-limit", "2", "--imds-v2-required")
     seconds, completed = timed(topology, topology.container, ["--", *ENV_REPORT])
@@ -34,7 +34,7 @@ def test_hop_limit_2_imdsv2_required_works_from_the_container(topology: Topology
     assert env["AWS_SESSION_TOKEN"] == env["AWS_SECURITY_TOKEN"]
 
 
-def test_hop_limit_1_falls_back_to_imdsv1_with_a_warning(topology: Topology, imds) -> None:  # type: ignore[no-untyped-def]
+def test_hop_limit_1_falls_back_to_imdsv1_with_a_warning(topology: Topology, imds: StartImds) -> None:
     """Hop limit 1, IMDSv1 allowed: works in <= 1.5 s, warning about the hop limit."""
     imds("--hop-limit", "1")
     seconds, completed = timed(topology, topology.container, ["--", *ENV_REPORT])
@@ -45,7 +45,7 @@ def test_hop_limit_1_falls_back_to_imdsv1_with_a_warning(topology: Topology, imd
     assert seconds <= BUDGET
 
 
-def test_hop_limit_1_imdsv2_required_is_diagnosed(topology: Topology, imds) -> None:  # type: ignore[no-untyped-def]
+def test_hop_limit_1_imdsv2_required_is_diagnosed(topology: Topology, imds: StartImds) -> None:
     """Hop limit 1, IMDSv2 required: 125 in <= 1.5 s naming the hop limit and the fix."""
     imds("--hop-limit", "1", "--imds-v2-required")
     seconds, completed = timed(topology, topology.container, ["--", "true"])
