@@ -369,3 +369,15 @@ def test_concurrent_shims_share_nothing(sim: Simulator) -> None:
     for thread in threads:
         thread.join()
     assert results == [0] * 5
+
+
+def test_ipv6_endpoint(simulator: StartSimulator) -> None:
+    """An IPv6 endpoint ([::1] here, [fd00:ec2::254] on EC2) works like IPv4."""
+    try:
+        sim = simulator(host="::1")
+    except OSError as error:
+        pytest.skip(f"no IPv6 loopback here: {error}")
+    result = run_shim(["--", *probe_command()], endpoint=sim.url)
+    assert sim.url.startswith("http://[::1]:")
+    assert result.returncode == 0, result.stderr
+    assert result.probe()["env"]["AWS_ACCESS_KEY_ID"].startswith("ASIA")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import pytest
+import tenacity
 
 from shim.backoff import BACKOFF_CAP, retry_policy
 from shim.retry import Deadline, Throttled, Transient, Unreachable, with_retries
@@ -38,7 +39,9 @@ def failing(times: int, error: Exception) -> Callable[[], str]:
     return attempt
 
 
-def policy(fake: FakeTime, attempts: int = 10, deadline: float = 60.0, jitter: float = 1.0):  # type: ignore[no-untyped-def]
+def policy(
+    fake: FakeTime, attempts: int = 10, deadline: float = 60.0, jitter: float = 1.0
+) -> tenacity.Retrying:
     return retry_policy(Deadline(deadline, fake.clock), attempts, fake.sleep, lambda: jitter)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Callable
 
 import pytest
 from conftest import clean_env, probe_command, run_shim
@@ -97,7 +98,7 @@ def test_override_with_half_set_pair_is_fine(sim: Simulator) -> None:
     assert run_shim(["--override", "--", "true"], env=env).returncode == 0
 
 
-def test_optional_by_variable_on_no_role(simulator) -> None:  # type: ignore[no-untyped-def]
+def test_optional_by_variable_on_no_role(simulator: Callable[..., Simulator]) -> None:
     """IMDS_SHIM_OPTIONAL=1 runs the command without credentials when no role is attached."""
     sim = simulator(no_role=True)
     env = clean_env(IMDS_SHIM_OPTIONAL="1", AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from typing import Callable
 
 import pytest
 from conftest import clean_env, probe_command, run_shim
@@ -69,7 +70,7 @@ def test_botocore_in_the_command_uses_the_exported_credentials(sim: Simulator) -
     assert report["region"] == "eu-west-1"
 
 
-def test_botocore_refreshes_through_refresh_mode(simulator) -> None:  # type: ignore[no-untyped-def]
+def test_botocore_refreshes_through_refresh_mode(simulator: Callable[..., Simulator]) -> None:
     """--refresh: botocore's method is custom-process and a refresh brings new keys."""
     pytest.importorskip("botocore")
     # Ten minutes left is inside botocore's refresh window: every access refreshes.
