@@ -191,7 +191,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("endpoint", ("--endpoint",), "IMDS base URL", endpoint, None, "URL",
            ("AWS_EC2_METADATA_SERVICE_ENDPOINT",)),
     Option("endpoint_mode", ("--endpoint-mode",), "IPv4 (169.254.169.254) or IPv6 (fd00:ec2::254)",
-           endpoint_mode, IPV4_ENDPOINT, "MODE", ("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",)),
+           endpoint_mode, "IPv4", "MODE", ("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",)),
     Option("role", ("--role",), "use this role instead of discovering it", role_name, None,
            "NAME", ("AWS_EC2_INSTANCE_PROFILE_NAME",)),
     Option("timeout", ("--timeout",), "seconds to wait for each IMDS answer (decimals allowed)",
@@ -304,6 +304,8 @@ def _resolve(
     for name in option.sdk_env:
         if environ.get(name, "") != "":
             return (option.env_parse or parse)(environ[name], name)
+    if isinstance(option.default, str) and option.parse is not None:
+        return option.parse(option.default, "default")  # defaults are written as users write them
     return option.default
 
 
