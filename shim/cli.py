@@ -94,23 +94,14 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
         else:
             from shim.formats import render
 
-            fetched = fetch_credentials(config, _without_identity(config, environ))
+            # export and credential-process print the instance role's credentials by definition:
+            # on a host, other configured identities are normal and do not stop them.
+            fetched = fetch_credentials(config, environ)
             output = render(invocation.verb, config.format, fetched, environ)
     if invocation.verb == "exec":
         replace_process(invocation.command, environment)
     sys.stdout.write(output)  # only once everything succeeded: never a half-written env file
     return 0
-
-
-def _without_identity(config: Config, environ: Mapping[str, str]) -> Mapping[str, str]:
-    """export and credential-process print the instance role's credentials, by definition.
-
-    A more specific identity does not stop them (they run on hosts, where it is normal to have
-    keys configured), but a half-set key pair is still reported, as it would be for exec.
-    """
-    if not config.override:
-        reason_to_step_aside(environ)
-    return environ
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

@@ -40,6 +40,8 @@ from shim.log import log
 if TYPE_CHECKING:
     from shim.config import Value
 
+# Its own copies of the paths, not shim.imds's: the simulator is an independent implementation
+# of the server side, and importing the client would pull requests into every simulator start.
 TOKEN_PATH = "/latest/api/token"
 ROLE_PATH = "/latest/meta-data/iam/security-credentials/"
 IDENTITY_DOCUMENT_PATH = "/latest/dynamic/instance-identity/document"

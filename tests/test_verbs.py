@@ -193,3 +193,12 @@ def test_doctor_reports_step_aside_and_proxy(sim: Simulator) -> None:
     result = run_shim(["doctor"], env=env)
     assert "would step aside: AWS_CONTAINER_CREDENTIALS_RELATIVE_URI is set" in result.stdout
     assert "HTTP_PROXY" in result.stdout
+
+
+def test_export_does_not_step_aside(sim: Simulator) -> None:
+    """export prints the instance role's credentials even where the entrypoint would step aside."""
+    env = clean_env(AWS_PROFILE="prod", AWS_ACCESS_KEY_ID="AKIAHALFSET",
+                    AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url)
+    result = run_shim(["export", "--format", "json"], env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["AWS_ACCESS_KEY_ID"].startswith("ASIASIMULATED")
