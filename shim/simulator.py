@@ -107,6 +107,8 @@ SIMULATOR_OPTIONS: tuple[Option, ...] = (
     _sim("rotate_every", "--rotate-every", "seconds between credential sets (0: a new set for "
          "every answer; default: 5 minutes before expiry)", _period, None, "SECONDS"),
     _sim("no_identity_document", "--no-identity-document", "answer 404 for the identity document"),
+    _sim("account_in_credentials", "--account-in-credentials",
+         "add AccountId to the credentials answer, as the extended credentials path does"),
     _sim("credentials_fault", "--credentials-fault",
          "credentials answers are: " + ", ".join(CREDENTIALS_FAULTS), _fault, None, "KIND"),
     _sim("fault_times", "--fault-times", "only the first N credentials answers are faulty (0: all)",
@@ -137,6 +139,7 @@ class Settings:
     expires_in: float = 21600.0
     rotate_every: float | None = None
     no_identity_document: bool = False
+    account_in_credentials: bool = False
     credentials_fault: str | None = None
     fault_times: int = 0
 
@@ -328,6 +331,8 @@ class Handler(BaseHTTPRequestHandler):
             "Token": issued.token,
             "Expiration": _rfc3339(issued.expiration),
         }
+        if settings.account_in_credentials:
+            document["AccountId"] = settings.account
         fault = settings.credentials_fault
         if fault and (not settings.fault_times or state.credentials_answers <= settings.fault_times):
             return _faulty(fault, document)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import closed_port, probe_command, run_shim
+from conftest import clean_env, closed_port, probe_command, run_shim
 
 from shim.simulator import REDIRECT_TARGET, Simulator
 
@@ -45,16 +45,18 @@ def test_imdsv2_flow_is_four_requests_with_token(sim: Simulator) -> None:
     assert all("X-Forwarded-For" not in r.headers for r in sim.requests)
 
 
-def test_preset_region_and_account_in_credentials_skip_identity_document(
-    simulator: StartSimulator,
+@pytest.mark.parametrize(("account_in_credentials", "requests"), [(False, 4), (True, 3)])
+def test_identity_document_only_when_something_is_missing(
+    simulator: StartSimulator, account_in_credentials: bool, requests: int
 ) -> None:
-    """With the region preset, the identity document is still asked once, for the account."""
-    sim = simulator()
-    env = {"AWS_REGION": "us-east-2"}
-    from conftest import clean_env
-
-    run_shim(["--", "true"], env=clean_env(**env), endpoint=sim.url)
-    assert len(sim.requests) == 4
+    """Region preset: the identity document is asked for the account, unless the credentials carry it."""
+    sim = simulator(account_in_credentials=account_in_credentials)
+    result = run_shim(["--", *probe_command()], env=clean_env(AWS_REGION="us-east-2"),
+                      endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    assert len(sim.requests) == requests
+    assert result.probe()["env"]["AWS_ACCOUNT_ID"] == "123456789012"
+    assert result.probe()["env"]["AWS_DEFAULT_REGION"] == "us-east-2"
 
 
 def test_endpoint_with_trailing_slash(sim: Simulator) -> None:
@@ -80,8 +82,6 @@ def test_token_refused_with_imdsv1_disabled_fails(
     simulator: StartSimulator, status: int, switch: list[str]
 ) -> None:
     """With IMDSv1 disabled (flag or AWS_EC2_METADATA_V1_DISABLED) a refused token is fatal."""
-    from conftest import clean_env
-
     sim = simulator(token_status=status)
     env = clean_env() if switch else clean_env(AWS_EC2_METADATA_V1_DISABLED="True")
     result = run_shim([*switch, "--", "true"], env=env, endpoint=sim.url)
@@ -169,8 +169,6 @@ def test_no_role_attached(simulator: StartSimulator) -> None:
 @pytest.mark.parametrize("how", ["flag", "IMDS_SHIM_ROLE", "AWS_EC2_INSTANCE_PROFILE_NAME"])
 def test_named_role_skips_discovery(sim: Simulator, how: str) -> None:
     """A role given by flag or variable is used without asking IMDS which role is attached."""
-    from conftest import clean_env
-
     role = "imds-shim-simulated-role"
     args = ["--role", role] if how == "flag" else []
     env = clean_env() if how == "flag" else clean_env(**{how: role})
@@ -271,8 +269,6 @@ def test_redirect_is_not_followed(simulator: StartSimulator) -> None:
 
 def test_proxy_and_netrc_are_never_used(sim: Simulator, tmp_path: Path) -> None:
     """HTTP_PROXY and ~/.netrc are ignored: requests go straight to IMDS, without credentials."""
-    from conftest import clean_env
-
     proxy = socket.socket()
     proxy.bind(("127.0.0.1", 0))
     proxy.listen(8)
@@ -350,8 +346,6 @@ def test_very_verbose_prints_every_request(sim: Simulator) -> None:
 
 def test_log_level_variable(sim: Simulator) -> None:
     """IMDS_SHIM_LOG_LEVEL=debug is -vv."""
-    from conftest import clean_env
-
     result = run_shim(["--", "true"], env=clean_env(IMDS_SHIM_LOG_LEVEL="debug"), endpoint=sim.url)
     assert result.stderr.count(": debug: ") == 4
 

@@ -202,3 +202,18 @@ def test_export_does_not_step_aside(sim: Simulator) -> None:
     result = run_shim(["export", "--format", "json"], env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["AWS_ACCESS_KEY_ID"].startswith("ASIASIMULATED")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare to make a PID namespace")
+def test_doctor_hints_at_an_init_when_pid_1(sim: Simulator) -> None:
+    """Run as PID 1 (a container without --init), doctor says to use docker run --init."""
+    completed = subprocess.run(
+        ["unshare", "--pid", "--fork", SHIM, "doctor"],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url), capture_output=True, text=True,
+        timeout=30,
+    )
+    assert completed.returncode == 0, completed.stdout
+    assert "pid 1" in completed.stdout
+    assert "docker run --init" in completed.stdout
+    assert "pid 1" not in run_shim(["doctor"], endpoint=sim.url).stdout
