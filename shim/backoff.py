@@ -5,8 +5,10 @@
   that is not on EC2 every further try only delays the verdict.
 - ``wait``: exponential backoff with full jitter, so a herd of containers starting together spreads
   out instead of hammering IMDS in lockstep; a ``Retry-After`` is honoured as a floor. Throttling
-  (429) starts from a ten times higher base, as the AWS SDKs' standard retry mode does: a busy
-  IMDS recovers in milliseconds, a throttling one only when the herd slows down.
+  (429) starts from a 1 s base instead of 50 ms (the AWS SDKs' standard mode also starts throttled
+  retries higher): a busy IMDS recovers in milliseconds, a throttling one only when the herd
+  slows down. Measured with 100 shims against 50 req/s: 1.33-1.38x the needed requests with a
+  1 s base, 1.65-1.71x with 0.5 s.
 - ``stop``: the attempt budget, or the overall :class:`Deadline`, whichever comes first; a sleep
   that would end past the deadline is not taken.
 
@@ -29,7 +31,7 @@ from shim.retry import Deadline, Throttled, Transient, Unreachable
 
 # The lower-case class names below follow tenacity's own (stop_after_attempt, wait_random, ...).
 BACKOFF_BASE = 0.05
-THROTTLED_BACKOFF_BASE = 0.5
+THROTTLED_BACKOFF_BASE = 1.0
 BACKOFF_CAP = 4.0
 UNREACHABLE_TRIES = 2
 

@@ -400,6 +400,9 @@ class SimulatorServer(ThreadingHTTPServer):
     """The HTTP server; ``state`` is shared by all handler threads."""
 
     daemon_threads = True
+    # socketserver's default backlog of 5 drops SYNs when a herd connects at once, which a shim
+    # rightly reads as "no IMDS here"; the real IMDS does not do that.
+    request_queue_size = 1024
 
     def __init__(self, settings: Settings) -> None:
         self.address_family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET

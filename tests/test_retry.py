@@ -52,11 +52,11 @@ def test_exponential_backoff_doubles_from_50_ms() -> None:
     assert fake.sleeps == pytest.approx([0.05, 0.1, 0.2, 0.4])
 
 
-def test_throttling_backs_off_ten_times_harder() -> None:
-    """After a 429 the waits start at 500 ms, as the SDKs' standard mode does for throttling."""
+def test_throttling_backs_off_from_one_second() -> None:
+    """After a 429 the waits start at 1 s (then 2 s, then the 4 s cap)."""
     fake = FakeTime()
-    policy(fake)(failing(3, Throttled("429")))
-    assert fake.sleeps == pytest.approx([0.5, 1.0, 2.0])
+    policy(fake)(failing(4, Throttled("429")))
+    assert fake.sleeps == pytest.approx([1.0, 2.0, 4.0, 4.0])
 
 
 def test_backoff_is_capped() -> None:
