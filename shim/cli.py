@@ -61,18 +61,18 @@ def command_environment(config: Config, environ: Mapping[str, str]) -> dict[str,
         if cleared:
             log.info(f"--override: cleared {', '.join(cleared)}")
     try:
-        if config.refresh:
-            from shim.refresh import refreshing_environment
-
-            return refreshing_environment(config, environment)
-        from shim.credentials import exported_variables
-
         fetched = fetch_credentials(config, environment)
     except CredentialsUnavailable as error:
         if not config.optional:
             raise
         log.warning(f"{error}; running the command without credentials (--optional)")
         return environment
+    if config.refresh:
+        from shim.refresh import refreshing_environment
+
+        return refreshing_environment(config, environment, fetched)
+    from shim.credentials import exported_variables
+
     environment.update(exported_variables(fetched, environment))
     return environment
 

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Mapping
 
 from shim.config import Config
-from shim.credentials import REGION_VARIABLES, region_variables
+from shim.credentials import REGION_VARIABLES, Fetched, region_variables
 from shim.log import log
 
 STATIC_CREDENTIALS = (
@@ -46,11 +46,14 @@ def write_config(config: Config, region: str | None) -> str:
     return path
 
 
-def refreshing_environment(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
-    """Fetch once (to fail early and learn the region), then point the SDKs at the profile."""
-    from shim.cli import fetch_credentials
+def refreshing_environment(
+    config: Config, environ: Mapping[str, str], fetched: Fetched
+) -> dict[str, str]:
+    """Point the SDKs at the credential_process profile instead of static keys.
 
-    fetched = fetch_credentials(config, environ)
+    ``fetched`` is the first fetch: it has already failed early if it had to, and it tells the
+    region and account.
+    """
     environment = {k: v for k, v in environ.items() if k not in STATIC_CREDENTIALS}
     regions = region_variables(environ, fetched.region)
     path = write_config(config, regions.get(REGION_VARIABLES[0]))
