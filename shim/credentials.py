@@ -20,19 +20,6 @@ REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
 REGION_NAME = re.compile(r"[a-z0-9-]{1,40}")
 
 
-class CredentialsDocument(TypedDict, total=False):
-    """``/latest/meta-data/iam/security-credentials/<role>``; moto leaves out the first three."""
-
-    Code: str
-    LastUpdated: str
-    Type: str
-    AccessKeyId: str
-    SecretAccessKey: str
-    Token: str
-    Expiration: str
-    AccountId: str
-
-
 class IdentityDocument(TypedDict, total=False):
     """The fields of ``/latest/dynamic/instance-identity/document`` that the shim uses."""
 
@@ -114,7 +101,12 @@ def _json_object(body: bytes, what: str) -> dict[str, object]:
 
 
 def parse_credentials(body: bytes) -> Credentials:
-    """Validate the credentials JSON; anything unexpected is a :class:`Transient` protocol error."""
+    """Validate the credentials JSON; anything unexpected is a :class:`Transient` protocol error.
+
+    IMDS sends ``Code``, ``LastUpdated``, ``Type``, ``AccessKeyId``, ``SecretAccessKey``,
+    ``Token``, ``Expiration`` (moto leaves out the first three; the extended path adds
+    ``AccountId``). ``Code`` must be absent or ``Success``; the next four are required.
+    """
     document = _json_object(body, "the credentials answer")
     code = document.get("Code", "Success")
     if code != "Success":
