@@ -27,7 +27,8 @@ from tenacity.retry import retry_base
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from shim.retry import Deadline, Throttled, Transient, Unreachable
+from shim.deadline import Deadline
+from shim.errors import Throttled, Transient, Unreachable
 
 # The lower-case class names below follow tenacity's own (stop_after_attempt, wait_random, ...).
 BACKOFF_BASE = 0.05

@@ -11,7 +11,14 @@ import os
 import sys
 
 from shim import __version__
-from shim.config import Config, Invocation, error_exit_code_from, help_text, parse_command_line
+from shim.config import (
+    Config,
+    Invocation,
+    Option,
+    error_exit_code_from,
+    help_text,
+    parse_command_line,
+)
 from shim.errors import (
     CommandNotExecutable,
     CommandNotFound,
@@ -21,7 +28,8 @@ from shim.errors import (
 )
 from shim.execute import interruptible, replace_process
 from shim.identity import clear_identity, reason_to_step_aside
-from shim.log import log
+from shim.log import log, write_stdout
+from shim.runtime import is_imds_shim, launch_environment
 
 TYPE_CHECKING = False  # no typing import at run time: this is the step-aside path
 if TYPE_CHECKING:
@@ -37,8 +45,8 @@ EXIT_SIGNAL_BASE = 128
 def fetch_credentials(config: Config, environ: Mapping[str, str]) -> Fetched:
     """Everything IMDS has for this run. Imports the HTTP stack, so only fetching paths call it."""
     from shim.credentials import describe, fetch
+    from shim.deadline import Deadline
     from shim.imds import ImdsClient
-    from shim.retry import Deadline
 
     client = ImdsClient(config, Deadline(config.deadline))
     try:
@@ -49,8 +57,15 @@ def fetch_credentials(config: Config, environ: Mapping[str, str]) -> Fetched:
     return fetched
 
 
-def command_environment(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
+def command_environment(
+    config: Config, environ: Mapping[str, str], command: Sequence[str]
+) -> dict[str, str]:
     """The environment the command runs with: the shim's own, plus the role's credentials."""
+    if is_imds_shim(command):
+        # `docker run IMAGE imds-shim doctor` under ENTRYPOINT ["imds-shim", "--"]: the inner
+        # imds-shim does its own job; keys exported here would only mislead it.
+        log.info("the command is imds-shim itself: running it without fetching")
+        return dict(environ)
     reason = None if config.override else reason_to_step_aside(environ)
     if reason is not None:
         log.info(f"stepping aside: {reason}; running the command with its environment unchanged")
@@ -90,7 +105,7 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
 
             return doctor(config, environ)
         if invocation.verb == "exec":
-            environment = command_environment(config, environ)
+            environment = command_environment(config, environ, invocation.command)
         else:
             from shim.formats import render
 
@@ -100,22 +115,31 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
             output = render(invocation.verb, config.format, fetched, environ)
     if invocation.verb == "exec":
         replace_process(invocation.command, environment)
-    sys.stdout.write(output)  # only once everything succeeded: never a half-written env file
+    write_stdout(output)  # only once everything succeeded: never a half-written env file
     return 0
+
+
+def _verb_options(verb: str) -> Sequence[Option]:
+    """The options only one verb has; the simulator's module is imported for its own verb only."""
+    if verb == "simulate":
+        from shim.simulator import SIMULATOR_OPTIONS
+
+        return SIMULATOR_OPTIONS
+    return ()
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run imds-shim with ``argv`` (without the program name); return the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    env = dict(os.environ if environ is None else environ)
+    env = launch_environment(os.environ) if environ is None else dict(environ)
     error_exit_code = error_exit_code_from(env, args)
     try:
-        invocation = parse_command_line(args, env)
+        invocation = parse_command_line(args, env, _verb_options)
         if invocation.show_help:
-            sys.stdout.write(_help(invocation))
+            write_stdout(_help(invocation))
             return 0
         if invocation.show_version:
-            sys.stdout.write(f"imds-shim {__version__}\n")
+            write_stdout(f"imds-shim {__version__}\n")
             return 0
         log.set_level(str(invocation.settings["log_level"]))
         error_exit_code = int(invocation.settings.get("error_exit_code", error_exit_code))  # type: ignore[arg-type]
@@ -158,7 +182,8 @@ def run() -> None:
     status = main()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:  # None: the descriptor was closed when the shim started
+                stream.flush()
         except OSError:  # a closed pipe: nothing left to tell
             status = status or 1
     os._exit(status)

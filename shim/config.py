@@ -13,13 +13,25 @@ from __future__ import annotations
 
 from shim import __version__
 from shim.errors import UsageError
-from shim.log import LEVELS
+from shim.values import (
+    IPV4_ENDPOINT,
+    count,
+    endpoint,
+    endpoint_mode,
+    exit_code,
+    flag_word,
+    log_level,
+    role_name,
+    sdk_true,
+    seconds,
+    shown,
+    text,
+    whole_number,
+)
 
 # typing costs ~15 ms to import: the annotations here are strings, checked by mypy only.
 TYPE_CHECKING = False
 
-IPV4_ENDPOINT = "http://169.254.169.254"
-IPV6_ENDPOINT = "http://[fd00:ec2::254]"
 DEFAULT_ERROR_EXIT_CODE = 125
 # Generous on purpose: only a busy or throttling IMDS is waited for this long (a herd of 100
 # containers against an IMDS throttling at 50 req/s needs ~15 s). The verdicts that matter (not on
@@ -35,126 +47,19 @@ EXPORT_FORMATS = (
     "env", "env-no-export", "fish", "powershell", "windows-cmd", "process", "dotenv", "json",
 )
 DOCTOR_FORMATS = ("text", "json")
-ENDPOINT_MODES = {"ipv4": IPV4_ENDPOINT, "ipv6": IPV6_ENDPOINT}
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
-IAM_NAME_CHARACTERS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+=,.@-"
-)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
-    from typing import Union
 
-    Value = Union[str, int, float, bool, None]
-    Parser = Callable[[str, str], Value]
+    from shim.values import Parser, Value
 
-
-def is_iam_name(value: str) -> bool:
-    """1 to 128 of letters, digits and ``_+=,.@-``: what IAM accepts in a role name."""
-    return 1 <= len(value) <= 128 and set(value) <= IAM_NAME_CHARACTERS
+    # Options that only one verb has (the simulator's), asked for by verb name: the caller
+    # knows the verbs' modules, this one does not.
+    VerbOptions = Callable[[str], Sequence["Option"]]
 
 
-def _number(value: str, what: str, minimum: float, maximum: float) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = float("nan")
-    if not minimum <= number <= maximum:  # also rejects NaN
-        raise UsageError(f"{what}: expected a number from {minimum:g} to {maximum:g}, got {value!r}")
-    return number
-
-
-def seconds(value: str, what: str) -> float:
-    """A positive duration in seconds; decimals allowed (``0.25``)."""
-    return _number(value, what, 0.001, 3600)
-
-
-def signed_seconds(value: str, what: str) -> float:
-    """A duration that may be negative (the simulator's already-expired credentials)."""
-    return _number(value, what, -86400, 86400)
-
-
-def count(value: str, what: str) -> int:
-    """A whole number of attempts, 1 to 100."""
-    if not value.strip().isdigit() or not 1 <= int(value) <= 100:
-        raise UsageError(f"{what}: expected a whole number from 1 to 100, got {value!r}")
-    return int(value)
-
-
-def natural(value: str, what: str) -> int:
-    """A whole number of 0 or more."""
-    if not value.strip().isdigit():
-        raise UsageError(f"{what}: expected a whole number, got {value!r}")
-    return int(value)
-
-
-def port(value: str, what: str) -> int:
-    """A TCP port; 0 picks a free one."""
-    number = natural(value, what)
-    if number > 65535:
-        raise UsageError(f"{what}: expected a port from 0 to 65535, got {value!r}")
-    return number
-
-
-def exit_code(value: str, what: str) -> int:
-    """An exit status from 1 to 255."""
-    if not value.strip().isdigit() or not 1 <= int(value) <= 255:
-        raise UsageError(f"{what}: expected an exit status from 1 to 255, got {value!r}")
-    return int(value)
-
-
-def endpoint(value: str, what: str) -> str:
-    """An ``http://`` or ``https://`` base URL; a trailing slash is dropped."""
-    scheme, _, rest = value.partition("://")
-    authority = rest[:-1] if rest.endswith("/") else rest
-    if scheme not in ("http", "https") or not authority or any(
-        char in "/?#" or char.isspace() for char in authority
-    ):
-        raise UsageError(f"{what}: expected a URL such as http://169.254.169.254, got {value!r}")
-    return value.rstrip("/")
-
-
-def endpoint_mode(value: str, what: str) -> str:
-    """``IPv4`` or ``IPv6``, any case, turned into the matching endpoint."""
-    try:
-        return ENDPOINT_MODES[value.strip().lower()]
-    except KeyError:
-        raise UsageError(f"{what}: expected IPv4 or IPv6, got {value!r}") from None
-
-
-def role_name(value: str, what: str) -> str:
-    """An IAM role name: 1 to 128 of letters, digits and ``+=,.@_-``."""
-    if not is_iam_name(value):
-        raise UsageError(f"{what}: {value!r} is not a valid IAM role name")
-    return value
-
-
-def log_level(value: str, what: str) -> str:
-    """One of debug, info, warning, error."""
-    if value.lower() not in LEVELS:
-        raise UsageError(f"{what}: expected one of {', '.join(LEVELS)}, got {value!r}")
-    return value.lower()
-
-
-def text(value: str, what: str) -> str:
-    """Any string."""
-    return value
-
-
-def flag_word(value: str, what: str) -> bool:
-    """``1/true/yes/on`` or ``0/false/no/off``, any case (the ``IMDS_SHIM_*`` booleans)."""
-    word = value.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise UsageError(f"{what}: expected 1/true/yes/on or 0/false/no/off, got {value!r}")
-
-
-def sdk_true(value: str, what: str) -> bool:
-    """The SDKs' switches count only the word ``true``, in any case, as on."""
-    return value.strip().lower() == "true"
+def no_verb_options(verb: str) -> Sequence[Option]:
+    return ()
 
 
 class Option:
@@ -342,7 +247,9 @@ def parse_options(
             if verb in option.verbs}
 
 
-def parse_command_line(argv: Sequence[str], environ: Mapping[str, str]) -> Invocation:
+def parse_command_line(
+    argv: Sequence[str], environ: Mapping[str, str], verb_options: VerbOptions = no_verb_options
+) -> Invocation:
     """Split ``argv`` into verb, options and the verbatim command after the first ``--``."""
     if "--" in argv:
         split = list(argv).index("--")
@@ -366,7 +273,7 @@ def parse_command_line(argv: Sequence[str], environ: Mapping[str, str]) -> Invoc
             option_tokens += ["--log-level", VERBOSITY_FLAGS[token]]
         elif token.startswith("-") and len(token) > 1:
             option_tokens.append(token)
-            value_due = _expects_value(token, verb)
+            value_due = _expects_value(token, (*OPTIONS, *verb_options(verb or EXEC)))
         elif verb is None and token in VERBS:
             verb = token
         elif verb is None:
@@ -381,31 +288,25 @@ def parse_command_line(argv: Sequence[str], environ: Mapping[str, str]) -> Invoc
     if invocation.show_help or invocation.show_version:
         return invocation
 
-    if invocation.verb == "simulate":
-        from shim.simulator import SIMULATOR_OPTIONS
-
-        options: Sequence[Option] = (*OPTIONS, *SIMULATOR_OPTIONS)
-    else:
-        options = OPTIONS
+    options = (*OPTIONS, *verb_options(invocation.verb))
     invocation.settings = parse_options(option_tokens, options, invocation.verb, environ)
     _check_format(invocation)
     if invocation.verb == EXEC and not command:
         reason = "no command after '--'" if has_command else "no command given"
         raise UsageError(f"{reason}: usage is imds-shim [OPTIONS] -- COMMAND [ARGS...]")
+    if command and not command[0]:
+        # CMD [""] or an unset variable in a wrapper: refused before any IMDS request is made.
+        raise UsageError("the command after '--' is an empty string")
     if invocation.verb not in (EXEC, "simulate") and has_command:
         raise UsageError(f"{invocation.verb} runs no command; remove everything from '--' on")
     return invocation
 
 
-def _expects_value(token: str, verb: str | None) -> bool:
+def _expects_value(token: str, options: Sequence[Option]) -> bool:
     """Whether ``token`` is a flag whose value is the next word (``--role NAME``)."""
     if "=" in token:
         return False
-    from_table = [o for o in OPTIONS if token in o.flags]
-    if verb == "simulate" and not from_table:
-        from shim.simulator import SIMULATOR_OPTIONS
-
-        from_table = [o for o in SIMULATOR_OPTIONS if token in o.flags]
+    from_table = [option for option in options if token in option.flags]
     return bool(from_table) and from_table[0].parse is not None
 
 
@@ -417,7 +318,8 @@ def _check_format(invocation: Invocation) -> None:
     if value is None:
         invocation.settings["format"] = choices[0]
     elif value not in choices:
-        raise UsageError(f"--format for {verb}: expected one of {', '.join(choices)}, got {value!r}")
+        expected = ", ".join(choices)
+        raise UsageError(f"--format for {verb}: expected one of {expected}, got {shown(str(value))}")
 
 
 def error_exit_code_from(environ: Mapping[str, str], argv: Sequence[str]) -> int:
@@ -429,8 +331,9 @@ def error_exit_code_from(environ: Mapping[str, str], argv: Sequence[str]) -> int
         candidates += head[position:position + 1]
     candidates.append(environ.get("IMDS_SHIM_ERROR_EXIT_CODE", ""))
     for candidate in candidates:
-        if candidate.strip().isdigit() and 1 <= int(candidate) <= 255:
-            return int(candidate)
+        number = whole_number(candidate)
+        if number is not None and 1 <= number <= 255:
+            return number
     return DEFAULT_ERROR_EXIT_CODE
 
 

@@ -9,11 +9,11 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TypedDict
 
-from shim.config import Config, is_iam_name
-from shim.errors import CredentialsUnavailable, NoRoleAttached, RoleNotFound
+from shim.config import Config
+from shim.errors import CredentialsUnavailable, NoRoleAttached, RoleNotFound, Transient
 from shim.imds import IDENTITY_DOCUMENT_PATH, REGION_PATH, ROLE_PATH, ImdsClient
 from shim.log import log, mask_key_id
-from shim.retry import Transient
+from shim.values import is_iam_name
 
 REQUIRED_FIELDS = ("AccessKeyId", "SecretAccessKey", "Token", "Expiration")
 REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
@@ -93,7 +93,7 @@ def format_time(moment: datetime) -> str:
 def _json_object(body: bytes, what: str) -> dict[str, object]:
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep ([[[[...)
         raise Transient(f"{what} is not valid JSON") from None
     if not isinstance(document, dict):
         raise Transient(f"{what} is not a JSON object")
@@ -115,6 +115,9 @@ def parse_credentials(body: bytes) -> Credentials:
         value = document.get(name)
         if not isinstance(value, str) or not value.strip():
             raise Transient(f"the credentials answer has no {name}")
+        if not value.strip().isprintable():
+            # A NUL or a newline cannot travel in an environment variable or an env file.
+            raise Transient(f"the credentials answer's {name} has control characters")
     try:
         expiration = parse_time(str(document["Expiration"]))
     except ValueError:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -27,11 +26,11 @@ from shim.credentials import (
     role_credentials,
     seconds_left,
 )
+from shim.deadline import Deadline
 from shim.errors import ShimError
 from shim.identity import MORE_SPECIFIC, reason_to_step_aside
 from shim.imds import ROLE_PATH, ImdsClient, unreachable_message
-from shim.log import log
-from shim.retry import Deadline
+from shim.log import log, write_stdout
 
 T = TypeVar("T")
 PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY")
@@ -208,5 +207,5 @@ def doctor(config: Config, environ: Mapping[str, str]) -> int:
         report.add("pid 1", "warn", "running as PID 1: use docker run --init (or tini) so the "
                    "command is not PID 1 and zombies are reaped")
     output = report.json(obtained) if config.format == "json" else report.text(obtained)
-    sys.stdout.write(output)
+    write_stdout(output)
     return 0 if obtained else config.error_exit_code

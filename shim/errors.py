@@ -1,7 +1,10 @@
-"""The shim's own failures. Each message is one line that says what happened and what to do.
+"""The shim's own failures, and the classification of IMDS failures that the retry policy uses.
 
-``cli.main`` is the only place that turns these into exit codes. No message ever carries a secret:
-exceptions are built from status codes, paths and role names, never from response bodies.
+Each :class:`ShimError` message is one line that says what happened and what to do; ``cli.main``
+is the only place that turns them into exit codes. :class:`Transient` and its kinds never leave
+the IMDS client: it turns them into a :class:`CredentialsUnavailable` once retrying is over. No
+message ever carries a secret: exceptions are built from status codes, paths and role names,
+never from response bodies.
 """
 
 from __future__ import annotations
@@ -60,3 +63,19 @@ class Interrupted(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+class Transient(Exception):
+    """An IMDS failure worth retrying; ``retry_after`` is the server's hint in seconds."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Throttled(Transient):
+    """IMDS answered 429: it wants fewer requests, so the backoff starts higher."""
+
+
+class Unreachable(Transient):
+    """No TCP connection to IMDS (timed out, refused or no route)."""

@@ -12,6 +12,7 @@ import os
 import sys
 
 from shim.errors import CommandNotExecutable, CommandNotFound, Interrupted
+from shim.values import shown
 
 TYPE_CHECKING = False  # no typing import at run time: this is the step-aside path
 if TYPE_CHECKING:
@@ -70,15 +71,19 @@ def restore_inherited_dispositions() -> None:
 
 def replace_process(command: Sequence[str], environ: Mapping[str, str]) -> NoReturn:
     """``execvp`` the command with ``environ``; raise if it cannot be found or executed."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:  # None: the shim was started with this descriptor closed
+                stream.flush()
+        except OSError:  # a broken pipe is the command's to find out about, not the shim's
+            pass
     restore_inherited_dispositions()
     name = command[0]
     try:
         os.execvpe(name, list(command), dict(environ))
     except (FileNotFoundError, NotADirectoryError):
-        raise CommandNotFound(f"{name!r}: command not found") from None
+        raise CommandNotFound(f"{shown(name)}: command not found") from None
     except PermissionError:
-        raise CommandNotExecutable(f"{name!r}: permission denied (not executable?)") from None
+        raise CommandNotExecutable(f"{shown(name)}: permission denied (not executable?)") from None
     except OSError as error:
-        raise CommandNotExecutable(f"{name!r}: cannot execute: {error.strerror}") from None
+        raise CommandNotExecutable(f"{shown(name)}: cannot execute: {error.strerror}") from None

@@ -23,15 +23,20 @@ import urllib3
 
 from shim import __version__
 from shim.config import Config
+from shim.deadline import Deadline
 from shim.errors import (
     HopLimitExceeded,
     ImdsGaveUp,
     ImdsRefused,
     ImdsUnreachable,
+    Throttled,
+    Transient,
+    Unreachable,
+    UsageError,
 )
 from shim.lean_requests import requests
 from shim.log import log
-from shim.retry import Deadline, Throttled, Transient, Unreachable, with_retries
+from shim.retry import with_retries
 
 TOKEN_PATH = "/latest/api/token"
 ROLE_PATH = "/latest/meta-data/iam/security-credentials/"
@@ -133,6 +138,10 @@ class ImdsClient:
                 raise Unreachable("the connection was refused or there is no route") from None
             status = "connection broken"
             raise Transient(f"the connection broke during {method} {path}") from None
+        except (requests.exceptions.InvalidURL, urllib3.exceptions.LocationParseError, UnicodeError):
+            # The endpoint passed validation but requests cannot use it: the user's to fix.
+            status = "unusable URL"
+            raise UsageError(f"the IMDS endpoint {self.config.endpoint!r} is not a usable URL") from None
         finally:
             if log.enabled("debug"):
                 elapsed = (time.monotonic() - started) * 1000

@@ -1,13 +1,19 @@
-"""A four-level logger that writes one line per message to stderr.
+"""The shim's own output: one-line messages on stderr, and a verb's result on stdout.
 
 Not the ``logging`` module: the step-aside path must stay cheap, and nothing here needs handlers,
 propagation or formatting configuration. Callers never pass secrets; key IDs go through
 :func:`mask_key_id`.
+
+Either stream may be closed when the shim starts (``imds-shim export >&-`` under a supervisor):
+Python then has ``None`` for it. A closed stderr only silences the messages; the exit status still
+tells. A closed stdout fails a verb whose whole point is its output.
 """
 
 from __future__ import annotations
 
 import sys
+
+from shim.errors import ShimError
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 DEFAULT_LEVEL = "warning"
@@ -26,9 +32,12 @@ class Logger:
         return LEVELS[level] >= self.threshold
 
     def _emit(self, level: str, message: str) -> None:
-        if self.enabled(level):
-            sys.stderr.write(f"imds-shim: {level}: {message}\n")
-            sys.stderr.flush()
+        if self.enabled(level) and sys.stderr is not None:
+            try:
+                sys.stderr.write(f"imds-shim: {level}: {message}\n")
+                sys.stderr.flush()
+            except OSError:  # a closed or broken pipe: nobody is listening
+                pass
 
     def debug(self, message: str) -> None:
         self._emit("debug", message)
@@ -51,3 +60,14 @@ def mask_key_id(key_id: str) -> str:
     if len(key_id) <= 8:
         return "…"
     return f"{key_id[:4]}…{key_id[-4:]}"
+
+
+def write_stdout(output: str) -> None:
+    """Write a verb's whole result to stdout, or raise :class:`ShimError` if stdout cannot take it."""
+    try:
+        if sys.stdout is None:
+            raise OSError("closed")
+        sys.stdout.write(output)
+        sys.stdout.flush()
+    except OSError as error:
+        raise ShimError(f"cannot write the result to stdout ({error.strerror or error})") from None

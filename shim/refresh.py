@@ -10,26 +10,18 @@ from __future__ import annotations
 
 import os
 import shlex
-import sys
 import tempfile
 from collections.abc import Mapping
 
 from shim.config import Config
 from shim.credentials import REGION_VARIABLES, Fetched, region_variables
 from shim.log import log
+from shim.runtime import this_program
 
 STATIC_CREDENTIALS = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
     "AWS_CREDENTIAL_EXPIRATION",
 )
-
-
-def this_program() -> list[str]:
-    """How to run this same imds-shim again, by absolute path."""
-    script = os.path.abspath(sys.argv[0])
-    if os.path.basename(script) == "__main__.py" or not os.access(script, os.X_OK):
-        return [sys.executable, "-m", "shim"]
-    return [script]
 
 
 def write_config(config: Config, region: str | None) -> str:

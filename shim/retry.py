@@ -1,10 +1,8 @@
-"""When an IMDS request is retried, and how long the shim may take in all.
+"""The first try without tenacity, and every further try under the policy of :mod:`shim.backoff`.
 
-:class:`Transient` marks a failure worth another try, :class:`Unreachable` one that gets a single
-retry, and :class:`Deadline` is the overall budget that every timeout and sleep is measured
-against. :func:`with_retries` makes the first attempt directly and builds the tenacity policy
-(:mod:`shim.backoff`) only once something has failed. tenacity and the modules it pulls in cost
-~15 ms to import, and a healthy IMDS never needs them.
+:func:`with_retries` makes the first attempt directly and builds the tenacity policy only once
+something has failed: tenacity and the modules it pulls in cost ~15 ms to import, and a healthy
+IMDS never needs them. What is worth another try is :class:`shim.errors.Transient`.
 """
 
 from __future__ import annotations
@@ -13,38 +11,10 @@ import random
 import time
 from typing import Callable, TypeVar
 
+from shim.deadline import Deadline
+from shim.errors import Transient
+
 T = TypeVar("T")
-
-
-class Transient(Exception):
-    """An IMDS failure worth retrying; ``retry_after`` is the server's hint in seconds."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class Throttled(Transient):
-    """IMDS answered 429: it wants fewer requests, so the backoff starts higher."""
-
-
-class Unreachable(Transient):
-    """No TCP connection to IMDS (timed out, refused or no route)."""
-
-
-class Deadline:
-    """An overall time budget that every request timeout and every sleep is measured against."""
-
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.started = clock()
-        self.ends = self.started + seconds
-
-    def remaining(self) -> float:
-        return max(0.0, self.ends - self.clock())
-
-    def elapsed(self) -> float:
-        return self.clock() - self.started
 
 
 def with_retries(

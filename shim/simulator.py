@@ -25,20 +25,13 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
-from shim.config import (
-    Option,
-    natural,
-    port,
-    role_name,
-    seconds,
-    signed_seconds,
-    text,
-)
+from shim.config import Option, help_text
 from shim.errors import UsageError
 from shim.log import log
+from shim.values import natural, port, role_name, seconds, shown, signed_seconds, text
 
 if TYPE_CHECKING:
-    from shim.config import Value
+    from shim.values import Value
 
 # Its own copies of the paths, not shim.imds's: the simulator is an independent implementation
 # of the server side, and importing the client would pull requests into every simulator start.
@@ -54,21 +47,27 @@ SIMULATE = frozenset({"simulate"})
 
 def _fault(value: str, what: str) -> str:
     if value not in CREDENTIALS_FAULTS:
-        raise UsageError(f"{what}: expected one of {', '.join(CREDENTIALS_FAULTS)}, got {value!r}")
+        raise UsageError(f"{what}: expected one of {', '.join(CREDENTIALS_FAULTS)}, got {shown(value)}")
+    return value
+
+
+def _host(value: str, what: str) -> str:
+    if not value.strip():
+        raise UsageError(f"{what}: expected an address to listen on, such as 127.0.0.1")
     return value
 
 
 def _period(value: str, what: str) -> float:
     period = signed_seconds(value, what)
     if period < 0:
-        raise UsageError(f"{what}: expected 0 or more seconds, got {value!r}")
+        raise UsageError(f"{what}: expected 0 or more seconds, got {shown(value)}")
     return period
 
 
 def _status(value: str, what: str) -> int:
     code = natural(value, what)
     if not 100 <= code <= 599:
-        raise UsageError(f"{what}: expected an HTTP status, got {value!r}")
+        raise UsageError(f"{what}: expected an HTTP status, got {shown(value)}")
     return code
 
 
@@ -79,7 +78,7 @@ def _sim(dest: str, flag: str, help: str, parse: object = None, default: Value =
 
 
 SIMULATOR_OPTIONS: tuple[Option, ...] = (
-    _sim("host", "--host", "address to listen on", text, "127.0.0.1", "ADDRESS"),
+    _sim("host", "--host", "address to listen on", _host, "127.0.0.1", "ADDRESS"),
     _sim("port", "--port", "port to listen on (0: any free port)", port, 0, "PORT"),
     _sim("role_name", "--role-name", "the attached role", role_name, "imds-shim-simulated-role",
          "NAME"),
@@ -476,8 +475,6 @@ def simulate(settings: Mapping[str, Value], command: Sequence[str], environ: Map
 
 
 def simulator_help() -> str:
-    from shim.config import help_text
-
     lines = help_text(SIMULATOR_OPTIONS).splitlines()
     start = lines.index("options:")
     return "\n".join([

@@ -20,3 +20,41 @@ def test_static_check_is_clean(command: list[str]) -> None:
     completed = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True,
                                text=True, timeout=300)
     assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def _run_time_imports(path: Path) -> set[str]:
+    """The shim modules a module imports at run time, at the top or inside functions."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    type_checking_only = {
+        id(node) for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for statement in block.body for node in ast.walk(statement)
+    }
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in type_checking_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("shim."):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("shim.")}
+    return found
+
+
+def test_package_has_no_import_cycles() -> None:
+    """No shim module imports, however lazily, a module that imports it back."""
+    graph = {f"shim.{path.stem}": _run_time_imports(path) for path in (ROOT / "shim").glob("*.py")}
+
+    def cycle_from(module: str, trail: tuple[str, ...]) -> tuple[str, ...] | None:
+        for target in sorted(graph.get(module, ())):
+            if target in trail:
+                return (*trail[trail.index(target):], target)
+            found = cycle_from(target, (*trail, target))
+            if found:
+                return found
+        return None
+
+    cycles = [cycle for module in sorted(graph) if (cycle := cycle_from(module, (module,)))]
+    assert cycles == [], " -> ".join(cycles[0])

@@ -8,7 +8,9 @@ import pytest
 import tenacity
 
 from shim.backoff import BACKOFF_CAP, retry_policy
-from shim.retry import Deadline, Throttled, Transient, Unreachable, with_retries
+from shim.deadline import Deadline
+from shim.errors import Throttled, Transient, Unreachable
+from shim.retry import with_retries
 
 
 class FakeTime:

@@ -1,0 +1,63 @@
+"""Where this imds-shim runs from: an installed Python package, or the self-contained bundle.
+
+The bundle (PyInstaller's one-folder mode, see ``bundle/``) starts Python through a bootloader that
+changes the process environment: it prepends its own library folder to ``LD_LIBRARY_PATH`` (keeping
+an original value in ``LD_LIBRARY_PATH_ORIG``) and adds ``_PYI_*`` bookkeeping variables. A command
+exec'd with that environment would load the bundle's libssl and libz instead of its own image's
+(``symbol lookup error``), and an imds-shim bundle started by it would take itself for a child of
+this one. :func:`launch_environment` undoes all of it.
+
+Imported on the step-aside path: nothing here may import more than ``os`` and ``sys``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TYPE_CHECKING = False  # no typing import at run time: this is the step-aside path
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+PROGRAM_NAME = "imds-shim"
+FROZEN = bool(getattr(sys, "frozen", False))
+LIBRARY_PATH = "LD_LIBRARY_PATH"
+SAVED_LIBRARY_PATH = "LD_LIBRARY_PATH_ORIG"
+BOOTLOADER_PREFIX = "_PYI_"
+
+
+def launch_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment this imds-shim was started with, before any bootloader touched it.
+
+    The bootloader prepends its folder to ``LD_LIBRARY_PATH``; only when the value is exactly
+    what it would have made is it undone, so a variable the user set is never lost. One case
+    cannot be told apart: an empty ``LD_LIBRARY_PATH`` comes back unset (the same to the loader).
+    """
+    environment = dict(environ)
+    if not FROZEN:
+        return environment
+    for name in [name for name in environment if name.startswith(BOOTLOADER_PREFIX)]:
+        del environment[name]
+    ours = str(getattr(sys, "_MEIPASS", ""))
+    current, saved = environment.get(LIBRARY_PATH), environment.get(SAVED_LIBRARY_PATH)
+    if current == ours:
+        del environment[LIBRARY_PATH]
+    elif saved is not None and current == f"{ours}:{saved}":
+        environment[LIBRARY_PATH] = saved
+        del environment[SAVED_LIBRARY_PATH]
+    return environment
+
+
+def this_program() -> list[str]:
+    """How to run this same imds-shim again, by absolute path (for ``credential_process``)."""
+    if FROZEN:
+        return [sys.executable]  # the bundle's own executable; its argv[0] may be a bare name
+    script = os.path.abspath(sys.argv[0])
+    if os.path.basename(script) == "__main__.py" or not os.access(script, os.X_OK):
+        return [sys.executable, "-m", "shim"]
+    return [script]
+
+
+def is_imds_shim(command: Sequence[str]) -> bool:
+    """Whether ``command`` runs imds-shim itself (``docker run IMAGE imds-shim doctor``)."""
+    return os.path.basename(command[0]) == PROGRAM_NAME

@@ -1,0 +1,240 @@
+"""Odd but legal input, and plainly bad input, never ends in a traceback or an "internal error".
+
+One table: options and their ``IMDS_SHIM_*`` / SDK twins with empty, huge, non-ASCII, negative and
+malformed values; the exec path's argv, environment and standard streams; and IMDS answers with odd
+types and encodings (from a real HTTP server on loopback). Every row asserts the same contract:
+the documented exit status, at most one line on stderr, nothing on stdout on failure, no secret.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+import pytest
+from conftest import SHIM, clean_env, probe_command
+
+from shim.simulator import Simulator
+
+SECRET = "stub-secret-access-key-value"
+TOKEN = "stub-session-token-value"
+IMDS_TOKEN = "stub-imds-token-value"
+GOOD_CREDENTIALS = {
+    "Code": "Success", "AccessKeyId": "ASIASTUBSTUBSTUBWXYZ", "SecretAccessKey": SECRET,
+    "Token": TOKEN, "Expiration": "2099-01-01T00:00:00Z",
+}
+FAILED, NOT_EXECUTABLE, NOT_FOUND = 125, 126, 127
+
+Answers = dict[str, bytes]  # path -> body of a 200 answer; anything else answers 404
+
+
+class StubImds(ThreadingHTTPServer):
+    """A loopback HTTP server answering IMDS paths with whatever bytes a row gives it."""
+
+    daemon_threads = True
+
+    def __init__(self, answers: Answers) -> None:
+        self.answers = answers
+        super().__init__(("127.0.0.1", 0), StubHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class StubHandler(BaseHTTPRequestHandler):
+    server: StubImds
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+    def do_PUT(self) -> None:
+        self._answer(200, IMDS_TOKEN.encode())
+
+    def do_GET(self) -> None:
+        body = self.server.answers.get(self.path)
+        self._answer(404, b"") if body is None else self._answer(200, body)
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def stub_imds() -> Iterator[Callable[[Answers], str]]:
+    """Start stub IMDS servers for a test: stub_imds({path: body}) -> base URL."""
+    servers: list[StubImds] = []
+
+    def start(answers: Answers) -> str:
+        server = StubImds(answers)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server.url
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+ROLE = "/latest/meta-data/iam/security-credentials/"
+IDENTITY = "/latest/dynamic/instance-identity/document"
+
+
+def imds_answers(role: bytes = b"stub-role", credentials: Any = GOOD_CREDENTIALS,
+                 identity: bytes = b'{"region": "eu-west-1", "accountId": "123456789012"}') -> Answers:
+    body = credentials if isinstance(credentials, bytes) else json.dumps(credentials).encode()
+    return {ROLE: role, ROLE + "stub-role": body, IDENTITY: identity}
+
+
+class Row:
+    """One case: arguments, extra environment, IMDS answers, how streams are wired, and the verdict."""
+
+    def __init__(self, args: list[str], status: int, says: str = "", env: dict[str, str] | None = None,
+                 imds: Answers | None = None, shell: str = "") -> None:
+        self.args, self.status, self.says, self.env = args, status, says, env or {}
+        self.imds, self.shell = imds, shell
+
+
+ROWS: dict[str, Row] = {
+    # Options and their twins: empty, huge, non-ASCII, negative, malformed.
+    "empty timeout": Row(["--timeout", "", "--", "true"], FAILED, "--timeout"),
+    "empty attempts": Row(["--attempts=", "--", "true"], FAILED, "--attempts"),
+    "empty role": Row(["--role", "", "--", "true"], FAILED, "not a valid IAM role name"),
+    "empty endpoint": Row(["--endpoint", "", "--", "true"], FAILED, "--endpoint"),
+    "empty log level": Row(["--log-level", "", "--", "true"], FAILED, "--log-level"),
+    "empty format": Row(["export", "--format", ""], FAILED, "--format for export"),
+    "empty error exit code": Row(["--error-exit-code", "", "--", "true"], FAILED, "--error-exit-code"),
+    "huge attempts": Row(["--attempts", "1" * 5000, "--", "true"], FAILED, "--attempts"),
+    "huge timeout": Row(["--timeout", "9" * 400, "--", "true"], FAILED, "--timeout"),
+    "huge role": Row(["--role", "r" * 5000, "--", "true"], FAILED, "not a valid IAM role name"),
+    "huge endpoint host": Row(["--endpoint", "http://" + "a" * 300, "--", "true"], FAILED, "--endpoint"),
+    "superscript attempts": Row(["--attempts", "²", "--", "true"], FAILED, "--attempts"),
+    "arabic-indic timeout": Row(["--timeout", "٣", "--", "true"], FAILED, "--timeout"),
+    "superscript exit code": Row(["--error-exit-code", "²", "--", "true"], FAILED, "--error-exit-code"),
+    "non-ascii role": Row(["--role", "rôle", "--", "true"], FAILED, "not a valid IAM role name"),
+    "non-ascii endpoint": Row(["--endpoint", "http://ünï.example", "--", "true"], FAILED, "--endpoint"),
+    "non-ascii log level": Row(["--log-level", "ünï", "--", "true"], FAILED, "--log-level"),
+    "negative timeout": Row(["--timeout", "-1", "--", "true"], FAILED, "--timeout"),
+    "negative attempts": Row(["--attempts", "-3", "--", "true"], FAILED, "--attempts"),
+    "negative exit code": Row(["--error-exit-code=-1", "--", "true"], FAILED, "--error-exit-code"),
+    "infinite timeout": Row(["--timeout", "1e309", "--", "true"], FAILED, "--timeout"),
+    "unclosed ipv6 endpoint": Row(["--endpoint", "http://[::1", "--", "true"], FAILED, "--endpoint"),
+    "port out of range": Row(["--endpoint", "http://127.0.0.1:99999", "--", "true"], FAILED, "--endpoint"),
+    "port not a number": Row(["--endpoint", "http://a:b", "--", "true"], FAILED, "--endpoint"),
+    "endpoint with user": Row(["--endpoint", "http://user@127.0.0.1", "--", "true"], FAILED, "--endpoint"),
+    "twin superscript": Row(["--", "true"], FAILED, "IMDS_SHIM_ATTEMPTS", {"IMDS_SHIM_ATTEMPTS": "²"}),
+    "twin bad exit code": Row(["--", "true"], FAILED, "IMDS_SHIM_ERROR_EXIT_CODE",
+                              {"IMDS_SHIM_ERROR_EXIT_CODE": "²"}),
+    "sdk huge attempts": Row(["--", "true"], FAILED, "AWS_METADATA_SERVICE_NUM_ATTEMPTS",
+                             {"AWS_METADATA_SERVICE_NUM_ATTEMPTS": "1" * 5000}),
+    "sdk non-ascii mode": Row(["--", "true"], FAILED, "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+                              {"AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "ünï"}),
+    "sdk role with slash": Row(["--", "true"], FAILED, "AWS_EC2_INSTANCE_PROFILE_NAME",
+                               {"AWS_EC2_INSTANCE_PROFILE_NAME": "a/b"}),
+    "twin boolean word": Row(["--", "true"], FAILED, "IMDS_SHIM_OPTIONAL", {"IMDS_SHIM_OPTIONAL": "perhaps"}),
+    "simulator port": Row(["simulate", "--port", "²", "--", "true"], FAILED, "--port"),
+    "simulator empty host": Row(["simulate", "--host", "", "--", "true"], FAILED, "--host"),
+    # The exec path: argv, environment and standard streams.
+    "empty command": Row(["--", ""], FAILED, "empty string"),
+    "command like an option": Row(["--", "--help"], NOT_FOUND, "command not found"),
+    "command name too long": Row(["--", "x" * 300], NOT_EXECUTABLE, "File name too long"),
+    "directory as command": Row(["--", "/"], NOT_EXECUTABLE, "permission denied"),
+    "long argv": Row(["--", "true", *["a" * 100] * 3000], 0),
+    "stdin closed": Row(["--", "true"], 0, shell="<&-"),
+    "stdout closed, exec": Row(["--", "true"], 0, shell=">&-"),
+    "stdout closed, export": Row(["export"], FAILED, "cannot write the result to stdout", shell=">&-"),
+    "stdout closed, credential-process": Row(["credential-process"], FAILED, "cannot write", shell=">&-"),
+    "stdout closed, doctor": Row(["doctor"], FAILED, "cannot write the result to stdout", shell=">&-"),
+    "stdout closed, help": Row(["--help"], FAILED, "cannot write the result to stdout", shell=">&-"),
+    "stderr closed, bad option": Row(["--attempts", "²", "--", "true"], FAILED, shell="2>&-"),
+    "stderr closed, unreachable": Row(["--", "true"], FAILED, shell="2>&-",
+                                      env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9"}),
+    # IMDS answers with odd types and encodings (retries cut to 2 to keep the table fast).
+    "role not utf-8": Row(["--attempts", "2", "--", "true"], FAILED, "not a role name",
+                          imds=imds_answers(role=b"\xff\xfe-role")),
+    "role non-ascii": Row(["--attempts", "2", "--", "true"], FAILED, "not a role name",
+                          imds=imds_answers(role="rôle".encode())),
+    "credentials nested deep": Row(["--attempts", "2", "--", "true"], FAILED, "not valid JSON",
+                                   imds=imds_answers(credentials=b"[" * 60000)),
+    "credentials not utf-8": Row(["--attempts", "2", "--", "true"], FAILED, "not valid JSON",
+                                 imds=imds_answers(credentials=b'{"Code": "\xff"}')),
+    "credentials a list": Row(["--attempts", "2", "--", "true"], FAILED, "not a JSON object",
+                              imds=imds_answers(credentials=[GOOD_CREDENTIALS])),
+    "key id a number": Row(["--attempts", "2", "--", "true"], FAILED, "has no AccessKeyId",
+                           imds=imds_answers(credentials={**GOOD_CREDENTIALS, "AccessKeyId": 42})),
+    "token with a nul": Row(["--attempts", "2", "--", "true"], FAILED, "control characters",
+                            imds=imds_answers(credentials={**GOOD_CREDENTIALS, "Token": TOKEN + "\0x"})),
+    "secret with a newline": Row(["--attempts", "2", "export"], FAILED, "control characters",
+                                 imds=imds_answers(credentials={**GOOD_CREDENTIALS,
+                                                                "SecretAccessKey": SECRET + "\nX=1"})),
+    "expiration year 99999": Row(["--attempts", "2", "--", "true"], FAILED, "unreadable Expiration",
+                                 imds=imds_answers(credentials={**GOOD_CREDENTIALS,
+                                                                "Expiration": "99999-01-01T00:00:00Z"})),
+    "expiration a number": Row(["--attempts", "2", "--", "true"], FAILED, "has no Expiration",
+                               imds=imds_answers(credentials={**GOOD_CREDENTIALS, "Expiration": 1e308})),
+    "identity document nested deep": Row(["--", "true"], 0, imds=imds_answers(identity=b"[" * 60000)),
+    "identity document region a list": Row(["--", "true"], 0,
+                                           imds=imds_answers(identity=b'{"region": ["x"]}')),
+}
+
+
+@pytest.mark.parametrize("row", ROWS.values(), ids=ROWS.keys())
+def test_odd_input_gets_one_line_and_a_documented_status(
+    row: Row, stub_imds: Callable[[Answers], str]
+) -> None:
+    """Documented exit status, at most one line on stderr, no traceback, no secret, no stray stdout."""
+    env = clean_env(**row.env)
+    if row.imds is not None:
+        env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = stub_imds(row.imds)
+    elif "AWS_EC2_METADATA_SERVICE_ENDPOINT" not in row.env:
+        env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = stub_imds(imds_answers())
+    # The shell only rewires descriptors, then execs the shim with the arguments untouched.
+    command = ["sh", "-c", f'exec "$@" {row.shell}', "sh", SHIM, *row.args]
+    completed = subprocess.run(command, env=env, capture_output=True, timeout=60)
+    stderr = completed.stderr.decode("utf-8", "replace")
+    assert completed.returncode == row.status, stderr
+    lines = stderr.splitlines()
+    if "2>&-" in row.shell:
+        assert lines == []
+    elif row.status == 0:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and lines[0].startswith("imds-shim: error: "), stderr
+        assert row.says in lines[0]
+        assert completed.stdout == b""
+    assert "internal error" not in stderr and "Traceback" not in stderr
+    for secret in (SECRET, TOKEN, IMDS_TOKEN):
+        assert secret not in stderr
+
+
+def test_non_utf8_argv_and_environment_reach_the_command_as_bytes(sim: Simulator) -> None:
+    """Bytes that are not UTF-8, in argv and in an environment value, arrive unchanged."""
+    odd = b"caf\xe9-\xff"
+    env: dict[bytes, bytes] = {k.encode(): v.encode() for k, v in clean_env().items()}
+    env[b"AWS_EC2_METADATA_SERVICE_ENDPOINT"] = sim.url.encode()
+    env[b"ODD_VALUE"] = odd
+    command = [SHIM.encode(), b"--", *(part.encode() for part in probe_command()), odd]
+    completed = subprocess.run(command, env=env, capture_output=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout)
+    assert os.fsencode(report["argv"][-1]) == odd
+    assert os.fsencode(report["env"]["ODD_VALUE"]) == odd
+
+
+def test_non_blocking_stdout_still_gets_the_whole_export(sim: Simulator) -> None:
+    """export writes all of its output even when stdout is a non-blocking pipe."""
+    completed = subprocess.run(
+        [SHIM, "export"], env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+        capture_output=True, text=True, timeout=60, preexec_fn=lambda: os.set_blocking(1, False),
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.count("export AWS_") == 8
