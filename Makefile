@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench
+.PHONY: demo test bench bundle test-bundle
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,19 @@ bench:
 	$(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/python -m pip install --quiet . boto3
 	.venv-bench/bin/python bench/run.py $(BENCH_ARGS)
+
+# The self-contained imds-shim for images without Python (see README, "In an image without Python").
+# Needs root and debootstrap; builds in a Debian bullseye root so that it runs on glibc >= 2.31.
+bundle:
+	PYTHON=$(PYTHON) scripts/make-bundle
+
+# The behaviour suites once more, against the bundle instead of the pip-installed shim.
+BUNDLE_SUITES := tests/test_exec.py tests/test_imds.py tests/test_verbs.py tests/test_step_aside.py \
+	tests/test_redaction.py tests/test_cli.py tests/test_bad_input.py tests/test_third_party.py \
+	tests/test_bundle.py tests/e2e/test_netns.py
+test-bundle: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	tarball=$$(PYTHON=$(BIN)/python scripts/make-bundle) && rm -rf build/under-test \
+	&& mkdir -p build/under-test && tar -xzf "$$tarball" -C build/under-test \
+	&& SHIM_UNDER_TEST=build/under-test/imds-shim/imds-shim BUNDLE_TARBALL="$$tarball" \
+		$(BIN)/python -m pytest $(BUNDLE_SUITES) $(PYTEST_ARGS)

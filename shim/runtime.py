@@ -30,8 +30,10 @@ def launch_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The environment this imds-shim was started with, before any bootloader touched it.
 
     The bootloader prepends its folder to ``LD_LIBRARY_PATH``; only when the value is exactly
-    what it would have made is it undone, so a variable the user set is never lost. One case
-    cannot be told apart: an empty ``LD_LIBRARY_PATH`` comes back unset (the same to the loader).
+    what it would have made is it undone, so a variable the user set is never lost. Two cases are
+    beyond repair, because the bootloader overwrote them before any Python ran: an empty
+    ``LD_LIBRARY_PATH`` comes back unset (the same to the loader), and a user's own
+    ``LD_LIBRARY_PATH_ORIG`` next to a set ``LD_LIBRARY_PATH`` is lost.
     """
     environment = dict(environ)
     if not FROZEN:

@@ -32,7 +32,16 @@ def installed_shim() -> str:
     return found
 
 
-SHIM = installed_shim()
+def shim_under_test() -> str:
+    """The executable the behaviour tests run: $SHIM_UNDER_TEST (the bundle, say), else the installed one."""
+    chosen = os.environ.get("SHIM_UNDER_TEST", "")
+    if chosen and not os.access(chosen, os.X_OK):
+        pytest.exit(f"SHIM_UNDER_TEST={chosen} is not an executable", returncode=4)
+    return os.path.abspath(chosen) if chosen else installed_shim()
+
+
+SHIM = shim_under_test()
+UNDER_TEST_IS_BUNDLE = installed_shim() != SHIM
 
 
 def closed_port() -> int:

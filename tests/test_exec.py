@@ -52,6 +52,19 @@ def test_exports_every_variable_and_nothing_else(sim: Simulator) -> None:
     assert result.stderr == ""  # quiet on success
 
 
+@pytest.mark.parametrize("preset", [
+    {},
+    {"LD_LIBRARY_PATH": "/opt/app/lib"},
+    {"LD_LIBRARY_PATH_ORIG": "/users/own/variable"},
+], ids=["unset", "set", "only-orig"])
+def test_library_path_reaches_the_command_exactly(sim: Simulator, preset: dict[str, str]) -> None:
+    """LD_LIBRARY_PATH (which a frozen runtime rewrites) and its neighbours arrive as given."""
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, **preset)
+    for verb in (["--"], ["--refresh", "--"]):
+        child = run_shim([*verb, *probe_command()], env=env).probe()["env"]
+        assert {k: v for k, v in child.items() if k.startswith(("LD_", "_PYI"))} == preset
+
+
 def test_stale_inherited_security_token_is_replaced(sim: Simulator) -> None:
     """A stale AWS_SECURITY_TOKEN (read first by botocore) never survives next to fresh keys."""
     env = clean_env(AWS_SECURITY_TOKEN="stale", AWS_SESSION_TOKEN="stale")

@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from conftest import SHIM as SHIM  # the executable under test, for the namespaces too
+
 IMDS_ADDRESS = "169.254.169.254"
-BIN = Path(sys.executable).parent
-SHIM = str(BIN / "imds-shim")
 TIMINGS: list[tuple[str, float]] = []
 StartImds = Callable[..., None]  # the imds fixture: imds("--hop-limit", "1", ...)
 

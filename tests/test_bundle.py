@@ -1,0 +1,95 @@
+"""The self-contained bundle (make bundle): what only a frozen imds-shim can get wrong.
+
+The rest of the suite runs against the bundle too (``make test-bundle`` sets SHIM_UNDER_TEST).
+These tests compare it with the pip-installed imds-shim directly, and check that the bundle's own
+libraries never reach the command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import SHIM, UNDER_TEST_IS_BUNDLE, clean_env, installed_shim, probe_command, run_shim
+
+from shim.simulator import Simulator
+
+pytestmark = pytest.mark.skipif(
+    not UNDER_TEST_IS_BUNDLE, reason="no bundle under test: run make test-bundle (needs root)"
+)
+BUNDLE = Path(SHIM).parent
+MAX_UNPACKED_BYTES = 25 * 1000 * 1000
+MAX_TARBALL_BYTES = 12 * 1000 * 1000
+
+
+def command_environment(shim: str, sim: Simulator, **preset: str) -> dict[str, str]:
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, **preset)
+    completed = subprocess.run([shim, "--", *probe_command()], env=env, capture_output=True,
+                               text=True, timeout=60, check=True)
+    child: dict[str, str] = json.loads(completed.stdout)["env"]
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_SECURITY_TOKEN", "AWS_CREDENTIAL_EXPIRATION"):
+        child[name] = "<rotates>"
+    return child
+
+
+@pytest.mark.parametrize("preset", [{}, {"LD_LIBRARY_PATH": "/opt/app/lib"},
+                                    {"LD_LIBRARY_PATH_ORIG": "/opt/own"}],
+                         ids=["plain", "library-path", "own-orig"])
+def test_command_sees_the_same_environment_as_under_the_pip_installed_shim(
+    sim: Simulator, preset: dict[str, str]
+) -> None:
+    """Bundle and pip-installed shim hand the command exactly the same variables."""
+    assert command_environment(SHIM, sim, **preset) == command_environment(installed_shim(), sim, **preset)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_program_linking_libssl_and_libz_uses_its_own_libraries(sim: Simulator) -> None:
+    """curl (libssl, libz) run by the bundle loads the machine's libraries, not the bundle's."""
+    direct = subprocess.run(["curl", "--version"], capture_output=True, text=True, check=True)
+    result = run_shim(["--", "curl", "--version"], endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == direct.stdout.splitlines()[0]  # same OpenSSL, same zlib
+
+
+def test_python_program_with_ssl_runs_under_the_bundle(sim: Simulator) -> None:
+    """A Python of the machine's own (which links libssl) imports ssl and hashlib when run by the bundle."""
+    result = run_shim(["--", *probe_command()[:1], "-c", "import ssl, hashlib, zlib; print('ok')"],
+                      endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok\n"
+
+
+def test_refresh_names_the_bundles_own_executable(sim: Simulator) -> None:
+    """--refresh writes a credential_process line that runs the bundle, not a Python."""
+    script = 'cat "$AWS_CONFIG_FILE"'
+    result = run_shim(["--refresh", "--", "sh", "-c", script], endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    assert f"credential_process = {SHIM} " in result.stdout
+
+
+def test_simulate_runs_a_nested_bundle() -> None:
+    """imds-shim simulate -- imds-shim -- ... works from the bundle (the demo), with a clean env."""
+    completed = subprocess.run(
+        [SHIM, "simulate", "--", SHIM, "--", "sh", "-c", "env"], env=clean_env(),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "AWS_ACCESS_KEY_ID=ASIASIMULATED" in completed.stdout
+    assert "_PYI" not in completed.stdout
+    assert "LD_LIBRARY_PATH" not in completed.stdout
+
+
+def test_layout_and_size() -> None:
+    """imds-shim/imds-shim plus its runtime, without requests' charset detectors, at most 25 MB."""
+    assert BUNDLE.name == "imds-shim"
+    files = [path for path in BUNDLE.rglob("*") if path.is_file()]
+    assert not [path for path in files if "charset_normalizer" in str(path) or "chardet" in str(path)]
+    assert sum(path.stat().st_size for path in files) <= MAX_UNPACKED_BYTES
+    tarball = os.environ.get("BUNDLE_TARBALL")
+    if tarball:
+        assert Path(tarball).stat().st_size <= MAX_TARBALL_BYTES
