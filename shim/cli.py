@@ -29,7 +29,7 @@ from shim.errors import (
 from shim.execute import interruptible, replace_process
 from shim.identity import clear_identity, reason_to_step_aside
 from shim.log import log, write_stdout
-from shim.runtime import is_imds_shim, launch_environment
+from shim.runtime import as_this_program, is_imds_shim, launch_environment
 
 TYPE_CHECKING = False  # no typing import at run time: this is the step-aside path
 if TYPE_CHECKING:
@@ -57,15 +57,8 @@ def fetch_credentials(config: Config, environ: Mapping[str, str]) -> Fetched:
     return fetched
 
 
-def command_environment(
-    config: Config, environ: Mapping[str, str], command: Sequence[str]
-) -> dict[str, str]:
+def command_environment(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
     """The environment the command runs with: the shim's own, plus the role's credentials."""
-    if is_imds_shim(command):
-        # `docker run IMAGE imds-shim doctor` under ENTRYPOINT ["imds-shim", "--"]: the inner
-        # imds-shim does its own job; keys exported here would only mislead it.
-        log.info("the command is imds-shim itself: running it without fetching")
-        return dict(environ)
     reason = None if config.override else reason_to_step_aside(environ)
     if reason is not None:
         log.info(f"stepping aside: {reason}; running the command with its environment unchanged")
@@ -99,13 +92,19 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
 
         return simulate(invocation.settings, invocation.command, environ)
     config = Config.from_settings(invocation.settings)
+    command = invocation.command
     with interruptible():
         if invocation.verb == "doctor":
             from shim.doctor import doctor
 
             return doctor(config, environ)
-        if invocation.verb == "exec":
-            environment = command_environment(config, environ, invocation.command)
+        if invocation.verb == "exec" and is_imds_shim(command):
+            # `docker run IMAGE imds-shim doctor` under ENTRYPOINT ["imds-shim", "--"]: the inner
+            # imds-shim does its own job; keys exported here would only mislead it.
+            log.info("the command is imds-shim itself: running it without fetching")
+            command, environment = as_this_program(command), dict(environ)
+        elif invocation.verb == "exec":
+            environment = command_environment(config, environ)
         else:
             from shim.formats import render
 
@@ -114,7 +113,7 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
             fetched = fetch_credentials(config, environ)
             output = render(invocation.verb, config.format, fetched, environ)
     if invocation.verb == "exec":
-        replace_process(invocation.command, environment)
+        replace_process(command, environment)
     write_stdout(output)  # only once everything succeeded: never a half-written env file
     return 0
 

@@ -63,3 +63,9 @@ def this_program() -> list[str]:
 def is_imds_shim(command: Sequence[str]) -> bool:
     """Whether ``command`` runs imds-shim itself (``docker run IMAGE imds-shim doctor``)."""
     return os.path.basename(command[0]) == PROGRAM_NAME
+
+
+def as_this_program(command: Sequence[str]) -> list[str]:
+    """A bare ``imds-shim`` command runs this same imds-shim, which need not be on PATH (the bundle
+    in /opt/imds-shim); a path is left as the user wrote it."""
+    return [*this_program(), *command[1:]] if command[0] == PROGRAM_NAME else list(command)

@@ -248,6 +248,8 @@ class Handler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         state = self.server.state
         settings = state.settings
+        # On arrival, before any --latency: `simulate -v` shows what reached "IMDS" and when.
+        log.info(f"request: {method} {self.path}")
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(min(length, 65536))

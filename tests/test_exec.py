@@ -258,3 +258,22 @@ def _wait_for_request(sim: Simulator) -> None:
     while not sim.requests:
         assert time.monotonic() < deadline, "the shim never reached the simulator"
         time.sleep(0.01)
+
+
+def test_imds_shim_as_the_command_runs_itself_without_fetching() -> None:
+    """`imds-shim -- imds-shim ...` execs this same imds-shim at once: no fetch, no PATH lookup."""
+    env = clean_env(PATH="/usr/bin:/bin")  # no imds-shim on PATH; IMDS refuses every connection
+    result = run_shim(["-v", "--", "imds-shim", "--version"], env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("imds-shim ")
+    assert "running it without fetching" in result.stderr
+
+
+def test_doctor_under_the_entrypoint_sees_what_doctor_alone_sees(sim: Simulator) -> None:
+    """`docker run IMAGE imds-shim doctor`: doctor is not run behind already exported keys."""
+    alone = run_shim(["doctor"], endpoint=sim.url)
+    requests_alone = len(sim.requests)
+    under = run_shim(["--", "imds-shim", "doctor"], endpoint=sim.url)
+    assert under.returncode == alone.returncode == 0, under.stderr
+    assert "would step aside" not in under.stdout
+    assert len(sim.requests) == 2 * requests_alone
