@@ -20,10 +20,15 @@ test: $(BIN)/python
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Start-up benchmark, side by side (see README, "Performance"). BENCH_ARGS=--rounds 3 for a smoke run.
+# With a bundle in dist/ (make bundle), its rows are measured in the same run.
+BUNDLE_TARBALL = $(lastword $(sort $(wildcard dist/imds-shim-*-linux-*.tar.gz)))
 bench:
 	$(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/python -m pip install --quiet . boto3
-	.venv-bench/bin/python bench/run.py $(BENCH_ARGS)
+	$(if $(BUNDLE_TARBALL),rm -rf build/bench-bundle && mkdir -p build/bench-bundle \
+		&& tar -xzf $(BUNDLE_TARBALL) -C build/bench-bundle)
+	.venv-bench/bin/python bench/run.py \
+		$(if $(BUNDLE_TARBALL),--bundle build/bench-bundle/imds-shim/imds-shim) $(BENCH_ARGS)
 
 # The self-contained imds-shim for images without Python (see README, "In an image without Python").
 # Needs root and debootstrap; builds in a Debian bullseye root so that it runs on glibc >= 2.31.

@@ -2,6 +2,7 @@
 
     python bench/run.py                 # 40 interleaved rounds, the README's table
     python bench/run.py --rounds 3      # CI's smoke run
+    python bench/run.py --bundle build/bench-bundle/imds-shim/imds-shim   # plus the bundle's rows
 
 Every command runs once per round, in a rotating order, so that drift in the machine's speed hits
 every command alike. All fetch against the project's IMDS simulator on loopback (IMDSv2 required),
@@ -82,7 +83,10 @@ def start_simulator() -> tuple[subprocess.Popen[str], str]:
     return simulator, found.group(0)
 
 
-def available_cases() -> tuple[list[Case], list[str]]:
+BUNDLE_CASE = "bundle: imds-shim -- true"
+
+
+def available_cases(bundle: str | None) -> tuple[list[Case], list[str]]:
     keys = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLEEXAMPLE00", "AWS_SECRET_ACCESS_KEY": "example"}
     cases = [
         Case("imds-shim -- true", [SHIM, "--", "true"]),
@@ -94,6 +98,11 @@ def available_cases() -> tuple[list[Case], list[str]]:
         Case("imds-shim credential-process", [SHIM, "credential-process"]),
     ]
     skipped = []
+    if bundle:
+        cases += [Case(BUNDLE_CASE, [bundle, "--", "true"]),
+                  Case("bundle: step-aside (keys preset)", [bundle, "--", "true"], keys)]
+    else:
+        skipped.append("the bundle: no --bundle given (make bundle, then make bench)")
     if shutil.which("curl") and shutil.which("jq"):
         cases.append(Case("curl + jq recipe", ["sh", str(HERE / "curl_recipe.sh"), "true"]))
     else:
@@ -123,13 +132,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--bundle", help="the bundle's imds-shim executable, for its rows")
     args = parser.parse_args()
 
     simulator, url = start_simulator()
     base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ["HOME"],
                 "LANG": "C.UTF-8", "AWS_EC2_METADATA_SERVICE_ENDPOINT": url}
     try:
-        cases, skipped = available_cases()
+        cases, skipped = available_cases(args.bundle)
         for _ in range(args.warmup):
             for case in cases:
                 run_once(case, base_env)
@@ -167,6 +177,9 @@ def report(cases: list[Case], skipped: list[str], requests: int, args: argparse.
          by_name["imds-shim step-aside (keys preset)"].median_ms <= 20),
         ("<= 4 IMDS requests per run", requests, requests <= 4),
     ]
+    if BUNDLE_CASE in by_name:
+        ratio = by_name[BUNDLE_CASE].median_ms / shim
+        targets.append(("bundle <= 1.3 x the pip-installed shim", ratio, ratio <= 1.3))
     if "boto3 provider + exec" in by_name:
         ratio = by_name["boto3 provider + exec"].median_ms / shim
         targets.append(("boto3 provider >= 1.3 x slower", ratio, ratio >= 1.3))

@@ -2,8 +2,8 @@
 
     imds ns        169.254.169.254 (the simulator on port 80), link-local to the host
       | veth
-    host ns        "EC2 host": routes between IMDS and the container bridge, forwarding on
-      | veth
+    host ns        "EC2 host": routes between IMDS and the container bridge, forwarding on;
+      | veth         dockerd runs here too, its docker0 bridge (198.18.1.1/24) another hop
     container ns   one router hop behind the host; default route via the host
 
     offec2 ns ---- router ns: a default route into a blackhole (drops silently, no ICMP)
@@ -17,13 +17,26 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+import sys
+import threading
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 
-from .netns import IMDS_ADDRESS, SHIM, TIMINGS, StartImds, Topology, why_no_namespaces
+from .netns import IMDS_ADDRESS, SHIM, TIMINGS, Imds, StartImds, Topology, why_no_namespaces
+
+ROOT = Path(__file__).resolve().parents[2]
+MIRROR = os.environ.get("IMDS_SHIM_E2E_MIRROR", "http://deb.debian.org/debian")
+
+
+class Roots(NamedTuple):
+    builder: Path
+    bare: Path
+    wheels: Path
 
 
 @pytest.fixture(scope="session")
@@ -45,23 +58,65 @@ def topology() -> Iterator[Topology]:
 @pytest.fixture
 def imds(topology: Topology) -> Iterator[StartImds]:
     """Start the simulator on 169.254.169.254:80 inside the IMDS namespace: imds(*knobs)."""
-    running: list[subprocess.Popen[str]] = []
+    running: list[Imds] = []
 
-    def start(*knobs: str) -> None:
+    def start(*knobs: str) -> Imds:
         process = subprocess.Popen(
-            ["ip", "netns", "exec", topology.imds, SHIM, "simulate", "--host", IMDS_ADDRESS,
+            ["ip", "netns", "exec", topology.imds, SHIM, "simulate", "-v", "--host", IMDS_ADDRESS,
              "--port", "80", *knobs],
             stderr=subprocess.PIPE, text=True,
         )
-        running.append(process)
+        server = Imds(process, topology.imds)
+        running.append(server)
         assert process.stderr is not None
         line = process.stderr.readline()
         assert re.search(r"serving on http://169\.254\.169\.254:80", line), line
+        threading.Thread(target=server.drain, daemon=True).start()
+        return server
 
     yield start
-    for process in running:
-        process.terminate()
-        process.wait(timeout=10)
+    for server in running:
+        server.process.terminate()
+        server.process.wait(timeout=10)
+
+
+def _why_no_roots() -> str | None:
+    if os.geteuid() != 0:
+        return "building Debian roots needs root (CI runs as root)"
+    missing = [tool for tool in ("debootstrap", "unshare") if shutil.which(tool) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed (Debian packages debootstrap, util-linux)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def roots() -> Roots:
+    """Debian bullseye roots, shared by every engine: the bundle's builder and a bare one.
+
+    The builder is `make bundle`'s own root (python3-venv, libpython3.9, binutils), which also
+    leaves the wheels an offline image build needs. The bare root has no Python at all.
+    """
+    reason = _why_no_roots()
+    if reason:
+        pytest.skip(reason)
+    bare = ROOT / "build" / "e2e-bare-bullseye"
+    bootstrap = None
+    if not (bare / "usr" / "bin" / "sh").exists():
+        shutil.rmtree(f"{bare}.partial", ignore_errors=True)
+        bootstrap = subprocess.Popen(
+            ["debootstrap", "--variant=minbase", "bullseye", f"{bare}.partial", MIRROR],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+    bundle = subprocess.run([str(ROOT / "scripts" / "make-bundle")], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHON=sys.executable), timeout=1800)
+    if bootstrap is not None:
+        _, errors = bootstrap.communicate(timeout=1800)
+        if bootstrap.returncode != 0:
+            pytest.skip(f"debootstrap could not build a bare root: {errors[-300:]}")
+        os.rename(f"{bare}.partial", bare)
+    if bundle.returncode != 0:
+        pytest.skip(f"make bundle failed: {bundle.stderr[-500:]}")
+    return Roots(builder=ROOT / "build" / "bullseye", bare=bare, wheels=ROOT / "build" / "wheels")
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +14,7 @@ from conftest import SHIM as SHIM  # the executable under test, for the namespac
 
 IMDS_ADDRESS = "169.254.169.254"
 TIMINGS: list[tuple[str, float]] = []
-StartImds = Callable[..., None]  # the imds fixture: imds("--hop-limit", "1", ...)
+StartImds = Callable[..., "Imds"]  # the imds fixture: imds("--hop-limit", "1", ...)
 
 
 def why_no_namespaces() -> str | None:
@@ -50,6 +52,8 @@ class Topology:
         self.ip(self.container, "addr", "add", "198.51.100.2/24", "dev", f"c{t}")
         self.ip(self.container, "route", "add", "default", "via", "198.51.100.1")
         self.ip(self.imds, "route", "add", "198.51.100.0/24", "via", "169.254.0.1")
+        # The way back to containers on a dockerd bridge in the host namespace (engines.py).
+        self.ip(self.imds, "route", "add", "198.18.0.0/15", "via", "169.254.0.1")
         self.ip(self.offec2, "addr", "add", "203.0.113.2/24", "dev", f"o{t}")
         self.ip(self.offec2, "route", "add", "default", "via", "203.0.113.1")
         self.ip(self.router, "addr", "add", "203.0.113.1/24", "dev", f"r{t}")
@@ -82,3 +86,47 @@ def shim_env(**extra: str) -> dict[str, str]:
 def record(scenario: str, seconds: float) -> None:
     """Keep a scenario's measured time for the summary at the end of the run."""
     TIMINGS.append((scenario, seconds))
+
+
+SYNC_PATH = "/imds-shim-test-sync"
+
+
+class Imds:
+    """A simulator serving 169.254.169.254:80 in the IMDS namespace; ``requests`` lists what came."""
+
+    def __init__(self, process: subprocess.Popen[str], namespace: str) -> None:
+        self.process, self.namespace = process, namespace
+        self.lines: list[str] = []
+
+    def drain(self) -> None:
+        """Collect the simulator's log lines until it exits (run in a thread)."""
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def requests(self) -> list[str]:
+        """``METHOD PATH`` of every request so far, in order of arrival."""
+        marker = "info: request: "
+        return [line.split(marker, 1)[1] for line in list(self.lines) if marker in line]
+
+    def settled_requests(self) -> list[str]:
+        """Every request that arrived before now, none still in the pipe: a marker request is sent
+        and waited for, and the simulator logs in order of arrival."""
+        subprocess.run(["ip", "netns", "exec", self.namespace, sys.executable, "-c",
+                        "import urllib.request, urllib.error\n"
+                        f"try: urllib.request.urlopen('http://{IMDS_ADDRESS}{SYNC_PATH}')\n"
+                        "except urllib.error.HTTPError: pass"], check=True, timeout=30)
+        marker = f"GET {SYNC_PATH}"
+        deadline = time.monotonic() + 30
+        while marker not in self.requests:
+            assert time.monotonic() < deadline, "the sync request never showed in the log"
+            time.sleep(0.01)
+        requests = self.requests
+        return requests[:requests.index(marker)]
+
+    def wait_for_request(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.requests:
+            assert time.monotonic() < deadline, "no request reached IMDS"
+            time.sleep(0.02)

@@ -1,162 +1,251 @@
-"""Dockerfile.example built and run by a real container engine (rootful podman with runc).
+"""The images users build, run by real engines (podman, and Docker with its own docker0 bridge).
 
-No registry is reachable, so the base image is a minimal Debian made with debootstrap and
-imported. imds-shim goes in from wheels built on the host. The containers join the namespaces of
-conftest.py (``--network ns:``), so they meet IMDS one router hop away, or no IMDS at all, and
-everything goes through the image's real ENTRYPOINT.
+Two images per engine, both built from debootstrapped Debian bullseye roots with ``--network none``:
+
+- ``example``: Dockerfile.example, imds-shim pip-installed into a venv on a base that has Python;
+- ``any-image``: examples/any-image/Dockerfile, the self-contained bundle copied onto a bare
+  Debian that has no Python at all.
+
+Everything goes through the image's real ENTRYPOINT, in the topology of conftest.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
+import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from .conftest import ROOT, Roots
+from .engines import DOCKER_CLIENT, OFF_EC2, Docker, Engine, Podman
 from .netns import StartImds, Topology, record
 
-ROOT = Path(__file__).resolve().parents[2]
-IMAGE = "localhost/imds-shim-example:e2e"
-BASE_IMAGE = "localhost/imds-shim-base:e2e"
-MIRROR = os.environ.get("IMDS_SHIM_E2E_MIRROR", "http://deb.debian.org/debian")
-ENV_REPORT = ["python3", "-c", "import json, os; print(json.dumps(dict(os.environ)))"]
+BUILDER_IMAGE = "localhost/imds-shim-builder:e2e"
+BARE_IMAGE = "localhost/imds-shim-bare:e2e"
+IMAGES = {"example": "localhost/imds-shim-example:e2e", "any-image": "localhost/imds-shim-any-image:e2e"}
+OFFLINE = "--no-index --find-links /src/wheels"
+DOCKER_HOP_LIMIT_BUDGET = 2.5  # the whole `docker run`, engine overhead included
+DOCKER_OFF_EC2_BUDGET = 3.0
+STOP_BUDGET = 5.0  # well under the 10 s grace period after which the engine kills
 
 
-def _why_no_engine() -> str | None:
+def _why_no_engine(name: str) -> str | None:
     if os.geteuid() != 0:
-        return "rootful podman needs root (CI runs as root)"
-    missing = [tool for tool in ("podman", "runc", "debootstrap") if shutil.which(tool) is None]
+        return f"rootful {name} needs root (CI runs as root)"
+    tools = {"podman": ("podman", "runc"), "docker": ("dockerd", "containerd", "nsenter")}[name]
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if name == "docker" and DOCKER_CLIENT is None:
+        missing.append("docker")
     if missing:
-        return f"{', '.join(missing)} not installed (Debian packages podman, runc, debootstrap)"
+        return f"{', '.join(missing)} not installed (Debian packages podman, runc, docker.io)"
     return None
 
 
-class Podman:
-    """Rootful podman as these machines run it: runc, cgroupfs, no default ulimits."""
-
-    def __init__(self, work: Path) -> None:
-        conf = work / "containers.conf"
-        conf.write_text("[containers]\ndefault_ulimits = []\n")
-        self.env = dict(os.environ, CONTAINERS_CONF=str(conf))
-
-    def __call__(self, *args: str, timeout: float = 120,
-                 check: bool = True) -> subprocess.CompletedProcess[str]:
-        completed = subprocess.run(
-            ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs", *args],
-            env=self.env, capture_output=True, text=True, timeout=timeout,
-        )
-        if check and completed.returncode != 0:
-            raise AssertionError(f"podman {' '.join(args)}: {completed.stderr}")
-        return completed
+def _context(roots: Roots, work: Path) -> Path:
+    """The repository as a build context, plus the wheels for an offline build."""
+    context = work / "context"
+    shutil.copytree(ROOT, context, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "dist", "__pycache__", "*.egg-info", ".*_cache"))
+    shutil.copytree(roots.wheels, context / "wheels")
+    return context
 
 
-@pytest.fixture(scope="module")
-def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
-    """The example image, built from a debootstrapped base and wheels built on the host."""
-    reason = _why_no_engine()
+@pytest.fixture(scope="module", params=["podman", "docker"])
+def engine(request: pytest.FixtureRequest, topology: Topology, roots: Roots,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """An engine with both images built: podman, then Docker."""
+    reason = _why_no_engine(request.param)
     if reason:
         pytest.skip(reason)
-    work = tmp_path_factory.mktemp("podman")
-    engine = Podman(work)
-    rootfs = work / "rootfs"
-    bootstrap = subprocess.run(
-        ["debootstrap", "--variant=minbase", "--include=python3,python3-venv,passwd", "bookworm",
-         str(rootfs), MIRROR], capture_output=True, text=True, timeout=900,
-    )
-    if bootstrap.returncode != 0:
-        pytest.skip(f"debootstrap could not build a base image: {bootstrap.stderr[-300:]}")
-    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    subprocess.run(["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs", "import", "-",
-                    BASE_IMAGE], stdin=tar.stdout, env=engine.env, check=True,
-                   capture_output=True, timeout=300)
-    tar.wait()
-    context = work / "context"
-    context.mkdir()
-    shutil.copy(ROOT / "Dockerfile.example", context / "Dockerfile")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", str(ROOT), "-w",
-                    str(context / "wheels")], check=True, timeout=300)
-    engine("build", "--quiet", "--network", "none", "--build-arg", f"BASE={BASE_IMAGE}",
-           "--build-arg", "IMDS_SHIM=--no-index --find-links /src/wheels imds-shim",
-           "-t", IMAGE, str(context), timeout=600)
-    yield engine
-    engine("rmi", "--force", IMAGE, BASE_IMAGE, check=False)
-
-
-def run_container(podman: Podman, namespace: str, *args: str,
-                  env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
-    flags = [item for name, value in (env or {}).items() for item in ("-e", f"{name}={value}")]
+    work = tmp_path_factory.mktemp(request.param)
     started = time.monotonic()
-    completed = podman("run", "--rm", "--network", f"ns:/run/netns/{namespace}", *flags, IMAGE,
-                       *args, check=False)
-    return time.monotonic() - started, completed
+    engine: Engine = Podman(work, topology) if request.param == "podman" else Docker(topology)
+    try:
+        engine.import_root(roots.builder, BUILDER_IMAGE)
+        engine.import_root(roots.bare, BARE_IMAGE)
+        context = _context(roots, work)
+        engine.build(context / "Dockerfile.example", context, IMAGES["example"],
+                     BASE=BUILDER_IMAGE, IMDS_SHIM=f"{OFFLINE} imds-shim")
+        engine.build(context / "examples" / "any-image" / "Dockerfile", context, IMAGES["any-image"],
+                     BASE=BARE_IMAGE, BUILDER=BUILDER_IMAGE, IMDS_SHIM="imds-shim", PIP_ARGS=OFFLINE)
+        record(f"{engine.name}: start, import two roots, build both images", time.monotonic() - started)
+        yield engine
+    finally:
+        engine.stop()
 
 
-def test_entrypoint_exports_credentials_and_command_is_pid_1(
-    podman: Podman, topology: Topology, imds: StartImds
-) -> None:
-    """Through the image's ENTRYPOINT: credentials in the container, the command as PID 1."""
+@pytest.fixture(params=list(IMAGES))
+def image(request: pytest.FixtureRequest, engine: Engine) -> str:
+    """Each image in turn: the pip-installed example, then the bundle on a base without Python."""
+    return IMAGES[str(request.param)]
+
+
+def label(engine: Engine, image: str) -> str:
+    return f"{engine.name}, {image.split('-', 2)[-1].split(':')[0]}"
+
+
+def environment(output: str) -> dict[str, str]:
+    """`env` output as a dict (both images have coreutils' env)."""
+    return dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+
+
+def test_any_image_has_no_python(engine: Engine) -> None:
+    """The bundle's image really has no Python: the shim carries its own runtime."""
+    completed = engine("run", "--rm", "--entrypoint", "/bin/sh", IMAGES["any-image"], "-c",
+                       "command -v python3 python || ls /usr/bin/python* /usr/lib/python3* 2>/dev/null"
+                       " || echo none")
+    assert completed.stdout.strip() == "none"
+
+
+def test_credentials_through_the_entrypoint(engine: Engine, image: str, imds: StartImds) -> None:
+    """Hop limit 2, IMDSv2 required: credentials through the router hop, the command exec'd."""
     imds("--hop-limit", "2", "--imds-v2-required")
-    _, completed = run_container(podman, topology.container, *ENV_REPORT)
+    seconds, completed = engine.run(image, "env")
+    record(f"{label(engine, image)}: hop limit 2, IMDSv2 required, credentials", seconds)
     assert completed.returncode == 0, completed.stderr
-    env = json.loads(completed.stdout)
+    env = environment(completed.stdout)
     assert env["AWS_ACCESS_KEY_ID"].startswith("ASIASIMULATED")
     assert env["AWS_SECURITY_TOKEN"] == env["AWS_SESSION_TOKEN"]
-    assert env["AWS_REGION"] == "eu-west-1"
-    _, pid = run_container(podman, topology.container, "sh", "-c", "echo $$")
-    assert pid.stdout.strip() == "1"
-    _, default_cmd = run_container(podman, topology.container)
-    assert default_cmd.stdout.startswith("credentials for ASIA…")
+    assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "eu-west-1"
+    assert not [name for name in env if name.startswith(("_PYI", "LD_LIBRARY_PATH"))]
+    # No process of the shim's is left between the init (or the engine) and the command.
+    _, ids = engine.run(image, "sh", "-c", "echo $$ $PPID")
+    pid, parent = ids.stdout.split()
+    assert (parent if engine.init else pid) == "1"
+    _, default_command = engine.run(image)
+    assert default_command.returncode == 0, default_command.stderr
+    assert "ASIA…" in default_command.stdout or "with a session token" in default_command.stdout
 
 
-def test_stop_sends_sigterm_to_the_command(
-    podman: Podman, topology: Topology, imds: StartImds
-) -> None:
-    """`podman stop` (like `docker stop`) delivers SIGTERM to the command, which exits by it."""
-    imds("--hop-limit", "2")
-    script = 'trap "echo got-TERM; exit 42" TERM; echo ready; while :; do sleep 0.1; done'
-    name = f"imds-shim-stop-{os.getpid()}"
-    podman("run", "-d", "--name", name, "--network", f"ns:/run/netns/{topology.container}",
-           IMAGE, "sh", "-c", script)
-    try:
-        for _ in range(200):
-            if "ready" in podman("logs", name).stdout:
-                break
-            time.sleep(0.05)
-        started = time.monotonic()
-        podman("stop", "--time", "10", name)
-        stopped = time.monotonic() - started
-        record("container: podman stop -> SIGTERM handled by the command", stopped)
-        assert "got-TERM" in podman("logs", name).stdout
-        state = podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
-        assert state == "42"
-        assert stopped < 5  # not the 10 s grace period: the signal got through
-    finally:
-        podman("rm", "--force", name, check=False)
-
-
-def test_hop_limit_1_is_diagnosed_in_the_container(
-    podman: Podman, topology: Topology, imds: StartImds
-) -> None:
-    """Hop limit 1 and IMDSv2 required: the container exits 125 with the diagnosis."""
+def test_hop_limit_1_imdsv2_required_is_diagnosed(engine: Engine, image: str, imds: StartImds) -> None:
+    """Hop limit 1, IMDSv2 required: exit 125 with the diagnosis and the fix, quickly."""
     imds("--hop-limit", "1", "--imds-v2-required")
-    seconds, completed = run_container(podman, topology.container, "true")
-    record("container: hop limit 1, IMDSv2 required (podman run, total)", seconds)
+    seconds, completed = engine.run(image, "true")
+    record(f"{label(engine, image)}: hop limit 1, IMDSv2 required, diagnosis (whole run)", seconds)
     assert completed.returncode == 125
     assert "hop limit is probably 1" in completed.stderr
     assert "--http-put-response-hop-limit 2" in completed.stderr
+    if engine.name == "docker":
+        assert seconds < DOCKER_HOP_LIMIT_BUDGET
 
 
-def test_optional_off_ec2_runs_the_command(podman: Podman, topology: Topology) -> None:
-    """Off EC2 with IMDS_SHIM_OPTIONAL=1 the container's command runs without credentials."""
-    seconds, completed = run_container(podman, topology.offec2, *ENV_REPORT,
-                                       env={"IMDS_SHIM_OPTIONAL": "1"})
-    record("container: not on EC2, --optional (podman run, total)", seconds)
+def test_hop_limit_1_imdsv1_allowed_works_and_warns(engine: Engine, image: str, imds: StartImds) -> None:
+    """Hop limit 1, IMDSv1 allowed: credentials by IMDSv1, and one warning naming the hop limit."""
+    imds("--hop-limit", "1")
+    seconds, completed = engine.run(image, "env")
+    record(f"{label(engine, image)}: hop limit 1, IMDSv1 fallback", seconds)
     assert completed.returncode == 0, completed.stderr
-    assert "AWS_ACCESS_KEY_ID" not in json.loads(completed.stdout)
+    assert environment(completed.stdout)["AWS_ACCESS_KEY_ID"].startswith("ASIASIMULATED")
+    assert "hop limit" in completed.stderr
+
+
+@pytest.mark.parametrize("optional", [False, True], ids=["fails", "optional"])
+def test_off_ec2(engine: Engine, image: str, optional: bool) -> None:
+    """No IMDS at all: 125 "unreachable" quickly, or with IMDS_SHIM_OPTIONAL=1 the command runs."""
+    env = {"IMDS_SHIM_OPTIONAL": "1"} if optional else {}
+    seconds, completed = engine.run(image, "env", where=OFF_EC2, env=env)
+    record(f"{label(engine, image)}: off EC2{', optional' if optional else ''} (whole run)", seconds)
     assert "unreachable" in completed.stderr
+    if optional:
+        assert completed.returncode == 0, completed.stderr
+        assert "AWS_ACCESS_KEY_ID" not in environment(completed.stdout)
+    else:
+        assert completed.returncode == 125
+    if engine.name == "docker":
+        assert seconds < DOCKER_OFF_EC2_BUDGET
+
+
+def _stop(engine: Engine, name: str) -> tuple[float, str]:
+    started = time.monotonic()
+    engine("stop", "--time", "10", name)
+    stopped = time.monotonic() - started
+    return stopped, engine("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
+
+
+def test_stop_while_imds_hangs_ends_promptly(engine: Engine, image: str, imds: StartImds) -> None:
+    """A stop while the shim still waits on IMDS: exit 143 at once, not after the grace period."""
+    server = imds("--latency", "60")
+    name = f"imds-shim-hang-{os.getpid()}"
+    engine.start_detached(name, image, "true")
+    try:
+        server.wait_for_request()
+        stopped, status = _stop(engine, name)
+        record(f"{label(engine, image)}: stop while IMDS hangs", stopped)
+        assert status == "143"
+        assert stopped < STOP_BUDGET
+    finally:
+        engine("rm", "--force", name, check=False)
+
+
+def test_stop_reaches_the_command(engine: Engine, image: str, imds: StartImds) -> None:
+    """A stop once the command runs: SIGTERM reaches the command itself, which exits by it."""
+    imds("--hop-limit", "2")
+    name = f"imds-shim-stop-{os.getpid()}"
+    engine.start_detached(name, image, "sh", "-c",
+                          'trap "echo got-TERM; exit 42" TERM; echo ready; while :; do sleep 0.1; done')
+    try:
+        deadline = time.monotonic() + 30
+        while "ready" not in engine("logs", name).stdout:
+            assert time.monotonic() < deadline, engine("logs", name).stderr
+            time.sleep(0.05)
+        stopped, status = _stop(engine, name)
+        record(f"{label(engine, image)}: stop -> SIGTERM handled by the command", stopped)
+        assert "got-TERM" in engine("logs", name).stdout
+        assert status == "42"
+        assert stopped < STOP_BUDGET
+    finally:
+        engine("rm", "--force", name, check=False)
+
+
+def test_profile_steps_aside_without_a_request(engine: Engine, image: str, imds: StartImds) -> None:
+    """-e AWS_PROFILE=...: the shim steps aside, and IMDS sees no request at all."""
+    server = imds("--hop-limit", "2")
+    _, completed = engine.run(image, "env", env={"AWS_PROFILE": "prod"})
+    assert completed.returncode == 0, completed.stderr
+    env = environment(completed.stdout)
+    assert env["AWS_PROFILE"] == "prod"
+    assert "AWS_ACCESS_KEY_ID" not in env
+    assert server.settled_requests() == []
+
+
+@pytest.mark.parametrize("status", [0, 7, 143])
+def test_command_exit_status_comes_back(engine: Engine, image: str, imds: StartImds, status: int) -> None:
+    """The command's own exit status is the container's."""
+    imds("--hop-limit", "2")
+    _, completed = engine.run(image, "sh", "-c", f"exit {status}")
+    assert completed.returncode == status, completed.stderr
+
+
+def test_imds_shim_doctor_as_the_command(engine: Engine, image: str, imds: StartImds) -> None:
+    """`run IMAGE imds-shim doctor`: doctor does its own walk, not behind exported keys."""
+    server = imds("--hop-limit", "2", "--imds-v2-required")
+    _, completed = engine.run(image, "imds-shim", "doctor")
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "would step aside" not in completed.stdout
+    assert "ASIA…" in completed.stdout
+    requests = server.settled_requests()
+    assert requests[0] == "PUT /latest/api/token"
+    credentials = [r for r in requests if r.endswith("security-credentials/imds-shim-simulated-role")]
+    assert len(credentials) == 1
+
+
+def test_what_the_entrypoint_adds_to_docker_run(engine: Engine, imds: StartImds) -> None:
+    """Measured, not asserted: `run --rm --init IMAGE true` with and without the entrypoint."""
+    if engine.name != "docker":
+        pytest.skip("the figure is for docker run")
+    imds("--hop-limit", "2", "--imds-v2-required")
+    for name, image in IMAGES.items():
+        times: dict[str, list[float]] = {"with": [], "without": []}
+        for _ in range(8):  # interleaved, so that drift hits both alike
+            for kind, flags in (("with", ()), ("without", ("--entrypoint", "true"))):
+                seconds, completed = engine.run(image, *(() if flags else ("true",)), flags=flags)
+                assert completed.returncode == 0, completed.stderr
+                times[kind].append(seconds)
+        with_shim, without = statistics.median(times["with"]), statistics.median(times["without"])
+        record(f"docker, {name}: docker run --rm --init IMAGE true, median of 8", with_shim)
+        record(f"docker, {name}: same with --entrypoint true (no shim), median of 8", without)
+        record(f"docker, {name}: what the shim adds", with_shim - without)
