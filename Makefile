@@ -28,7 +28,7 @@ bench:
 	$(if $(BUNDLE_TARBALL),rm -rf build/bench-bundle && mkdir -p build/bench-bundle \
 		&& tar -xzf $(BUNDLE_TARBALL) -C build/bench-bundle)
 	.venv-bench/bin/python bench/run.py \
-		$(if $(BUNDLE_TARBALL),--bundle build/bench-bundle/imds-shim/imds-shim) $(BENCH_ARGS)
+		$(if $(BUNDLE_TARBALL),--other bundle=build/bench-bundle/imds-shim/imds-shim) $(BENCH_ARGS)
 
 # The self-contained imds-shim for images without Python (see README, "In an image without Python").
 # Needs root and debootstrap; builds in a Debian bullseye root so that it runs on glibc >= 2.31.

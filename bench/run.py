@@ -2,7 +2,8 @@
 
     python bench/run.py                 # 40 interleaved rounds, the README's table
     python bench/run.py --rounds 3      # CI's smoke run
-    python bench/run.py --bundle build/bench-bundle/imds-shim/imds-shim   # plus the bundle's rows
+    python bench/run.py --other bundle=build/bench-bundle/imds-shim/imds-shim   # plus its rows
+    python bench/run.py --other before=/tmp/before/bin/imds-shim   # against an older build
 
 Every command runs once per round, in a rotating order, so that drift in the machine's speed hits
 every command alike. All fetch against the project's IMDS simulator on loopback (IMDSv2 required),
@@ -86,7 +87,7 @@ def start_simulator() -> tuple[subprocess.Popen[str], str]:
 BUNDLE_CASE = "bundle: imds-shim -- true"
 
 
-def available_cases(bundle: str | None) -> tuple[list[Case], list[str]]:
+def available_cases(others: dict[str, str]) -> tuple[list[Case], list[str]]:
     keys = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLEEXAMPLE00", "AWS_SECRET_ACCESS_KEY": "example"}
     cases = [
         Case("imds-shim -- true", [SHIM, "--", "true"]),
@@ -98,11 +99,11 @@ def available_cases(bundle: str | None) -> tuple[list[Case], list[str]]:
         Case("imds-shim credential-process", [SHIM, "credential-process"]),
     ]
     skipped = []
-    if bundle:
-        cases += [Case(BUNDLE_CASE, [bundle, "--", "true"]),
-                  Case("bundle: step-aside (keys preset)", [bundle, "--", "true"], keys)]
-    else:
-        skipped.append("the bundle: no --bundle given (make bundle, then make bench)")
+    for label, executable in others.items():
+        cases += [Case(f"{label}: imds-shim -- true", [executable, "--", "true"]),
+                  Case(f"{label}: step-aside (keys preset)", [executable, "--", "true"], keys)]
+    if "bundle" not in others:
+        skipped.append("the bundle: no --other bundle=PATH given (make bundle, then make bench)")
     if shutil.which("curl") and shutil.which("jq"):
         cases.append(Case("curl + jq recipe", ["sh", str(HERE / "curl_recipe.sh"), "true"]))
     else:
@@ -132,14 +133,17 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    parser.add_argument("--bundle", help="the bundle's imds-shim executable, for its rows")
+    parser.add_argument("--other", action="append", default=[], metavar="LABEL=EXECUTABLE",
+                        help="another imds-shim to measure in the same rounds (bundle=... for the "
+                        "self-contained build, whose target is checked)")
     args = parser.parse_args()
 
     simulator, url = start_simulator()
     base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ["HOME"],
                 "LANG": "C.UTF-8", "AWS_EC2_METADATA_SERVICE_ENDPOINT": url}
     try:
-        cases, skipped = available_cases(args.bundle)
+        others = dict(item.split("=", 1) for item in args.other)
+        cases, skipped = available_cases(others)
         for _ in range(args.warmup):
             for case in cases:
                 run_once(case, base_env)

@@ -93,3 +93,17 @@ def test_layout_and_size() -> None:
     tarball = os.environ.get("BUNDLE_TARBALL")
     if tarball:
         assert Path(tarball).stat().st_size <= MAX_TARBALL_BYTES
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump is not installed (binutils)")
+def test_needs_no_glibc_newer_than_2_31() -> None:
+    """No binary in the bundle asks for a glibc symbol version newer than bullseye's 2.31."""
+    binaries = [BUNDLE / "imds-shim", *(p for p in BUNDLE.rglob("*.so*") if p.is_file())]
+    needed: set[tuple[int, ...]] = set()
+    for binary in binaries:
+        symbols = subprocess.run(["objdump", "-T", str(binary)], capture_output=True, text=True).stdout
+        for word in symbols.replace("(", " ").replace(")", " ").split():
+            if word.startswith("GLIBC_") and word[6:7].isdigit():
+                needed.add(tuple(int(part) for part in word[6:].split(".")))
+    assert needed, "no GLIBC_ versions found: objdump could not read the bundle"
+    assert max(needed) <= (2, 31)
