@@ -130,6 +130,7 @@ ROWS: dict[str, Row] = {
     "unclosed ipv6 endpoint": Row(["--endpoint", "http://[::1", "--", "true"], FAILED, "--endpoint"),
     "port out of range": Row(["--endpoint", "http://127.0.0.1:99999", "--", "true"], FAILED, "--endpoint"),
     "port not a number": Row(["--endpoint", "http://a:b", "--", "true"], FAILED, "--endpoint"),
+    "ipv6 endpoint of colons": Row(["--endpoint", "http://[:]", "--", "true"], FAILED, "not a usable URL"),
     "endpoint with user": Row(["--endpoint", "http://user@127.0.0.1", "--", "true"], FAILED, "--endpoint"),
     "twin superscript": Row(["--", "true"], FAILED, "IMDS_SHIM_ATTEMPTS", {"IMDS_SHIM_ATTEMPTS": "²"}),
     "twin bad exit code": Row(["--", "true"], FAILED, "IMDS_SHIM_ERROR_EXIT_CODE",
