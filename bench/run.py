@@ -128,12 +128,21 @@ def requests_per_run(base_env: dict[str, str]) -> int:
     return sum(": debug: " in line and " -> " in line for line in completed.stderr.splitlines())
 
 
+def labelled_executable(value: str) -> tuple[str, str]:
+    """``--other LABEL=EXECUTABLE``, checked: the executable must exist and be runnable."""
+    label, _, executable = value.partition("=")
+    if not label or not os.access(executable, os.X_OK):
+        raise argparse.ArgumentTypeError(f"expected LABEL=EXECUTABLE, got {value!r}")
+    return label, executable
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--other", action="append", default=[], metavar="LABEL=EXECUTABLE",
+                        type=labelled_executable,
                         help="another imds-shim to measure in the same rounds (bundle=... for the "
                         "self-contained build, whose target is checked)")
     args = parser.parse_args()
@@ -142,7 +151,7 @@ def main() -> int:
     base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ["HOME"],
                 "LANG": "C.UTF-8", "AWS_EC2_METADATA_SERVICE_ENDPOINT": url}
     try:
-        others = dict(item.split("=", 1) for item in args.other)
+        others = dict(args.other)
         cases, skipped = available_cases(others)
         for _ in range(args.warmup):
             for case in cases:
