@@ -27,9 +27,9 @@ from shim.errors import (
     ShimError,
 )
 from shim.execute import interruptible, replace_process
-from shim.identity import clear_identity, reason_to_step_aside
 from shim.log import log, write_stdout
 from shim.runtime import as_this_program, is_imds_shim, launch_environment
+from shim.step_aside import clear_identity, reason_to_step_aside
 
 TYPE_CHECKING = False  # no typing import at run time: this is the step-aside path
 if TYPE_CHECKING:
@@ -44,8 +44,9 @@ EXIT_SIGNAL_BASE = 128
 
 def fetch_credentials(config: Config, environ: Mapping[str, str]) -> Fetched:
     """Everything IMDS has for this run. Imports the HTTP stack, so only fetching paths call it."""
-    from shim.credentials import describe, fetch
+    from shim.credentials import describe
     from shim.deadline import Deadline
+    from shim.fetch import fetch
     from shim.imds import ImdsClient
 
     client = ImdsClient(config, Deadline(config.deadline))
@@ -79,9 +80,9 @@ def command_environment(config: Config, environ: Mapping[str, str]) -> dict[str,
         from shim.refresh import refreshing_environment
 
         return refreshing_environment(config, environment, fetched)
-    from shim.credentials import exported_variables
+    from shim.variables import export_into, exported_variables
 
-    environment.update(exported_variables(fetched, environment))
+    export_into(environment, exported_variables(fetched, environment))
     return environment
 
 

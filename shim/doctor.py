@@ -18,19 +18,13 @@ from typing import Callable, TypeVar
 
 from shim import __version__
 from shim.config import Config
-from shim.credentials import (
-    discover_role,
-    format_duration,
-    format_time,
-    lookup_region_and_account,
-    role_credentials,
-    seconds_left,
-)
+from shim.credentials import format_duration, format_time, seconds_left
 from shim.deadline import Deadline
-from shim.errors import ShimError
-from shim.identity import MORE_SPECIFIC, reason_to_step_aside
-from shim.imds import ROLE_PATH, ImdsClient, unreachable_message
-from shim.log import log, write_stdout
+from shim.errors import ShimError, Transient
+from shim.fetch import discover_role, lookup_identity, role_credentials
+from shim.imds import HOP_LIMIT_FIX, ROLE_PATH, ImdsClient, unreachable_message
+from shim.log import log, printable, write_stdout
+from shim.step_aside import MORE_SPECIFIC, reason_to_step_aside
 
 T = TypeVar("T")
 PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY")
@@ -46,6 +40,17 @@ class Step:
     ms: float | None = None
 
 
+class Stopwatch:
+    """Milliseconds since it was made."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    @property
+    def ms(self) -> float:
+        return (time.monotonic() - self.started) * 1000
+
+
 class Report:
     """Collects steps; ``timed`` runs one and records its outcome."""
 
@@ -53,19 +58,21 @@ class Report:
         self.steps: list[Step] = []
 
     def add(self, name: str, status: str, detail: str, ms: float | None = None) -> None:
-        self.steps.append(Step(name, status, detail, None if ms is None else round(ms, 1)))
+        # Details are built from checked values; escaping is the second line of defence against
+        # a forged line or a terminal escape.
+        self.steps.append(Step(name, status, printable(detail), None if ms is None else round(ms, 1)))
 
     def timed(self, name: str, action: Callable[[], T]) -> tuple[T | None, float, ShimError | None]:
-        started = time.monotonic()
+        """Run ``action``; a failure is recorded as this step's ``fail``."""
+        watch = Stopwatch()
         try:
             result: T | None = action()
             error = None
         except ShimError as failure:
             result, error = None, failure
-        elapsed = (time.monotonic() - started) * 1000
         if error is not None:
-            self.add(name, "fail", str(error), elapsed)
-        return result, elapsed, error
+            self.add(name, "fail", str(error), watch.ms)
+        return result, watch.ms, error
 
     def skip_rest(self, names: tuple[str, ...], why: str) -> None:
         for name in names:
@@ -113,49 +120,34 @@ def _tcp(report: Report, config: Config) -> bool:
     parts = urllib.parse.urlsplit(config.endpoint)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    started = time.monotonic()
+    watch = Stopwatch()
     try:
         socket.create_connection((host, port), timeout=config.connect_timeout).close()
     except OSError as error:
         detail = "timed out" if isinstance(error, socket.timeout) else (error.strerror or "failed")
-        elapsed = (time.monotonic() - started) * 1000
-        report.add("tcp", "fail", unreachable_message(config.endpoint, f"connect {detail}"), elapsed)
+        report.add("tcp", "fail", unreachable_message(config.endpoint, f"connect {detail}"), watch.ms)
         return False
-    report.add("tcp", "ok", f"connected to {host} port {port}",
-               (time.monotonic() - started) * 1000)
+    report.add("tcp", "ok", f"connected to {host} port {port}", watch.ms)
     return True
 
 
 def _imds_steps(report: Report, config: Config, client: ImdsClient) -> bool:
     """Token, IMDSv1, role, credentials, region; True when credentials were obtained."""
     later = ("role", "credentials", "region/account")
-    _, elapsed, error = report.timed("imdsv2 token", client.obtain_token)
-    if error is not None:
+    if not _token_steps(report, config, client):
         report.skip_rest(later, "no way to talk to IMDS")
         return False
-    if client.version == 2:
-        report.add("imdsv2 token", "ok", "issued", elapsed)
-    elif client.hop_limit_suspected:
-        report.add("imdsv2 token", "warn", "connected but no answer: the metadata hop limit is "
-                   "probably 1 and this container is one hop further; IMDSv1 is used instead. "
-                   "Fix: aws ec2 modify-instance-metadata-options --instance-id <id> "
-                   "--http-put-response-hop-limit 2", elapsed)
-    else:
-        report.add("imdsv2 token", "warn", "IMDS refused to issue a token; IMDSv1 is used", elapsed)
-    _probe_v1(report, config, client)
-
     role: str | None = config.role
     if role is None:
-        role, elapsed, error = report.timed("role", lambda: discover_role(client))
-        if error is not None:
+        role, elapsed, _ = report.timed("role", lambda: discover_role(client))
+        if role is None:
             report.skip_rest(later[1:], "no role")
             return False
         report.add("role", "ok", f"{role} (discovered)", elapsed)
     else:
         report.add("role", "info", f"{role} (given)")
-    assert role is not None
-    credentials, elapsed, error = report.timed("credentials",
-                                               lambda: role_credentials(client, str(role)))
+    given_role = role
+    credentials, elapsed, _ = report.timed("credentials", lambda: role_credentials(client, given_role))
     if credentials is None:
         report.skip_rest(later[2:], "no credentials")
         return False
@@ -163,28 +155,56 @@ def _imds_steps(report: Report, config: Config, client: ImdsClient) -> bool:
     report.add("credentials", "ok" if left > 0 else "warn",
                f"{credentials.masked_key_id}, expire {format_time(credentials.expiration)} "
                f"({'in ' + format_duration(left) if left > 0 else 'expired'})", elapsed)
-    started = time.monotonic()
-    region, account = lookup_region_and_account(client, need_region=True)
+    identity, elapsed, _ = report.timed("region/account", lambda: lookup_identity(client, True))
+    region = identity.region if identity else None
+    account = credentials.account_id or (identity.account_id if identity else None)
     report.add("region/account", "ok" if region else "warn",
-               f"region {region or 'unknown'}, account {credentials.account_id or account or 'unknown'}",
-               (time.monotonic() - started) * 1000)
+               f"region {region or 'unknown'}, account {account or 'unknown'}", elapsed)
     return True
 
 
-def _probe_v1(report: Report, config: Config, client: ImdsClient) -> None:
-    """Does IMDS answer without a token? Tells whether IMDSv1 is still enabled on the instance."""
-    started = time.monotonic()
+def _token_steps(report: Report, config: Config, client: ImdsClient) -> bool:
+    """The IMDSv2 token and whether IMDSv1 answers, told as one story; True if IMDS can be used.
+
+    With the hop-limit symptom, "IMDSv1 is used instead" holds only where the instance still
+    allows IMDSv1, so the probe is made first and the token step says what really happens.
+    """
+    _, elapsed, error = report.timed("imdsv2 token", client.obtain_token)
+    if error is not None:
+        return False
+    v1_enabled, probe_ms, probe_failure = _probe_v1(client)
+    if client.version == 2:
+        report.add("imdsv2 token", "ok", "issued", elapsed)
+    elif v1_enabled is False:
+        why = ("connected but no answer: the metadata hop limit is probably 1 and this container "
+               "is one hop further" if client.hop_limit_suspected else "IMDS refused to issue one")
+        report.add("imdsv2 token", "fail", f"{why}, and IMDSv1 is disabled on this instance "
+                   f"(IMDSv2 required), so there is no way in. Fix: {HOP_LIMIT_FIX}", elapsed)
+        return False
+    elif client.hop_limit_suspected:
+        report.add("imdsv2 token", "warn", "connected but no answer: the metadata hop limit is "
+                   f"probably 1 and this container is one hop further; IMDSv1 is used instead. "
+                   f"Fix: {HOP_LIMIT_FIX}", elapsed)
+    else:
+        report.add("imdsv2 token", "warn", "IMDS refused to issue a token; IMDSv1 is used", elapsed)
+    if probe_failure is not None:
+        report.add("imdsv1", "info", f"probe failed: {probe_failure}", probe_ms)
+    elif v1_enabled:
+        allowed = "allowed by imds-shim" if config.allow_imds_v1 else "not used (--no-imds-v1)"
+        report.add("imdsv1", "info", f"enabled on this instance; {allowed}", probe_ms)
+    else:
+        report.add("imdsv1", "info", "disabled on this instance (IMDSv2 required)", probe_ms)
+    return True
+
+
+def _probe_v1(client: ImdsClient) -> tuple[bool | None, float, str | None]:
+    """Does IMDS answer without a token? (enabled, milliseconds, why the probe failed)."""
+    watch = Stopwatch()
     try:
         status = client.send("GET", ROLE_PATH, {})[0]
-    except Exception as error:
-        report.add("imdsv1", "info", f"probe failed: {error}", (time.monotonic() - started) * 1000)
-        return
-    elapsed = (time.monotonic() - started) * 1000
-    if status == 401:
-        report.add("imdsv1", "info", "disabled on this instance (IMDSv2 required)", elapsed)
-    else:
-        allowed = "allowed by imds-shim" if config.allow_imds_v1 else "not used (--no-imds-v1)"
-        report.add("imdsv1", "info", f"enabled on this instance; {allowed}", elapsed)
+    except (ShimError, Transient) as error:
+        return None, watch.ms, str(error)
+    return status != 401, watch.ms, None
 
 
 def doctor(config: Config, environ: Mapping[str, str]) -> int:

@@ -46,6 +46,10 @@ class ImdsGaveUp(CredentialsUnavailable):
     """IMDS stayed busy or answered garbage until the attempts or the deadline ran out."""
 
 
+class ImdsUnusable(CredentialsUnavailable):
+    """IMDS answered something no retry can make valid (a body larger than any IMDS answer)."""
+
+
 class CommandNotFound(ShimError):
     """The command to exec does not exist (exit 127)."""
 

@@ -12,16 +12,21 @@ import shlex
 from collections.abc import Mapping
 from typing import Callable
 
-from shim.credentials import Fetched, exported_variables, format_time
+from shim.credentials import Fetched, format_time
 from shim.errors import ShimError
+from shim.variables import exported_variables
 
 
 def _fish(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+# PowerShell takes all of these as the single quote; inside '...' each is escaped by doubling it.
+POWERSHELL_QUOTES = "'\u2018\u2019\u201a\u201b"
+
+
 def _powershell(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    return "'" + "".join(char * 2 if char in POWERSHELL_QUOTES else char for char in value) + "'"
 
 
 def _windows_cmd(name: str, value: str) -> str:

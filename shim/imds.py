@@ -7,21 +7,31 @@ call, both capped by the remaining deadline. Failures are classified by what the
 - no TCP answer at all: not on EC2 (or firewalled); one retry, then :class:`ImdsUnreachable`;
 - token PUT connected but silent: the IMDSv2 hop-limit symptom; IMDSv1 fallback with a warning, or
   :class:`HopLimitExceeded` with the fix when IMDSv1 is refused or disabled;
-- 5xx, 429, garbled bodies, silent GETs: a busy IMDS, retried with backoff until the deadline.
+- 5xx, 429, garbled bodies, silent GETs: a busy IMDS, retried with backoff until the deadline;
+- a body over 64 KiB: no IMDS answer is that large, so it fails at once.
 
-The token and every response body stay inside this module: exceptions and log lines carry only
-methods, paths, status codes and timings.
+Socket timeouts bound each read, not a whole answer: a server that sends one byte every half
+second would keep a reader waiting for hours. So every answer also runs under a time limit of its
+own (connect timeout plus ``--timeout``), never past the overall deadline, enforced by an interval
+timer: the one way to interrupt a read that keeps making progress, in headers and body alike.
+
+Every answer goes through :mod:`shim.answers` before anything uses it. The token and every
+response body stay inside this module: exceptions and log lines carry only methods, paths, status
+codes and timings.
 """
 
 from __future__ import annotations
 
 import random
+import signal
+import threading
 import time
 from typing import Callable, TypeVar
 
 import urllib3
 
 from shim import __version__
+from shim.answers import parse_retry_after, parse_token
 from shim.config import Config
 from shim.deadline import Deadline
 from shim.errors import (
@@ -29,6 +39,7 @@ from shim.errors import (
     ImdsGaveUp,
     ImdsRefused,
     ImdsUnreachable,
+    ImdsUnusable,
     Throttled,
     Transient,
     Unreachable,
@@ -47,7 +58,9 @@ TOKEN_HEADER = "X-aws-ec2-metadata-token"
 # The shim lives for seconds; a short-lived token is worth less to anyone who might see it.
 TOKEN_TTL_SECONDS = 60
 MAX_BODY_BYTES = 64 * 1024
-MAX_TOKEN_BYTES = 1024
+# An answer's own limit fires this much after the socket timeouts would, so that a silent answer
+# (the hop-limit symptom) is still told apart from a slow one.
+TIME_LIMIT_MARGIN = 0.05
 USER_AGENT = f"imds-shim/{__version__}"
 T = TypeVar("T")
 V1_STATUSES = (403, 404, 405)  # the token PUT answers these where IMDSv2 is not available
@@ -73,12 +86,41 @@ def new_session() -> requests.Session:
     return session
 
 
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # absent, or an HTTP date: IMDS sends neither, backoff is enough
+class Overdue(BaseException):
+    """An answer's time limit passed. Raised from SIGALRM, hence a ``BaseException``: no
+    ``except Exception`` in requests or urllib3 may swallow it."""
+
+
+def _overdue(signum: int, frame: object) -> None:
+    raise Overdue
+
+
+class time_limit:
+    """Interrupt what runs inside with :class:`Overdue` once ``seconds`` have passed.
+
+    Only the main thread receives signals; elsewhere (a helper thread) the socket timeouts alone
+    apply. The previous handler and any timer already running are put back afterwards: interval
+    timers survive exec, and the command must inherit exactly what the shim inherited.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.armed = threading.current_thread() is threading.main_thread()
+
+    def __enter__(self) -> None:
+        if self.armed:
+            self.previous = signal.signal(signal.SIGALRM, _overdue)
+            self.started = time.monotonic()
+            self.inherited = signal.setitimer(signal.ITIMER_REAL, max(self.seconds, 0.001))
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self.armed:
+            return
+        delay, interval = self.inherited
+        if delay:
+            delay = max(delay - (time.monotonic() - self.started), 0.001)
+        signal.setitimer(signal.ITIMER_REAL, delay, interval)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if self.previous is None else self.previous)
 
 
 class ImdsClient:
@@ -111,21 +153,26 @@ class ImdsClient:
         """One request; returns (status, body, Retry-After) or raises a classified failure."""
         remaining = self.deadline.remaining()
         if remaining <= 0:
-            raise ImdsGaveUp(
-                f"gave up on IMDS after the {self.config.deadline:g} s deadline ({method} {path})"
-            )
+            raise ImdsGaveUp(self._past_deadline(method, path))
         timeout = (min(self.config.connect_timeout, remaining), min(self.config.timeout, remaining))
+        limit = min(self.config.connect_timeout + self.config.timeout, remaining)
         started = time.monotonic()
         self.requests_sent += 1
         status = "-"
         try:
-            response = self.session.request(
-                method, self.config.endpoint + path, headers=headers, timeout=timeout,
-                stream=True, allow_redirects=False,
-            )
-            status = str(response.status_code)
-            body = self._read_capped(response, method, path)
-            return response.status_code, body, _retry_after(response)
+            with time_limit(limit + TIME_LIMIT_MARGIN):
+                response = self.session.request(
+                    method, self.config.endpoint + path, headers=headers, timeout=timeout,
+                    stream=True, allow_redirects=False,
+                )
+                status = str(response.status_code)
+                body = _read_capped(response, method, path)
+            return response.status_code, body, parse_retry_after(response.headers.get("Retry-After"))
+        except Overdue:
+            status = "too slow"
+            if self.deadline.remaining() <= 0:
+                raise ImdsGaveUp(self._past_deadline(method, path)) from None
+            raise Transient(f"the answer to {method} {path} took longer than {limit:g} s") from None
         except requests.exceptions.ConnectTimeout:
             status = "connect timeout"
             raise Unreachable(f"no TCP answer within {timeout[0]:g} s") from None
@@ -147,18 +194,8 @@ class ImdsClient:
                 elapsed = (time.monotonic() - started) * 1000
                 log.debug(f"{method} {path} -> {status} in {elapsed:.1f} ms")
 
-    @staticmethod
-    def _read_capped(response: requests.Response, method: str, path: str) -> bytes:
-        try:
-            body = response.raw.read(MAX_BODY_BYTES + 1, decode_content=True)
-        except (urllib3.exceptions.HTTPError, OSError):
-            response.close()
-            raise Transient(f"the answer to {method} {path} was cut off") from None
-        if len(body) > MAX_BODY_BYTES:
-            response.close()  # drop the connection rather than drain an unbounded body
-            raise Transient(f"the answer to {method} {path} is larger than {MAX_BODY_BYTES} bytes")
-        response.close()
-        return body
+    def _past_deadline(self, method: str, path: str) -> str:
+        return f"gave up on IMDS after the {self.config.deadline:g} s deadline ({method} {path})"
 
     # -- IMDSv2 token --------------------------------------------------------------------------
 
@@ -171,18 +208,20 @@ class ImdsClient:
         except ReadTimedOut:
             raise TokenUnanswered from None
         if status == 200:
-            token = body.strip()
-            if not token or len(token) > MAX_TOKEN_BYTES or not token.isascii() or b" " in token:
-                raise Transient("IMDS answered the token request with a malformed token")
-            return token.decode("ascii")
+            return parse_token(body)
         if status in V1_STATUSES:
             return None
         if status == 429 or status >= 500:
             raise _busy(status, "the token request", retry_after)
-        raise ImdsRefused(
-            f"IMDS answered {status} to the IMDSv2 token request (PUT {TOKEN_PATH}); "
-            "a proxy adding X-Forwarded-For causes this: IMDS calls must not go through one"
-        )
+        if 300 <= status < 400:
+            raise ImdsRefused(f"IMDS answered a redirect ({status}) to the IMDSv2 token request "
+                              f"(PUT {TOKEN_PATH}); not followed")
+        if status == 400:
+            raise ImdsRefused(
+                f"IMDS answered 400 to the IMDSv2 token request (PUT {TOKEN_PATH}): the request "
+                "arrived changed; something between here and IMDS (a proxy?) rewrites it"
+            )
+        raise ImdsRefused(f"IMDS answered {status} to the IMDSv2 token request (PUT {TOKEN_PATH})")
 
     def obtain_token(self) -> None:
         """Get a token, or settle on IMDSv1 where that is allowed and IMDSv2 is not to be had."""
@@ -269,20 +308,16 @@ class ImdsClient:
             raise ImdsRefused(f"IMDS answered a redirect ({status}) to GET {path}; not followed")
         raise ImdsRefused(f"IMDS answered {status} to GET {path}")
 
-    def get(
-        self, path: str, parse: Callable[[bytes], object] | None = None, attempts: int | None = None
-    ) -> object:
-        """GET ``path`` under the retry policy; None on 404.
+    def get(self, path: str, parse: Callable[[bytes], T], attempts: int | None = None) -> T | None:
+        """GET ``path`` under the retry policy: what ``parse`` makes of the body, None on 404.
 
-        ``parse`` runs inside the retry loop: a body it rejects by raising :class:`Transient` is
-        fetched again, like a 5xx.
+        ``parse`` (from :mod:`shim.answers`) runs inside the retry loop: a body it rejects by
+        raising :class:`Transient` is fetched again, like a 5xx.
         """
 
-        def attempt() -> object:
+        def attempt() -> T | None:
             body = self._get_once(path)
-            if body is None or parse is None:
-                return body
-            return parse(body)
+            return None if body is None else parse(body)
 
         try:
             return self._with_retries(attempt, attempts or self.config.attempts)
@@ -297,6 +332,20 @@ class ImdsClient:
             f"{self.deadline.elapsed():.1f} s (--attempts {self.config.attempts}, --deadline "
             f"{self.config.deadline:g}): {error}"
         )
+
+
+def _read_capped(response: requests.Response, method: str, path: str) -> bytes:
+    """The body, at most 64 KiB of it; the connection is dropped rather than drained."""
+    try:
+        body = response.raw.read(MAX_BODY_BYTES + 1, decode_content=True)
+    except (urllib3.exceptions.HTTPError, OSError):
+        raise Transient(f"the answer to {method} {path} was cut off") from None
+    finally:
+        response.close()
+    if len(body) > MAX_BODY_BYTES:
+        raise ImdsUnusable(f"the answer to {method} {path} is larger than {MAX_BODY_BYTES} bytes, "
+                           "which no IMDS answer is; not retried")
+    return body
 
 
 def _busy(status: int, what: str, retry_after: float | None) -> Transient:

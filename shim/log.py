@@ -34,7 +34,7 @@ class Logger:
     def _emit(self, level: str, message: str) -> None:
         if self.enabled(level) and sys.stderr is not None:
             try:
-                sys.stderr.write(f"imds-shim: {level}: {message}\n")
+                sys.stderr.write(f"imds-shim: {level}: {printable(message)}\n")
                 sys.stderr.flush()
             except OSError:  # a closed or broken pipe: nobody is listening
                 pass
@@ -53,6 +53,17 @@ class Logger:
 
 
 log = Logger()
+
+
+def printable(text: str) -> str:
+    """``text`` as one line: newlines, ESC, U+2028 and every other non-printable as escapes.
+
+    Messages are built from checked values; this keeps a missed one from forging a line.
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+                   for char in text)
 
 
 def mask_key_id(key_id: str) -> str:

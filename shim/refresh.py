@@ -4,38 +4,86 @@ Static environment credentials die at their expiration; an SDK application that 
 needs credentials it can renew. The command gets a private AWS config file whose default profile
 runs ``imds-shim credential-process`` (with the options this shim was given), and every SDK calls
 it again shortly before the credentials expire.
+
+The file lives in one private folder per user, ``$TMPDIR/imds-shim-UID`` (0700), reused by every
+start: a folder that is a symlink, someone else's, or open to others is refused. The file's name
+is a digest of its content and it is written by atomic rename, so concurrent starts with the same
+options share one file and never see a half-written one, and starts do not pile up folders.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
-import tempfile
+import stat
 from collections.abc import Mapping
 
+from shim.answers import is_region
 from shim.config import Config
-from shim.credentials import REGION_VARIABLES, Fetched, region_variables
+from shim.credentials import Fetched
+from shim.errors import ShimError
 from shim.log import log
 from shim.runtime import this_program
-
-STATIC_CREDENTIALS = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-    "AWS_CREDENTIAL_EXPIRATION",
-)
+from shim.variables import ACCOUNT_ID, REGION_VARIABLES, STATIC_CREDENTIALS, region_variables
 
 
-def write_config(config: Config, region: str | None) -> str:
-    """Write the private config file (directory 0700, file 0600) and return its path."""
-    command = [*this_program(), *config.as_flags(), "credential-process"]
-    lines = ["[default]", f"credential_process = {shlex.join(command)}"]
-    if region:
+def config_text(config: Config, region: str | None) -> str:
+    """The config file: a default profile that runs this imds-shim, and the region if it is one.
+
+    The region may come from the user's own ``AWS_REGION``: a value that is not a region name
+    (a newline and a ``[profile]`` line, say) would add lines to the file, so it is left out.
+    """
+    command = shlex.join([*this_program(), *config.as_flags(), "credential-process"])
+    if not command.isprintable():
+        raise ShimError("--refresh: the path of imds-shim has control characters, which an AWS "
+                        "config file cannot hold")
+    lines = ["[default]", f"credential_process = {command}"]
+    if region and is_region(region):
         lines.append(f"region = {region}")
-    directory = tempfile.mkdtemp(prefix="imds-shim-")  # created 0700
-    path = os.path.join(directory, "config")
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as config_file:
-        config_file.write("\n".join(lines) + "\n")
-    return path
+    elif region:
+        log.warning("--refresh: the preset region is not a region name; the config file names none")
+    return "\n".join(lines) + "\n"
+
+
+def private_folder(environ: Mapping[str, str]) -> tuple[str, int]:
+    """This user's folder for config files, and a descriptor of it; created 0700 when missing."""
+    # A known name on purpose: it is checked below (ours, 0700, no symlink), and reused.
+    path = os.path.join(environ.get("TMPDIR") or "/tmp", f"imds-shim-{os.getuid()}")  # noqa: S108
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise ShimError(f"--refresh: cannot create {path}: {error.strerror} (set TMPDIR to a "
+                        "writable folder)") from None
+    try:
+        folder = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        raise ShimError(f"--refresh: {path} is not a folder (a symlink?): remove it") from None
+    info = os.fstat(folder)
+    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        os.close(folder)
+        raise ShimError(f"--refresh: {path} belongs to someone else or is open to others: "
+                        "remove it, or set TMPDIR")
+    return path, folder
+
+
+def write_config(text: str, environ: Mapping[str, str]) -> str:
+    """Write ``text`` (0600) into the private folder by atomic rename; return the file's path."""
+    path, folder = private_folder(environ)
+    name = "config-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    temporary = f".{name}.{os.getpid()}.{os.urandom(4).hex()}"
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=folder)
+        with os.fdopen(descriptor, "w") as config_file:
+            config_file.write(text)
+        os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except OSError as error:
+        raise ShimError(f"--refresh: cannot write the config file in {path}: {error.strerror}") from None
+    finally:
+        os.close(folder)
+    return os.path.join(path, name)
 
 
 def refreshing_environment(
@@ -46,12 +94,12 @@ def refreshing_environment(
     ``fetched`` is the first fetch: it has already failed early if it had to, and it tells the
     region and account.
     """
-    environment = {k: v for k, v in environ.items() if k not in STATIC_CREDENTIALS}
+    environment = {k: v for k, v in environ.items() if k not in (*STATIC_CREDENTIALS, ACCOUNT_ID)}
     regions = region_variables(environ, fetched.region)
-    path = write_config(config, regions.get(REGION_VARIABLES[0]))
+    path = write_config(config_text(config, regions.get(REGION_VARIABLES[0])), environ)
     environment.update(regions)
     if fetched.account_id:
-        environment["AWS_ACCOUNT_ID"] = fetched.account_id
+        environment[ACCOUNT_ID] = fetched.account_id
     environment["AWS_CONFIG_FILE"] = path
     # The Go SDK v1 reads the config file only when asked to.
     environment["AWS_SDK_LOAD_CONFIG"] = "1"

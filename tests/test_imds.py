@@ -95,7 +95,18 @@ def test_token_400_is_fatal_and_mentions_proxies(simulator: StartSimulator) -> N
     sim = simulator(token_status=400)
     result = run_shim(["--", "true"], endpoint=sim.url)
     assert result.returncode == 125
-    assert "X-Forwarded-For" in one_error_line(result.stderr)
+    assert "proxy" in one_error_line(result.stderr)
+    assert len(sim.requests) == 1
+
+
+def test_token_redirect_is_named_a_redirect(simulator: StartSimulator) -> None:
+    """A 3xx to the token PUT is called a redirect, not blamed on a proxy; it is not followed."""
+    sim = simulator(token_status=302)
+    result = run_shim(["--", "true"], endpoint=sim.url)
+    assert result.returncode == 125
+    line = one_error_line(result.stderr)
+    assert "redirect (302)" in line
+    assert "proxy" not in line
     assert len(sim.requests) == 1
 
 
@@ -238,9 +249,9 @@ def test_rejected_token_is_replaced(simulator: StartSimulator) -> None:
     assert [m for m, _, _ in paths(sim)].count("PUT") == 2
 
 
-@pytest.mark.parametrize("fault", ["malformed", "oversized", "error-code", "missing-token"])
+@pytest.mark.parametrize("fault", ["malformed", "error-code", "missing-token"])
 def test_bad_credentials_answer_is_retried(simulator: StartSimulator, fault: str) -> None:
-    """A malformed, oversized or unsuccessful credentials answer is retried like a 5xx."""
+    """A malformed or unsuccessful credentials answer is retried like a 5xx."""
     sim = simulator(credentials_fault=fault, fault_times=1)
     result = run_shim(["--", *probe_command()], endpoint=sim.url)
     assert result.returncode == 0, result.stderr
@@ -256,6 +267,15 @@ def test_always_bad_credentials_answer_fails(simulator: StartSimulator, fault: s
     result = run_shim(["--attempts", "3", "--", "true"], endpoint=sim.url)
     assert result.returncode == 125
     one_error_line(result.stderr)
+
+
+def test_oversized_answer_fails_at_once(simulator: StartSimulator) -> None:
+    """An answer over 64 KiB can never become valid: one request, no retry, exit 125."""
+    sim = simulator(credentials_fault="oversized", fault_times=1)
+    result = run_shim(["--", "true"], endpoint=sim.url)
+    assert result.returncode == 125
+    assert "larger than 65536 bytes" in one_error_line(result.stderr)
+    assert len([r for r in sim.requests if r.path.endswith("simulated-role")]) == 1
 
 
 def test_redirect_is_not_followed(simulator: StartSimulator) -> None:

@@ -7,10 +7,10 @@ from typing import Callable
 import pytest
 import tenacity
 
-from shim.backoff import BACKOFF_CAP, retry_policy
 from shim.deadline import Deadline
 from shim.errors import Throttled, Transient, Unreachable
 from shim.retry import with_retries
+from shim.retry_policy import BACKOFF_CAP, retry_policy
 
 
 class FakeTime:

@@ -10,8 +10,8 @@ from typing import Callable
 import pytest
 from conftest import clean_env, probe_command, run_shim
 
-from shim.identity import IDENTITY_FAMILY
 from shim.simulator import Simulator
+from shim.step_aside import IDENTITY_FAMILY
 
 STEP_ASIDE = [
     {"AWS_ACCESS_KEY_ID": "AKIAEXPLICITKEY00001", "AWS_SECRET_ACCESS_KEY": "explicit-secret"},

@@ -9,13 +9,11 @@ and without importing ``requests``.
 from __future__ import annotations
 
 from shim.errors import UsageError
+from shim.variables import ACCESS_KEY, ACCOUNT_ID, SECRET_KEY, STATIC_CREDENTIALS
 
 TYPE_CHECKING = False  # no typing import at run time: this is the step-aside path
 if TYPE_CHECKING:
     from collections.abc import Mapping, MutableMapping
-
-ACCESS_KEY = "AWS_ACCESS_KEY_ID"
-SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
 
 # (variable, what it means) in the order the SDKs consult them after the environment keys.
 MORE_SPECIFIC = (
@@ -23,17 +21,14 @@ MORE_SPECIFIC = (
     ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "a container credentials endpoint (EKS Pod Identity)"),
     ("AWS_WEB_IDENTITY_TOKEN_FILE", "a web identity (EKS IRSA)"),
     ("AWS_PROFILE", "a named profile"),
+    ("AWS_DEFAULT_PROFILE", "a named profile (botocore's older name for AWS_PROFILE)"),
 )
 
 # Everything that selects or carries an identity. --override clears all of it before exporting,
 # so the command never sees a mix of two identities.
 IDENTITY_FAMILY = (
-    ACCESS_KEY,
-    SECRET_KEY,
-    "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN",
-    "AWS_CREDENTIAL_EXPIRATION",
-    "AWS_ACCOUNT_ID",
+    *STATIC_CREDENTIALS,
+    ACCOUNT_ID,
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
     "AWS_CONTAINER_AUTHORIZATION_TOKEN",

@@ -1,0 +1,82 @@
+"""The fetch sequence: role, then its credentials, then (when needed) region and account.
+
+Each answer is checked by :mod:`shim.answers` inside the client's retry loop, so a garbled one
+is fetched again like a 5xx.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Mapping
+
+from shim.answers import Identity, parse_credentials, parse_identity_document, parse_region, parse_role
+from shim.config import Config
+from shim.credentials import Credentials, Fetched, format_duration, format_time, seconds_left
+from shim.errors import CredentialsUnavailable, NoRoleAttached, RoleNotFound
+from shim.imds import IDENTITY_DOCUMENT_PATH, REGION_PATH, ROLE_PATH, ImdsClient
+from shim.log import log
+from shim.variables import REGION_VARIABLES
+
+
+def discover_role(client: ImdsClient) -> str:
+    """The attached role's name, from ``security-credentials/`` (with the slash, as SDKs ask)."""
+    discovered = client.get(ROLE_PATH, parse_role)
+    if discovered is None:
+        raise NoRoleAttached(
+            "no IAM role is attached to this instance (IMDS answered 404 to role discovery): "
+            "attach an instance profile, e.g. aws ec2 associate-iam-instance-profile"
+        )
+    return discovered
+
+
+def role_credentials(client: ImdsClient, role: str) -> Credentials:
+    """The role's current credentials; warns (and still returns them) when already expired."""
+    credentials = client.get(ROLE_PATH + urllib.parse.quote(role, safe="+=,.@_-"), parse_credentials)
+    if credentials is None:
+        raise RoleNotFound(
+            f"IMDS has no credentials for role {role!r}: check --role / IMDS_SHIM_ROLE / "
+            "AWS_EC2_INSTANCE_PROFILE_NAME against the instance profile's role"
+        )
+    left = seconds_left(credentials)
+    if left <= 0:
+        log.warning(
+            f"IMDS handed out credentials that expired {format_duration(-left)} ago "
+            f"({format_time(credentials.expiration)}); using them anyway, as the AWS SDKs do: "
+            "AWS may keep accepting them while IMDS recovers"
+        )
+    return credentials
+
+
+def lookup_identity(client: ImdsClient, need_region: bool) -> Identity:
+    """Region and account from the identity document, else the region from ``placement/region``.
+
+    A busy IMDS is retried as usual, but a missing (404) or unreadable document is not worth a
+    retry storm: it costs one request, then the single-value fallback. Neither value is worth
+    failing the run for.
+    """
+    identity = Identity(None, None)
+    try:
+        identity = client.get(IDENTITY_DOCUMENT_PATH, parse_identity_document) or identity
+        if need_region and identity.region is None:
+            identity = identity._replace(region=client.get(REGION_PATH, parse_region))
+    except CredentialsUnavailable as error:
+        log.warning(f"carrying on without region and account: {error}")
+    return identity
+
+
+def fetch(client: ImdsClient, config: Config, environ: Mapping[str, str]) -> Fetched:
+    """Role, credentials, and (when not already known) region and account, from IMDS."""
+    role = config.role or discover_role(client)
+    credentials = role_credentials(client, role)
+    need_region = not any(environ.get(name) for name in REGION_VARIABLES)
+    identity = Identity(None, None)
+    if need_region or credentials.account_id is None:
+        identity = lookup_identity(client, need_region)
+    return Fetched(
+        credentials=credentials,
+        role=role,
+        region=identity.region,
+        account_id=credentials.account_id or identity.account_id,
+        imds_version=client.version or 1,
+        requests_sent=client.requests_sent,
+    )
