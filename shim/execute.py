@@ -69,6 +69,28 @@ def restore_inherited_dispositions() -> None:
         signals.signal(signals.SIGINT, signals.SIG_DFL)
 
 
+def _exec_searching_path(name: str, argv: list[str], environ: dict[str, str]) -> NoReturn:
+    """``execvpe``, except that a folder on PATH we may not enter is skipped, as shells skip it.
+
+    ``os.execvpe`` reports the first such folder's EACCES, so a command that exists nowhere
+    would be "not executable" (126) for one user and "not found" (127) for another.
+    """
+    if "/" in name:
+        os.execve(name, argv, environ)
+    failure: OSError | None = None
+    for folder in os.get_exec_path(environ):
+        candidate = os.path.join(folder, name)
+        try:
+            os.execve(candidate, argv, environ)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as error:
+            if isinstance(error, PermissionError) and not os.path.lexists(candidate):
+                continue  # the folder itself is closed to us
+            failure = failure or error
+    raise failure or FileNotFoundError(name)
+
+
 def replace_process(command: Sequence[str], environ: Mapping[str, str]) -> NoReturn:
     """``execvp`` the command with ``environ``; raise if it cannot be found or executed."""
     for stream in (sys.stdout, sys.stderr):
@@ -80,7 +102,7 @@ def replace_process(command: Sequence[str], environ: Mapping[str, str]) -> NoRet
     restore_inherited_dispositions()
     name = command[0]
     try:
-        os.execvpe(name, list(command), dict(environ))
+        _exec_searching_path(name, list(command), dict(environ))
     except (FileNotFoundError, NotADirectoryError):
         raise CommandNotFound(f"{shown(name)}: command not found") from None
     except PermissionError:

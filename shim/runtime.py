@@ -1,4 +1,10 @@
-"""Where this imds-shim runs from: an installed Python package, or the self-contained bundle.
+"""The environment this imds-shim was launched with, and where it runs from (package or bundle).
+
+Python itself changes the environment before any of the shim's code runs: where the locale is C
+or POSIX (the default in most containers), PEP 538's locale coercion sets ``LC_CTYPE=C.UTF-8``,
+and a command exec'd with ``os.environ`` would inherit it. The kernel keeps the environment a
+process was started with at ``/proc/self/environ``, untouched by ``setenv``, so that is read
+instead.
 
 The bundle (PyInstaller's one-folder mode, see ``bundle/``) starts Python through a bootloader that
 changes the process environment: it prepends its own library folder to ``LD_LIBRARY_PATH`` (keeping
@@ -26,8 +32,27 @@ SAVED_LIBRARY_PATH = "LD_LIBRARY_PATH_ORIG"
 BOOTLOADER_PREFIX = "_PYI_"
 
 
+def started_with(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment as this process was started, before Python changed it (PEP 538).
+
+    ``environ`` (``os.environ``) serves where ``/proc`` is not mounted. Names are kept in order,
+    the first of two same names wins, as in ``os.environ``.
+    """
+    try:
+        with open("/proc/self/environ", "rb") as initial:
+            entries = initial.read().split(b"\0")
+    except OSError:
+        return dict(environ)
+    environment: dict[str, str] = {}
+    for entry in entries:
+        name, has_value, value = entry.partition(b"=")
+        if has_value and name:
+            environment.setdefault(os.fsdecode(name), os.fsdecode(value))
+    return environment
+
+
 def launch_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment this imds-shim was started with, before any bootloader touched it.
+    """The environment this imds-shim was started with, before Python or a bootloader touched it.
 
     The bootloader prepends its folder to ``LD_LIBRARY_PATH``; only when the value is exactly
     what it would have made is it undone, so a variable the user set is never lost. Two cases are
@@ -35,7 +60,7 @@ def launch_environment(environ: Mapping[str, str]) -> dict[str, str]:
     ``LD_LIBRARY_PATH`` comes back unset (the same to the loader), and a user's own
     ``LD_LIBRARY_PATH_ORIG`` next to a set ``LD_LIBRARY_PATH`` is lost.
     """
-    environment = dict(environ)
+    environment = started_with(environ)
     if not FROZEN:
         return environment
     for name in [name for name in environment if name.startswith(BOOTLOADER_PREFIX)]:

@@ -1,0 +1,526 @@
+"""A hostile IMDS: every value it sends is untrusted input, and the deadline holds for every byte.
+
+One scripted server on loopback answers as an attacker would who can stand in for
+169.254.169.254 (a compromised sidecar, an ARP-spoofing neighbour, a mistyped endpoint). It is
+healthy by default; each row replaces one answer. The contract for every row: what reaches the
+command's environment, the ``--refresh`` config file, stderr, ``doctor`` output and stdout has
+passed the shim's checks (no control character, no forged line, no injected config section), the
+exit status is the documented one, and the run ends within its deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import pytest
+from conftest import SHIM, clean_env, probe_command, run_shim
+
+ROLE = "/latest/meta-data/iam/security-credentials/"
+CREDENTIALS = ROLE + "hostile-role"
+IDENTITY = "/latest/dynamic/instance-identity/document"
+REGION = "/latest/meta-data/placement/region"
+TOKEN_PATH = "/latest/api/token"
+IMDS_TOKEN = "hostile-imds-token-value"
+SECRET = "hostile-secret-access-key-value"
+SESSION_TOKEN = "hostile-session-token-value"
+GOOD_CREDENTIALS = {
+    "Code": "Success", "AccessKeyId": "ASIAHOSTILEEXAMPLE", "SecretAccessKey": SECRET,
+    "Token": SESSION_TOKEN, "Expiration": "2099-01-01T00:00:00Z",
+}
+INJECTED_REGION = "us-east-1\n[profile p]\ncredential_process = touch /tmp/pwned"
+FORGED_LINE = "imds-shim: info: all good"
+# Characters that end a line or steer a terminal somewhere: each must be refused.
+LINE_BREAKERS = {"newline": "\n", "U+2028": "\u2028", "U+0085": "\u0085", "ESC": "\x1b[31m", "NUL": "\0"}
+FAILED = 125
+
+
+class Reply(NamedTuple):
+    """One scripted answer. ``drip``: seconds between bytes, for a body (or headers) sent slowly."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+    drip: float | None = None
+    drip_headers: bool = False
+
+
+def as_body(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else json.dumps(value).encode()
+
+
+def healthy() -> dict[str, Reply]:
+    return {
+        TOKEN_PATH: Reply(body=IMDS_TOKEN.encode()),
+        ROLE: Reply(body=b"hostile-role"),
+        CREDENTIALS: Reply(body=as_body(GOOD_CREDENTIALS)),
+        IDENTITY: Reply(body=as_body({"region": "eu-west-1", "accountId": "123456789012"})),
+        REGION: Reply(body=b"eu-west-1"),
+    }
+
+
+class HostileImds(ThreadingHTTPServer):
+    """Answers IMDS paths from a script; records every request's path."""
+
+    daemon_threads = True
+
+    def __init__(self, script: dict[str, Reply]) -> None:
+        self.script = script
+        self.paths: list[str] = []
+        self.closing = threading.Event()
+        super().__init__(("127.0.0.1", 0), HostileHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class HostileHandler(BaseHTTPRequestHandler):
+    server: HostileImds
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+    def do_PUT(self) -> None:
+        self._answer()
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def _answer(self) -> None:
+        self.server.paths.append(self.path)
+        reply = self.server.script.get(self.path, Reply(404, b"Not Found\n"))
+        head = f"HTTP/1.1 {reply.status} X\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
+        if reply.drip is None:
+            head += f"Content-Length: {len(reply.body)}\r\n\r\n"
+            self.wfile.write(head.encode() + reply.body)
+            return
+        # Declares far more than it will ever send, then sends it a byte at a time.
+        if reply.drip_headers:
+            self._drip(head.encode() + b"X-Slow: " + b"a" * 100000, reply.drip)
+        else:
+            self.wfile.write((head + "Content-Length: 100000\r\n\r\n").encode())
+            self._drip(b"{" + b" " * 100000, reply.drip)
+
+    def _drip(self, data: bytes, every: float) -> None:
+        for index in range(len(data)):
+            if self.server.closing.wait(every):
+                return
+            try:
+                self.wfile.write(data[index:index + 1])
+                self.wfile.flush()
+            except OSError:  # the shim hung up: what it should do
+                return
+
+
+@pytest.fixture
+def hostile() -> Iterator[Callable[..., HostileImds]]:
+    """hostile(path=Reply(...), ...) starts a scripted IMDS, healthy where not told otherwise."""
+    servers: list[HostileImds] = []
+
+    def start(script: dict[str, Reply] | None = None) -> HostileImds:
+        server = HostileImds({**healthy(), **(script or {})})
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.closing.set()
+        server.shutdown()
+        server.server_close()
+
+
+def credentials_with(**fields: Any) -> dict[str, Reply]:
+    return {CREDENTIALS: Reply(body=as_body({**GOOD_CREDENTIALS, **fields}))}
+
+
+def assert_clean_output(text: str) -> None:
+    """Every line is the shim's own: no forged line, no control character, no secret."""
+    for line in text.splitlines():
+        assert line.isprintable(), repr(line)
+        assert not line.startswith(FORGED_LINE)
+    for secret in (IMDS_TOKEN, SECRET, SESSION_TOKEN):
+        assert secret not in text
+    assert "Traceback" not in text
+    assert "internal error" not in text
+
+
+def assert_clean_environment(env: dict[str, str]) -> None:
+    for name, value in env.items():
+        if name.startswith("AWS_"):
+            assert value.isprintable(), (name, value)
+            assert value.isascii(), (name, value)
+
+
+# -- 1. region and account: config injection, log forging, doctor forging -----------------------
+
+HOSTILE_REGIONS = {
+    "config injection": INJECTED_REGION,
+    **{f"region with {name}": f"us-east-1{char}{FORGED_LINE}" for name, char in LINE_BREAKERS.items()},
+    "upper case": "US-EAST-1",
+    "too long": "a" * 100,
+    "shell": "$(touch /tmp/pwned)",
+}
+
+
+@pytest.mark.parametrize("region", HOSTILE_REGIONS.values(), ids=HOSTILE_REGIONS.keys())
+def test_hostile_region_never_reaches_env_file_or_log(
+    hostile: Callable[..., HostileImds], region: str, tmp_path: Path
+) -> None:
+    """A region that is not a region name becomes "unknown" with a warning: not in AWS_REGION,
+    not in the --refresh file, not in the -v line; the command still runs."""
+    server = hostile({IDENTITY: Reply(body=as_body({"region": region, "accountId": "123456789012"})),
+                      REGION: Reply(body=region.encode("utf-8", "surrogatepass"))})
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, TMPDIR=str(tmp_path))
+    result = run_shim(["-v", "--", *probe_command()], env=env)
+    assert result.returncode == 0, result.stderr
+    child = result.probe()["env"]
+    assert "AWS_REGION" not in child
+    assert "AWS_DEFAULT_REGION" not in child
+    assert_clean_environment(child)
+    assert_clean_output(result.stderr)
+    assert "not a region name" in result.stderr
+    assert "region unchanged" in result.stderr  # the -v line, on one line
+
+    refreshed = run_shim(["--refresh", "--", *probe_command()], env=env)
+    assert refreshed.returncode == 0, refreshed.stderr
+    config = Path(refreshed.probe()["env"]["AWS_CONFIG_FILE"]).read_text()
+    lines = config.splitlines()
+    assert lines[0] == "[default]"
+    assert lines[1].startswith("credential_process = ")
+    assert len(lines) == 2, config
+
+
+@pytest.mark.parametrize("region", [INJECTED_REGION, f"eu-west-1\x1b[2J\x1b[H{FORGED_LINE}"],
+                         ids=["config injection", "terminal escape"])
+def test_hostile_region_cannot_forge_doctor_lines(
+    hostile: Callable[..., HostileImds], region: str
+) -> None:
+    """doctor reports the region as unknown; no line of its output is forged or carries an escape."""
+    server = hostile({IDENTITY: Reply(body=as_body({"region": region, "accountId": "123456789012"})),
+                      REGION: Reply(body=region.encode())})
+    result = run_shim(["doctor"], endpoint=server.url)
+    assert result.returncode == 0, result.stdout
+    assert_clean_output(result.stdout)
+    assert "region unknown" in result.stdout
+    assert "[profile p]" not in result.stdout
+
+
+@pytest.mark.parametrize("preset", [INJECTED_REGION, "eu-west-1\u2028[profile p]"],
+                         ids=["newline", "U+2028"])
+def test_preset_region_is_checked_before_the_refresh_file(
+    hostile: Callable[..., HostileImds], preset: str, tmp_path: Path
+) -> None:
+    """A preset AWS_REGION that is not a region name stays the user's, but never enters the file."""
+    server = hostile()
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, TMPDIR=str(tmp_path), AWS_REGION=preset)
+    result = run_shim(["--refresh", "--", *probe_command()], env=env)
+    assert result.returncode == 0, result.stderr
+    config = Path(result.probe()["env"]["AWS_CONFIG_FILE"]).read_text()
+    assert "[profile p]" not in config
+    assert len(config.splitlines()) == 2
+    assert "not a region name" in result.stderr
+
+
+HOSTILE_ACCOUNTS = {"eleven digits": "12345678901", "thirteen digits": "1234567890123",
+                    "letters": "abcdefghijkl", "newline": "123456789012\nX=1",
+                    "arabic-indic digits": "١٢٣٤٥٦٧٨٩٠١٢", "a number": 123456789012}
+
+
+@pytest.mark.parametrize("account", HOSTILE_ACCOUNTS.values(), ids=HOSTILE_ACCOUNTS.keys())
+def test_hostile_account_becomes_unknown(hostile: Callable[..., HostileImds], account: Any) -> None:
+    """An account ID that is not exactly 12 ASCII digits is unknown, with a warning."""
+    server = hostile({IDENTITY: Reply(body=as_body({"region": "eu-west-1", "accountId": account}))})
+    result = run_shim(["--", *probe_command()], endpoint=server.url)
+    assert result.returncode == 0, result.stderr
+    child = result.probe()["env"]
+    assert "AWS_ACCOUNT_ID" not in child
+    assert child["AWS_REGION"] == "eu-west-1"
+    assert "not 12 digits" in result.stderr
+    assert_clean_output(result.stderr)
+
+
+# -- credentials fields, the token and the role: garbled, retried, then reported -----------------
+
+GARBLED = {
+    **{f"key id with {name}": credentials_with(AccessKeyId=f"ASIAHOSTILE{char}X")
+       for name, char in LINE_BREAKERS.items()},
+    "key id with a blank": credentials_with(AccessKeyId="ASIA HOSTILE"),
+    "key id too long": credentials_with(AccessKeyId="A" * 200),
+    **{f"secret with {name}": credentials_with(SecretAccessKey=f"{SECRET}{char}X=1")
+       for name, char in LINE_BREAKERS.items()},
+    "secret with a blank": credentials_with(SecretAccessKey="x y"),
+    "secret with a PowerShell quote": credentials_with(SecretAccessKey="x\u2019;Start-Process calc;\u2019x"),
+    "session token with ESC": credentials_with(Token=f"{SESSION_TOKEN}\x1b]0;title\x07"),
+    "session token with a newline": credentials_with(Token=f"{SESSION_TOKEN}\nAWS_PROFILE=x"),
+    "expiration overflows forward": credentials_with(Expiration="9999-12-31T23:59:59-01:00"),
+    "expiration overflows back": credentials_with(Expiration="0001-01-01T00:00:00+01:00"),
+    "expiration month 13": credentials_with(Expiration="2026-13-01T00:00:00Z"),
+    "expiration without zone": credentials_with(Expiration="2026-12-01T00:00:00"),
+    "expiration with a newline": credentials_with(Expiration="2026-12-01T00:00:00Z\n"),
+    "hostile code": credentials_with(Code=f"Failed\x1b[31m\n{FORGED_LINE}"),
+    # The first line is the role (as the SDKs read it); what follows a newline is never used.
+    "role with ESC": {ROLE: Reply(body=b"role\x1b[31m\nimds-shim: info: x")},
+    "role with U+2028": {ROLE: Reply(body="role\u2028x".encode())},
+    "role with a path": {ROLE: Reply(body=b"../../etc")},
+}
+
+
+@pytest.mark.parametrize("script", GARBLED.values(), ids=GARBLED.keys())
+def test_garbled_required_value_is_retried_then_reported(
+    hostile: Callable[..., HostileImds], script: dict[str, Reply]
+) -> None:
+    """A required value that fails its check is fetched again, then reported in one line that
+    quotes nothing from the answer; the command never runs with it."""
+    server = hostile(script)
+    started = time.monotonic()
+    result = run_shim(["--attempts", "2", "--", "true"], endpoint=server.url)
+    assert result.returncode == FAILED
+    assert time.monotonic() - started < 5
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("imds-shim: error: gave up on IMDS after")
+    assert_clean_output(result.stderr)
+    path = next(iter(script))
+    assert server.paths.count(path) == 2  # retried once, as --attempts 2 says
+
+
+@pytest.mark.parametrize("name", ["expiration overflows forward", "expiration overflows back"])
+def test_optional_still_runs_the_command_whatever_imds_sends(
+    hostile: Callable[..., HostileImds], name: str
+) -> None:
+    """--optional: a garbled answer is a warning, and the command runs without credentials."""
+    server = hostile(GARBLED[name])
+    result = run_shim(["--optional", "--attempts", "2", "--", *probe_command()], endpoint=server.url)
+    assert result.returncode == 0, result.stderr
+    assert "AWS_ACCESS_KEY_ID" not in result.probe()["env"]
+    assert "--optional" in result.stderr
+
+
+def test_known_code_is_explained_in_the_shims_own_words(hostile: Callable[..., HostileImds]) -> None:
+    """Code AssumeRoleUnauthorizedAccess is named and explained; an unknown one is not quoted."""
+    server = hostile(credentials_with(Code="AssumeRoleUnauthorizedAccess"))
+    result = run_shim(["--attempts", "1", "--", "true"], endpoint=server.url)
+    assert result.returncode == FAILED
+    assert "trust policy" in result.stderr
+
+
+@pytest.mark.parametrize("token", ["tok\nen", "tok\0en", "tok en", "tok\u2028en", "t" * 2000],
+                         ids=["newline", "NUL", "blank", "U+2028", "too long"])
+def test_hostile_imds_token_is_never_sent_or_shown(
+    hostile: Callable[..., HostileImds], token: str
+) -> None:
+    """A malformed IMDSv2 token is refused (and with --no-imds-v1 the run fails, quoting nothing)."""
+    server = hostile({TOKEN_PATH: Reply(body=token.encode())})
+    result = run_shim(["--no-imds-v1", "--attempts", "2", "--", "true"], endpoint=server.url)
+    assert result.returncode == FAILED
+    assert "malformed token" in result.stderr
+    assert_clean_output(result.stderr)
+    assert server.paths == [TOKEN_PATH, TOKEN_PATH]
+
+
+def test_identity_document_with_a_nul_is_harmless(hostile: Callable[..., HostileImds]) -> None:
+    """A NUL in the identity document's values once failed exec; now the values are unknown."""
+    server = hostile({IDENTITY: Reply(body=as_body({"region": "eu-west-1\0", "accountId": "1234\0"})),
+                      REGION: Reply(404)})
+    result = run_shim(["--", *probe_command()], endpoint=server.url)
+    assert result.returncode == 0, result.stderr
+    assert "AWS_REGION" not in result.probe()["env"]
+
+
+# -- 3. the deadline holds for every byte -------------------------------------------------------
+
+SLOW = {
+    "credentials body": {CREDENTIALS: Reply(drip=0.3)},
+    "credentials headers": {CREDENTIALS: Reply(drip=0.3, drip_headers=True)},
+    "token body": {TOKEN_PATH: Reply(drip=0.3)},
+    "role body": {ROLE: Reply(drip=0.3)},
+}
+
+
+@pytest.mark.parametrize("verb", [["--", "true"], ["doctor"], ["export"]], ids=["exec", "doctor", "export"])
+@pytest.mark.parametrize("script", SLOW.values(), ids=SLOW.keys())
+def test_a_slow_answer_cannot_outlast_the_deadline(
+    hostile: Callable[..., HostileImds], script: dict[str, Reply], verb: list[str]
+) -> None:
+    """An answer that trickles one byte at a time (each read within the timeout) is cut off: the
+    whole run ends within --deadline, and no single answer takes more than its own limit."""
+    server = hostile(script)
+    started = time.monotonic()
+    result = run_shim(["--deadline", "2", *verb], endpoint=server.url, timeout=30)
+    seconds = time.monotonic() - started
+    assert seconds < 3.0, f"took {seconds:.1f} s"
+    assert_clean_output(result.stderr + result.stdout)
+    assert result.returncode == FAILED, result.stderr + result.stdout
+
+
+def test_each_answer_has_its_own_limit(hostile: Callable[..., HostileImds]) -> None:
+    """One slow answer uses its own limit (connect + --timeout), not the whole deadline: with
+    --timeout 0.5 the slow credentials answer is given up after about half a second each time."""
+    server = hostile({CREDENTIALS: Reply(drip=0.2)})
+    started = time.monotonic()
+    result = run_shim(["--timeout", "0.5", "--attempts", "2", "--deadline", "20", "--", "true"],
+                      endpoint=server.url)
+    assert result.returncode == FAILED
+    assert "took longer than 1 s" in result.stderr
+    assert time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize("value", ["1e308", "inf", "nan", "-5", "99999999999"])
+def test_hostile_retry_after_is_ignored(hostile: Callable[..., HostileImds], value: str) -> None:
+    """A Retry-After that is not whole seconds up to an hour is ignored, not slept on."""
+    server = hostile({CREDENTIALS: Reply(503, b"busy", (("Retry-After", value),))})
+    started = time.monotonic()
+    result = run_shim(["--attempts", "3", "--", "true"], endpoint=server.url)
+    assert result.returncode == FAILED
+    assert server.paths.count(CREDENTIALS) == 3
+    assert time.monotonic() - started < 3
+
+
+def test_oversized_answer_fails_at_once(hostile: Callable[..., HostileImds]) -> None:
+    """An answer over 64 KiB can never become valid: one request, then a one-line error."""
+    server = hostile({CREDENTIALS: Reply(body=b"{" + b" " * (100 * 1024) + b"}")})
+    started = time.monotonic()
+    result = run_shim(["--", "true"], endpoint=server.url)
+    assert result.returncode == FAILED
+    assert "not retried" in result.stderr
+    assert server.paths.count(CREDENTIALS) == 1
+    assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_token_redirect_is_not_blamed_on_a_proxy(hostile: Callable[..., HostileImds], status: int) -> None:
+    """A 3xx to the token request is called a redirect and not followed."""
+    server = hostile({TOKEN_PATH: Reply(status, headers=(("Location", "/elsewhere"),))})
+    result = run_shim(["--", "true"], endpoint=server.url)
+    assert result.returncode == FAILED
+    assert f"redirect ({status})" in result.stderr
+    assert "X-Forwarded-For" not in result.stderr
+    assert "/elsewhere" not in server.paths
+
+
+# -- 5. the environment exactly as launched, plus our variables ----------------------------------
+
+LOCALES = {"no locale": {}, "LANG=C": {"LANG": "C"}, "LC_ALL=POSIX": {"LC_ALL": "POSIX"},
+           "LC_CTYPE=C": {"LC_CTYPE": "C"},
+           "LC_CTYPE=POSIX, LANG=C.UTF-8": {"LC_CTYPE": "POSIX", "LANG": "C.UTF-8"},
+           "LANG=en_US.UTF-8": {"LANG": "en_US.UTF-8"}}
+OURS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                  "AWS_CREDENTIAL_EXPIRATION", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCOUNT_ID"})
+
+
+def env_i(variables: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
+    """Run the shim under ``env -i`` with exactly ``variables``; the command is ``env -0``."""
+    assignments = [f"{name}={value}" for name, value in variables.items()]
+    return subprocess.run(["env", "-i", *assignments, SHIM, *args, "--", "env", "-0"],
+                          capture_output=True, timeout=60)
+
+
+def parse_env0(output: bytes) -> dict[bytes, bytes]:
+    return dict(entry.split(b"=", 1) for entry in output.split(b"\0") if entry)
+
+
+@pytest.mark.parametrize("locale", LOCALES.values(), ids=LOCALES.keys())
+@pytest.mark.parametrize("path", ["fetch", "step aside"])
+def test_command_environment_is_the_launch_environment_byte_for_byte(
+    hostile: Callable[..., HostileImds], locale: dict[str, str], path: str
+) -> None:
+    """Under env -i, the command's environment is exactly the launch environment plus (when
+    fetching) our variables: no LC_CTYPE from Python's locale coercion, the user's own kept."""
+    server = hostile()
+    launch = {"PATH": os.environ["PATH"], "AWS_EC2_METADATA_SERVICE_ENDPOINT": server.url, **locale}
+    if path == "step aside":
+        launch["AWS_PROFILE"] = "prod"
+    completed = env_i(launch)
+    assert completed.returncode == 0, completed.stderr
+    got = parse_env0(completed.stdout)
+    expected = {name.encode(): value.encode() for name, value in launch.items()}
+    ours = {name: value for name, value in got.items() if name.decode() in OURS}
+    assert {name: value for name, value in got.items() if name not in ours} == expected
+    assert bool(ours) == (path == "fetch")
+
+
+def test_stale_account_id_goes_when_imds_does_not_tell(hostile: Callable[..., HostileImds]) -> None:
+    """An inherited AWS_ACCOUNT_ID from another identity never sits next to the instance's keys."""
+    server = hostile({IDENTITY: Reply(404)})
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, AWS_ACCOUNT_ID="999999999999")
+    for args in (["--"], ["--refresh", "--"]):
+        result = run_shim([*args, *probe_command()], env=env)
+        assert result.returncode == 0, result.stderr
+        assert "AWS_ACCOUNT_ID" not in result.probe()["env"], args
+
+
+# -- 7. AWS_DEFAULT_PROFILE ----------------------------------------------------------------------
+
+def test_default_profile_steps_aside(hostile: Callable[..., HostileImds]) -> None:
+    """AWS_DEFAULT_PROFILE selects a profile in botocore: the shim steps aside, asking IMDS nothing."""
+    server = hostile()
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, AWS_DEFAULT_PROFILE="prod")
+    result = run_shim(["-v", "--", *probe_command()], env=env)
+    assert result.returncode == 0, result.stderr
+    assert "AWS_ACCESS_KEY_ID" not in result.probe()["env"]
+    assert "AWS_DEFAULT_PROFILE is set" in result.stderr
+    assert server.paths == []
+
+
+# -- 8. --refresh housekeeping -------------------------------------------------------------------
+
+def test_refresh_reuses_one_private_folder(hostile: Callable[..., HostileImds], tmp_path: Path) -> None:
+    """Every --refresh start uses $TMPDIR/imds-shim-UID (0700) and the same file; none piles up."""
+    server = hostile()
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, TMPDIR=str(tmp_path))
+    paths = {run_shim(["--refresh", "--", *probe_command()], env=env).probe()["env"]["AWS_CONFIG_FILE"]
+             for _ in range(3)}
+    (path,) = paths
+    folder = Path(path).parent
+    assert folder == tmp_path / f"imds-shim-{os.getuid()}"
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert Path(path).stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]
+    assert [p.name for p in folder.iterdir()] == [Path(path).name]
+
+
+@pytest.mark.parametrize("kind", ["symlink", "open to others"])
+def test_refresh_refuses_a_folder_that_is_not_private(
+    hostile: Callable[..., HostileImds], tmp_path: Path, kind: str
+) -> None:
+    """A symlink (or a folder others may write) where the private folder belongs is refused."""
+    server = hostile()
+    folder = tmp_path / f"imds-shim-{os.getuid()}"
+    if kind == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        folder.symlink_to(tmp_path / "elsewhere")
+    else:
+        folder.mkdir()
+        folder.chmod(0o777)
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, TMPDIR=str(tmp_path))
+    result = run_shim(["--refresh", "--", "true"], env=env)
+    assert result.returncode == FAILED
+    (line,) = result.stderr.splitlines()
+    assert str(folder) in line
+    assert not list((tmp_path / "elsewhere").iterdir()) if kind == "symlink" else True
+
+
+def test_concurrent_refresh_starts_do_not_corrupt_each_other(
+    hostile: Callable[..., HostileImds], tmp_path: Path
+) -> None:
+    """Twelve --refresh starts at once: every one succeeds and reads a whole, identical file."""
+    server = hostile()
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, TMPDIR=str(tmp_path))
+    command = [SHIM, "--refresh", "--", "sh", "-c", 'cat "$AWS_CONFIG_FILE"']
+    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(12)]
+    outputs = [run.communicate(timeout=60) for run in runs]
+    assert all(run.returncode == 0 for run in runs), [err for _, err in outputs]
+    contents = {out for out, _ in outputs}
+    assert len(contents) == 1
+    assert next(iter(contents)).startswith("[default]\ncredential_process = ")
