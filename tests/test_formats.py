@@ -1,0 +1,154 @@
+"""Export formats, proven by round trip: whatever the values, each format's output gives them back
+byte for byte in the real interpreter, or the format refuses (exit 125, nothing on stdout).
+
+Values come from hypothesis: any text, and a set of hostile ones (quotes of every kind, ``$(...)``,
+backticks, newlines, PowerShell's four other single quotes). The shell formats are evaluated by
+sh, dash, bash and fish themselves. PowerShell and cmd are not installable here, so their output
+is read back by their documented quoting rules; dotenv by the rules of ``docker run --env-file``.
+The values bypass the IMDS boundary on purpose (region and preset values also reach the formats,
+and a format must be safe on its own).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import event, example, given, settings
+from hypothesis import strategies as st
+
+from shim.credentials import Credentials, Fetched
+from shim.errors import ShimError
+from shim.formats import POWERSHELL_QUOTES, render
+
+HOSTILE = [
+    "x'y", 'x"y', "x\u2019;Start-Process calc;\u2019x", "\u2018\u201a\u201b", "$(touch /tmp/pwned)",
+    "`id`", "a\\'b", "a\\", "%PATH%", "!x!", "^", "a\nb", "a\rb", "\u2028", "\u0085", "\x1b[31m",
+    " lead", "trail ", "#comment", "a=b", "\t", "\U0001f600", "é",
+]
+# Any text but NUL (no environment variable can hold one) and lone surrogates (no encoding can);
+# half of the examples printable only, so that most of them get past the formats' refusal.
+ANY = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
+              min_size=1, max_size=30)
+PRINTABLE = st.text(st.characters(blacklist_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"))
+                    | st.just(" "), min_size=1, max_size=30)
+VALUE_SETS = st.lists(PRINTABLE, min_size=5, max_size=5) | st.lists(ANY, min_size=5, max_size=5)
+NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ACCOUNT_ID")
+
+
+def fetched_with(values: list[str]) -> Fetched:
+    key, secret, token, region, account = values
+    credentials = Credentials(key, secret, token, datetime(2099, 1, 1, tzinfo=timezone.utc))
+    return Fetched(credentials, "role", region, account, 2, 4)
+
+
+def expected(values: list[str]) -> dict[str, str]:
+    key, secret, token, region, account = values
+    return {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": token,
+            "AWS_SECURITY_TOKEN": token, "AWS_CREDENTIAL_EXPIRATION": "2099-01-01T00:00:00Z",
+            "AWS_REGION": region, "AWS_DEFAULT_REGION": region, "AWS_ACCOUNT_ID": account}
+
+
+def rendered(format_name: str, values: list[str]) -> str | None:
+    """The format's output, or None where it refuses."""
+    try:
+        return render("export", format_name, fetched_with(values), {})
+    except ShimError:
+        return None
+
+
+SHELLS = {"sh": ("sh", "env"), "dash": ("dash", "env"), "bash": ("bash", "env"),
+          "bash, no export": ("bash", "env-no-export"), "fish": ("fish", "fish")}
+
+
+@pytest.mark.parametrize(("shell", "format_name"), SHELLS.values(), ids=SHELLS.keys())
+@settings(max_examples=40, deadline=None)
+@given(values=VALUE_SETS)
+@example(values=HOSTILE[:5]).via("hostile")
+@example(values=HOSTILE[5:10]).via("hostile")
+@example(values=HOSTILE[10:15]).via("hostile")
+@example(values=HOSTILE[15:20]).via("hostile")
+@example(values=HOSTILE[18:23]).via("hostile")
+def test_shell_formats_round_trip_in_the_real_shell(shell: str, format_name: str, values: list[str]) -> None:
+    """eval'd by the shell itself, every variable comes back byte for byte, or the format refuses."""
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed (Debian package {shell})")
+    output = rendered(format_name, values)
+    event("refused" if output is None else "round trip")
+    if output is None:
+        return
+    variables = expected(values)
+    printer = "printf '%s\\0'" + "".join(f' "${name}"' for name in variables)
+    if shell == "fish":
+        printer = "printf '%s\\0'" + "".join(f" ${name}" for name in variables)
+    completed = subprocess.run([shell, "-c", output + printer], capture_output=True, timeout=30)
+    assert completed.returncode == 0, completed.stderr
+    got = completed.stdout.split(b"\0")[:-1]
+    assert got == [value.encode() for value in variables.values()]
+
+
+def read_powershell(line: str) -> tuple[str, str]:
+    """``$Env:NAME='value'`` read as PowerShell reads a single-quoted string (about_Quoting_Rules:
+    any of ' U+2018 U+2019 U+201A U+201B is a single quote; two in a row stand for one)."""
+    assert line.startswith("$Env:")
+    name, _, rest = line[5:].partition("=")
+    assert rest[0] == "'"
+    value, index = [], 1
+    while True:
+        char = rest[index]
+        if char in POWERSHELL_QUOTES:
+            if index + 1 < len(rest) and rest[index + 1] in POWERSHELL_QUOTES:
+                value.append(char)
+                index += 2
+                continue
+            assert index == len(rest) - 1, f"code after the string: {rest[index + 1:]!r}"
+            return name, "".join(value)
+        value.append(char)
+        index += 1
+
+
+def read_windows_cmd(line: str) -> tuple[str, str]:
+    """``set "NAME=value"``: cmd still expands ``%`` (and ``!`` with delayed expansion) and treats
+    ``^`` and ``"`` specially inside the quotes, so the value must have none of them."""
+    assert line.startswith('set "')
+    assert line.endswith('"')
+    name, _, value = line[5:-1].partition("=")
+    assert not set(value) & set('"%!^'), value
+    return name, value
+
+
+def read_dotenv(line: str) -> tuple[str, str]:
+    """docker run --env-file: the line up to the first ``=`` is the name, the rest the value."""
+    name, _, value = line.partition("=")
+    return name, value
+
+
+READERS = {"powershell": read_powershell, "windows-cmd": read_windows_cmd, "dotenv": read_dotenv}
+
+
+@pytest.mark.parametrize("format_name", READERS)
+@settings(max_examples=200, deadline=None)
+@given(values=VALUE_SETS)
+@example(values=HOSTILE[:5]).via("hostile")
+@example(values=HOSTILE[5:10]).via("hostile")
+@example(values=HOSTILE[10:15]).via("hostile")
+@example(values=HOSTILE[15:20]).via("hostile")
+@example(values=HOSTILE[18:23]).via("hostile")
+def test_documented_formats_round_trip_by_their_rules(format_name: str, values: list[str]) -> None:
+    """PowerShell, cmd and dotenv output read back by their documented rules gives the values."""
+    output = rendered(format_name, values)
+    event("refused" if output is None else "round trip")
+    if output is None:
+        return
+    lines = output.split("\n")
+    assert lines[-1] == ""
+    assert dict(READERS[format_name](line) for line in lines[:-1]) == expected(values)
+
+
+def test_powershell_doubles_every_single_quote() -> None:
+    """The finding: a ’ (U+2019) once ended the string and the rest ran as code."""
+    line = rendered("powershell", ["k", "x\u2019;Start-Process calc;\u2019x", "t", "r", "a"])
+    assert line is not None
+    assert "$Env:AWS_SECRET_ACCESS_KEY='x\u2019\u2019;Start-Process calc;\u2019\u2019x'" in line
