@@ -12,6 +12,9 @@ import sys
 
 from shim import __version__
 from shim.config import (
+    DOCTOR,
+    EXEC,
+    SIMULATE,
     Config,
     Invocation,
     Option,
@@ -27,7 +30,7 @@ from shim.errors import (
     ShimError,
 )
 from shim.execute import interruptible, replace_process
-from shim.log import log, write_stdout
+from shim.log import flush_standard_streams, log, write_stdout
 from shim.runtime import as_this_program, is_imds_shim, launch_environment
 from shim.step_aside import clear_identity, reason_to_step_aside
 
@@ -88,23 +91,23 @@ def command_environment(config: Config, environ: Mapping[str, str]) -> dict[str,
 
 def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
     """Run the verb; returns an exit status, or does not return at all (exec)."""
-    if invocation.verb == "simulate":
+    if invocation.verb == SIMULATE:
         from shim.simulator import simulate
 
         return simulate(invocation.settings, invocation.command, environ)
     config = Config.from_settings(invocation.settings)
     command = invocation.command
     with interruptible():
-        if invocation.verb == "doctor":
+        if invocation.verb == DOCTOR:
             from shim.doctor import doctor
 
             return doctor(config, environ)
-        if invocation.verb == "exec" and is_imds_shim(command):
+        if invocation.verb == EXEC and is_imds_shim(command):
             # `docker run IMAGE imds-shim doctor` under ENTRYPOINT ["imds-shim", "--"]: the inner
             # imds-shim does its own job; keys exported here would only mislead it.
             log.info("the command is imds-shim itself: running it without fetching")
             command, environment = as_this_program(command), dict(environ)
-        elif invocation.verb == "exec":
+        elif invocation.verb == EXEC:
             environment = command_environment(config, environ)
         else:
             from shim.formats import render
@@ -113,7 +116,7 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
             # on a host, other configured identities are normal and do not stop them.
             fetched = fetch_credentials(config, environ)
             output = render(invocation.verb, config.format, fetched, environ)
-    if invocation.verb == "exec":
+    if invocation.verb == EXEC:
         replace_process(command, environment)
     write_stdout(output)  # only once everything succeeded: never a half-written env file
     return 0
@@ -121,7 +124,7 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
 
 def _verb_options(verb: str) -> Sequence[Option]:
     """The options only one verb has; the simulator's module is imported for its own verb only."""
-    if verb == "simulate":
+    if verb == SIMULATE:
         from shim.simulator import SIMULATOR_OPTIONS
 
         return SIMULATOR_OPTIONS
@@ -141,8 +144,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if invocation.show_version:
             write_stdout(f"imds-shim {__version__}\n")
             return 0
-        log.set_level(str(invocation.settings["log_level"]))
-        error_exit_code = int(invocation.settings.get("error_exit_code", error_exit_code))  # type: ignore[arg-type]
+        log.set_level(invocation.settings.text("log_level") or "warning")
+        if "error_exit_code" in invocation.settings:  # the simulator has no such option
+            error_exit_code = invocation.settings.whole("error_exit_code")
         return _dispatch(invocation, env)
     except Interrupted as interruption:
         return EXIT_SIGNAL_BASE + interruption.signum
@@ -166,7 +170,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def _help(invocation: Invocation) -> str:
-    if invocation.verb == "simulate":
+    if invocation.verb == SIMULATE:
         from shim.simulator import simulator_help
 
         return simulator_help()
@@ -180,10 +184,6 @@ def run() -> None:
     handlers or unflushed files to wait for once stdout and stderr are flushed.
     """
     status = main()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:  # None: the descriptor was closed when the shim started
-                stream.flush()
-        except OSError:  # a closed pipe: nothing left to tell
-            status = status or 1
+    if not flush_standard_streams():  # a closed pipe: nothing left to tell
+        status = status or 1
     os._exit(status)

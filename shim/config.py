@@ -41,8 +41,11 @@ DEFAULT_DEADLINE = 30.0
 # there is nothing there. Two such tries stay inside the 1.5 s off-EC2 verdict.
 MAX_CONNECT_TIMEOUT = 0.5
 
-EXEC = "exec"
-VERBS = ("export", "credential-process", "doctor", "simulate")
+# The verbs, each named once: exec (the entrypoint, no verb word) and the four that have a word.
+EXEC, EXPORT, CREDENTIAL_PROCESS, DOCTOR, SIMULATE = (
+    "exec", "export", "credential-process", "doctor", "simulate")
+VERBS = (EXPORT, CREDENTIAL_PROCESS, DOCTOR, SIMULATE)
+FETCH_VERBS = frozenset({EXEC, EXPORT, CREDENTIAL_PROCESS, DOCTOR})
 EXPORT_FORMATS = (
     "env", "env-no-export", "fish", "powershell", "windows-cmd", "process", "dotenv", "json",
 )
@@ -56,6 +59,34 @@ if TYPE_CHECKING:
     # Options that only one verb has (the simulator's), asked for by verb name: the caller
     # knows the verbs' modules, this one does not.
     VerbOptions = Callable[[str], Sequence["Option"]]
+    SettingsBase = dict[str, Value]
+else:
+    SettingsBase = dict
+
+
+class Settings(SettingsBase):
+    """Every option's resolved value by name, read back with the type its parser gives it."""
+
+    def number(self, name: str) -> float:
+        value = self[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"setting {name} is not a number")
+        return float(value)
+
+    def whole(self, name: str) -> int:
+        value = self[name]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"setting {name} is not a whole number")
+        return value
+
+    def text(self, name: str) -> str | None:
+        value = self.get(name)
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"setting {name} is not text")
+        return value or None
+
+    def flag(self, name: str) -> bool:
+        return bool(self.get(name))
 
 
 def no_verb_options(verb: str) -> Sequence[Option]:
@@ -78,7 +109,7 @@ class Option:
         metavar: str = "",
         sdk_env: tuple[str, ...] = (),
         env_parse: Parser | None = None,  # for the SDK variables, when they differ from the twin
-        verbs: frozenset[str] = frozenset({EXEC, "export", "credential-process", "doctor"}),
+        verbs: frozenset[str] = FETCH_VERBS,
         env_prefix: str = "IMDS_SHIM_",
     ) -> None:
         self.dest, self.flags, self.help, self.parse = dest, flags, help, parse
@@ -89,8 +120,6 @@ class Option:
     def env(self) -> str:
         return self.env_prefix + self.dest.upper()
 
-
-FETCH_VERBS = frozenset({EXEC, "export", "credential-process", "doctor"})
 
 OPTIONS: tuple[Option, ...] = (
     Option("endpoint", ("--endpoint",), "IMDS base URL", endpoint, None, "URL",
@@ -118,9 +147,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("error_exit_code", ("--error-exit-code",), "exit status for the shim's own failures",
            exit_code, DEFAULT_ERROR_EXIT_CODE, "N"),
     Option("log_level", ("--log-level",), "debug, info, warning or error (-v info, -vv debug, -q error)",
-           log_level, "warning", "LEVEL", verbs=frozenset({*FETCH_VERBS, "simulate"})),
+           log_level, "warning", "LEVEL", verbs=frozenset({*FETCH_VERBS, SIMULATE})),
     Option("format", ("--format",), "export: " + ", ".join(EXPORT_FORMATS) + "; doctor: text, json",
-           text, None, "FORMAT", verbs=frozenset({"export", "doctor"})),
+           text, None, "FORMAT", verbs=frozenset({EXPORT, DOCTOR})),
 )
 
 VERBOSITY_FLAGS = {"-v": "info", "--verbose": "info", "-vv": "debug", "-q": "error", "--quiet": "error"}
@@ -129,7 +158,7 @@ VERBOSITY_FLAGS = {"-v": "info", "--verbose": "info", "-vv": "debug", "-q": "err
 class Invocation:
     """What the command line asks for: a verb, its settings and (for exec and simulate) a command."""
 
-    def __init__(self, verb: str, settings: dict[str, Value]) -> None:
+    def __init__(self, verb: str, settings: Settings) -> None:
         self.verb = verb
         self.settings = settings
         self.command: list[str] = []
@@ -165,21 +194,20 @@ class Config:
         return min(self.timeout, MAX_CONNECT_TIMEOUT)
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Value]) -> Config:
-        endpoint = settings.get("endpoint") or settings["endpoint_mode"]
+    def from_settings(cls, settings: Settings) -> Config:
         return cls(
-            endpoint=str(endpoint),
-            role=str(settings["role"]) if settings["role"] else None,
-            timeout=float(settings["timeout"]),  # type: ignore[arg-type]
-            attempts=int(settings["attempts"]),  # type: ignore[arg-type]
-            deadline=float(settings["deadline"]),  # type: ignore[arg-type]
-            allow_imds_v1=not settings["no_imds_v1"],
-            override=bool(settings["override"]),
-            optional=bool(settings.get("optional")),
-            refresh=bool(settings.get("refresh")),
-            error_exit_code=int(settings["error_exit_code"]),  # type: ignore[arg-type]
-            log_level=str(settings["log_level"]),
-            format=str(settings["format"]) if settings.get("format") else None,
+            endpoint=settings.text("endpoint") or settings.text("endpoint_mode") or IPV4_ENDPOINT,
+            role=settings.text("role"),
+            timeout=settings.number("timeout"),
+            attempts=settings.whole("attempts"),
+            deadline=settings.number("deadline"),
+            allow_imds_v1=not settings.flag("no_imds_v1"),
+            override=settings.flag("override"),
+            optional=settings.flag("optional"),
+            refresh=settings.flag("refresh"),
+            error_exit_code=settings.whole("error_exit_code"),
+            log_level=settings.text("log_level") or "warning",
+            format=settings.text("format"),
         )
 
     def as_flags(self) -> list[str]:
@@ -219,7 +247,7 @@ def parse_options(
     options: Sequence[Option],
     verb: str,
     environ: Mapping[str, str],
-) -> dict[str, Value]:
+) -> Settings:
     """Parse option tokens for ``verb`` and resolve every option's value."""
     by_flag = {flag: option for option in options for flag in option.flags}
     given: dict[str, str | bool] = {}
@@ -243,8 +271,8 @@ def parse_options(
             index += 1
         else:
             raise UsageError(f"{name} needs a value ({option.metavar})")
-    return {option.dest: _resolve(option, given, environ) for option in options
-            if verb in option.verbs}
+    return Settings((option.dest, _resolve(option, given, environ)) for option in options
+                    if verb in option.verbs)
 
 
 def parse_command_line(
@@ -259,7 +287,7 @@ def parse_command_line(
 
     verb: str | None = None
     option_tokens: list[str] = []
-    invocation = Invocation(verb="", settings={})
+    invocation = Invocation(verb="", settings=Settings())
     value_due = False
     for token in head:
         if value_due:
@@ -297,7 +325,7 @@ def parse_command_line(
     if command and not command[0]:
         # CMD [""] or an unset variable in a wrapper: refused before any IMDS request is made.
         raise UsageError("the command after '--' is an empty string")
-    if invocation.verb not in (EXEC, "simulate") and has_command:
+    if invocation.verb not in (EXEC, SIMULATE) and has_command:
         raise UsageError(f"{invocation.verb} runs no command; remove everything from '--' on")
     return invocation
 
@@ -312,7 +340,7 @@ def _expects_value(token: str, options: Sequence[Option]) -> bool:
 
 def _check_format(invocation: Invocation) -> None:
     verb, value = invocation.verb, invocation.settings.get("format")
-    choices = {"export": EXPORT_FORMATS, "doctor": DOCTOR_FORMATS}.get(verb)
+    choices = {EXPORT: EXPORT_FORMATS, DOCTOR: DOCTOR_FORMATS}.get(verb)
     if choices is None:
         return
     if value is None:

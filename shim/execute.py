@@ -9,9 +9,9 @@ command must inherit exactly what the shim inherited.
 from __future__ import annotations
 
 import os
-import sys
 
 from shim.errors import CommandNotExecutable, CommandNotFound, Interrupted
+from shim.log import flush_standard_streams
 from shim.values import shown
 
 TYPE_CHECKING = False  # no typing import at run time: this is the step-aside path
@@ -93,12 +93,7 @@ def _exec_searching_path(name: str, argv: list[str], environ: dict[str, str]) ->
 
 def replace_process(command: Sequence[str], environ: Mapping[str, str]) -> NoReturn:
     """``execvp`` the command with ``environ``; raise if it cannot be found or executed."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:  # None: the shim was started with this descriptor closed
-                stream.flush()
-        except OSError:  # a broken pipe is the command's to find out about, not the shim's
-            pass
+    flush_standard_streams()  # a broken pipe is the command's to find out about, not the shim's
     restore_inherited_dispositions()
     name = command[0]
     try:

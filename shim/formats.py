@@ -12,6 +12,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Callable
 
+from shim.config import CREDENTIAL_PROCESS
 from shim.credentials import Fetched, format_time
 from shim.errors import ShimError
 from shim.variables import exported_variables
@@ -63,7 +64,7 @@ def credential_process_document(fetched: Fetched) -> dict[str, object]:
 
 def render(verb: str, format_name: str | None, fetched: Fetched, environ: Mapping[str, str]) -> str:
     """The whole output for ``export --format FORMAT`` or ``credential-process``."""
-    if verb == "credential-process" or format_name == "process":
+    if verb == CREDENTIAL_PROCESS or format_name == "process":
         return json.dumps(credential_process_document(fetched), indent=2) + "\n"
     variables = exported_variables(fetched, environ)
     for name, value in variables.items():

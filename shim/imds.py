@@ -35,6 +35,7 @@ from shim.answers import parse_retry_after, parse_token
 from shim.config import Config
 from shim.deadline import Deadline
 from shim.errors import (
+    CredentialsUnavailable,
     HopLimitExceeded,
     ImdsGaveUp,
     ImdsRefused,
@@ -245,7 +246,7 @@ class ImdsClient:
             self._use_v1()
             return
         except Unreachable as error:
-            raise ImdsUnreachable(unreachable_message(self.config.endpoint, str(error))) from None
+            raise self._verdict(error) from None
         except Transient as error:
             if not allow_v1:
                 raise ImdsGaveUp(f"no IMDSv2 token: {error}, and IMDSv1 is disabled") from None
@@ -321,10 +322,14 @@ class ImdsClient:
 
         try:
             return self._with_retries(attempt, attempts or self.config.attempts)
-        except Unreachable as error:
-            raise ImdsUnreachable(unreachable_message(self.config.endpoint, str(error))) from None
         except Transient as error:
-            raise ImdsGaveUp(self._gave_up(error)) from None
+            raise self._verdict(error) from None
+
+    def _verdict(self, error: Transient) -> CredentialsUnavailable:
+        """What retrying ended in: IMDS was never reached, or it never answered usefully."""
+        if isinstance(error, Unreachable):
+            return ImdsUnreachable(unreachable_message(self.config.endpoint, str(error)))
+        return ImdsGaveUp(self._gave_up(error))
 
     def _gave_up(self, error: Transient) -> str:
         return (

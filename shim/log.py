@@ -73,6 +73,18 @@ def mask_key_id(key_id: str) -> str:
     return f"{key_id[:4]}…{key_id[-4:]}"
 
 
+def flush_standard_streams() -> bool:
+    """Flush stdout and stderr (before exec or ``os._exit``); False if either refused."""
+    flushed = True
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:  # None: the descriptor was closed when the shim started
+                stream.flush()
+        except OSError:
+            flushed = False
+    return flushed
+
+
 def write_stdout(output: str) -> None:
     """Write a verb's whole result to stdout, or raise :class:`ShimError` if stdout cannot take it."""
     try:

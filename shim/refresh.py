@@ -20,7 +20,7 @@ import stat
 from collections.abc import Mapping
 
 from shim.answers import is_region
-from shim.config import Config
+from shim.config import CREDENTIAL_PROCESS, Config
 from shim.credentials import Fetched
 from shim.errors import ShimError
 from shim.log import log
@@ -34,7 +34,7 @@ def config_text(config: Config, region: str | None) -> str:
     The region may come from the user's own ``AWS_REGION``: a value that is not a region name
     (a newline and a ``[profile]`` line, say) would add lines to the file, so it is left out.
     """
-    command = shlex.join([*this_program(), *config.as_flags(), "credential-process"])
+    command = shlex.join([*this_program(), *config.as_flags(), CREDENTIAL_PROCESS])
     if not command.isprintable():
         raise ShimError("--refresh: the path of imds-shim has control characters, which an AWS "
                         "config file cannot hold")

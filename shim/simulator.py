@@ -25,13 +25,14 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
-from shim.config import Option, help_text
-from shim.errors import UsageError
-from shim.log import log
+from shim.config import SIMULATE, Option, help_text
+from shim.errors import CommandNotExecutable, CommandNotFound, UsageError
+from shim.log import log, write_stdout
+from shim.runtime import as_this_program
 from shim.values import natural, port, role_name, seconds, shown, signed_seconds, text
 
 if TYPE_CHECKING:
-    from shim.values import Value
+    from shim.values import Parser, Value
 
 # Its own copies of the paths, not shim.imds's: the simulator is an independent implementation
 # of the server side, and importing the client would pull requests into every simulator start.
@@ -42,7 +43,6 @@ REGION_PATH = "/latest/meta-data/placement/region"
 INSTANCE_ID = "i-0123456789abcdef0"
 REDIRECT_TARGET = "/latest/meta-data/redirected"  # a client that follows redirects asks for it
 CREDENTIALS_FAULTS = ("malformed", "oversized", "redirect", "error-code", "missing-token")
-SIMULATE = frozenset({"simulate"})
 
 
 def _fault(value: str, what: str) -> str:
@@ -71,10 +71,10 @@ def _status(value: str, what: str) -> int:
     return code
 
 
-def _sim(dest: str, flag: str, help: str, parse: object = None, default: Value = None,
+def _sim(dest: str, flag: str, help: str, parse: Parser | None = None, default: Value = None,
          metavar: str = "") -> Option:
-    return Option(dest, (flag,), help, parse, default, metavar,  # type: ignore[arg-type]
-                  verbs=SIMULATE, env_prefix="IMDS_SHIM_SIM_")
+    return Option(dest, (flag,), help, parse, default, metavar, verbs=frozenset({SIMULATE}),
+                  env_prefix="IMDS_SHIM_SIM_")
 
 
 SIMULATOR_OPTIONS: tuple[Option, ...] = (
@@ -457,17 +457,22 @@ def simulate(settings: Mapping[str, Value], command: Sequence[str], environ: Map
         raise UsageError(f"cannot listen on {settings['host']}:{settings['port']}: "
                          f"{error.strerror}") from None
     with simulator:
-        log.warning(f"IMDS simulator serving on {simulator.url} (fake credentials)")
+        log.info(f"IMDS simulator serving on {simulator.url} (fake credentials)")
         if not command:
+            # Serving on its own, where it serves is its whole output (--port 0 picks a port).
+            write_stdout(f"IMDS simulator serving on {simulator.url} (fake credentials); Ctrl-C stops it\n")
             try:
                 threading.Event().wait()
             except KeyboardInterrupt:
                 return 0
         child_env = dict(environ, AWS_EC2_METADATA_SERVICE_ENDPOINT=simulator.url)
         try:
-            child = subprocess.Popen(list(command), env=child_env)
-        except FileNotFoundError:
-            raise UsageError(f"{command[0]!r}: command not found") from None
+            # A bare imds-shim is this same imds-shim, as under the entrypoint: no PATH needed.
+            child = subprocess.Popen(as_this_program(command), env=child_env)
+        except (FileNotFoundError, NotADirectoryError):
+            raise CommandNotFound(f"{shown(command[0])}: command not found") from None
+        except OSError as error:
+            raise CommandNotExecutable(f"{shown(command[0])}: cannot execute: {error.strerror}") from None
         try:
             status = child.wait()
         except KeyboardInterrupt:
@@ -485,7 +490,13 @@ def simulator_help() -> str:
         "Serve a local IMDS look-alike with fake, rotating credentials. With a command, run it with",
         "AWS_EC2_METADATA_SERVICE_ENDPOINT pointing here and exit with its status:",
         "  imds-shim simulate -- imds-shim -v -- env",
+        "  imds-shim simulate --imds-v2-required --token-hang -- imds-shim doctor",
+        "",
+        "A bare 'imds-shim' as the command is this same imds-shim, installed on PATH or not.",
+        "The exit status is the command's; 127 and 126 when it cannot be found or executed.",
         "",
         *lines[start:start + 1 + 2 * len(SIMULATOR_OPTIONS)],
+        "  -v, -vv        log every request as it arrives (--log-level info, debug)",
+        "  -h, --help     show this help",
     ]) + "\n"
 

@@ -19,7 +19,8 @@ from shim.simulator import Settings, Simulator
 
 HERE = Path(__file__).parent
 PROBE = str(HERE / "probe.py")
-# Addresses no test may reach from this machine's own network (see DEVELOPERS.md, safety).
+# Addresses no test may reach from this machine's own network: only from inside the namespaces that
+# tests/e2e builds and removes (README, "Development").
 METADATA_ADDRESSES = frozenset({"169.254.169.254", "fd00:ec2::254", "169.254.170.2"})
 
 

@@ -30,6 +30,28 @@ def test_simulate_help_lists_every_knob() -> None:
     for option in SIMULATOR_OPTIONS:
         assert option.flags[0] in result.stdout
         assert option.env in result.stdout
+    assert "-v, -vv" in result.stdout
+    assert "imds-shim simulate -- imds-shim -v -- env" in result.stdout
+
+
+def test_simulate_runs_a_bare_imds_shim_without_it_on_path() -> None:
+    """The help's own example works outside an activated venv: a bare imds-shim is this one."""
+    env = clean_env(PATH="/usr/bin:/bin")
+    result = run_shim(["simulate", "--", "imds-shim", "--", "sh", "-c", "echo $AWS_ACCESS_KEY_ID"], env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ASIASIMULATED")
+    assert result.stderr == ""  # a successful run says nothing, the simulator's address included
+
+
+@pytest.mark.parametrize(("command", "status"), [
+    (["no-such-command-xyz"], 127), (["/etc/passwd"], 126), (["sh", "-c", "exit 7"], 7),
+], ids=["not found", "not executable", "own status"])
+def test_simulate_exits_like_the_entrypoint(command: list[str], status: int) -> None:
+    """simulate -- COMMAND and imds-shim -- COMMAND give the same status for the same command."""
+    with Simulator() as sim:
+        direct = run_shim(["--", *command], endpoint=sim.url)
+    simulated = run_shim(["simulate", "--", *command])
+    assert simulated.returncode == direct.returncode == status
 
 
 def test_version() -> None:

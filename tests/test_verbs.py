@@ -165,6 +165,24 @@ def test_doctor_hop_limit(simulator: Callable[..., Simulator]) -> None:
     text = json.dumps(report)
     assert "hop limit" in text
     assert "--http-put-response-hop-limit 2" in text
+    # One story, in order: the token step fails (IMDSv1 cannot stand in), the rest is skipped.
+    steps = [(step["name"], step["status"]) for step in report["steps"] if step["name"] not in
+             ("environment", "endpoint", "tcp")]
+    assert steps == [("imdsv2 token", "fail"), ("role", "skip"), ("credentials", "skip"),
+                     ("region/account", "skip")]
+    assert "IMDSv1 is used instead" not in text
+
+
+def test_doctor_hop_limit_with_imdsv1_allowed(simulator: Callable[..., Simulator]) -> None:
+    """doctor with the hop-limit symptom where IMDSv1 works: warns once, then credentials via v1."""
+    sim = simulator(token_hang=True)
+    result = run_shim(["doctor", "--format", "json"], endpoint=sim.url)
+    assert result.returncode == 0, result.stdout
+    steps = {step["name"]: step for step in json.loads(result.stdout)["steps"]}
+    assert steps["imdsv2 token"]["status"] == "warn"
+    assert "IMDSv1 is used instead" in steps["imdsv2 token"]["detail"]
+    assert steps["imdsv1"]["detail"].startswith("enabled on this instance")
+    assert steps["credentials"]["status"] == "ok"
 
 
 def test_doctor_not_on_ec2(unanswered_endpoint: str) -> None:

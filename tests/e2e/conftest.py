@@ -10,7 +10,7 @@
 
 No namespace has a route off the machine: the only default routes point at the host namespace or
 at the blackhole router. The real metadata address is used only inside these namespaces, as
-DEVELOPERS.md allows. Everything is removed when the session ends.
+the project's safety rule allows (README, "Development"). Everything is removed when the session ends.
 """
 
 from __future__ import annotations
