@@ -3,21 +3,38 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench bundle test-bundle
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+# Editable in "compat" mode: a plain path entry, so edits show at once, with no import hook to slow
+# every start and no setuptools banner.
+DEVELOP := $(PIP) --config-settings editable_mode=compat -e '.[test]'
+# The loopback suites wait on timeouts far more than they compute: four workers on two cores.
+JOBS ?= 4
+
+.PHONY: demo test lint bench bundle test-bundle
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Install imds-shim and run the whole flow against the built-in IMDS simulator (no EC2 needed).
 demo: $(BIN)/python
-	$(BIN)/python -m pip install --quiet .
+	$(PIP) .
 	$(BIN)/imds-shim simulate -- $(BIN)/imds-shim -v -- sh -c 'env | grep "^AWS_" | sort'
 
-# Install the test dependencies and run the whole suite (lint and type checks included).
+# Install the test dependencies and run the whole suite (lint and type checks included): the
+# loopback suites in parallel, then the ones that measure the machine (network namespaces, real
+# engines, the herd) one at a time, so that their timings are not shared with other tests.
+# Exit 5 (nothing selected) of the second run is fine when PYTEST_ARGS leaves those out.
 test: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(DEVELOP)
+	$(BIN)/python -m pytest -n $(JOBS) -m "not serial" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# The static checks alone (also part of make test, on Python 3.10 and newer).
+lint: $(BIN)/python
+	$(DEVELOP)
+	$(BIN)/python -m ruff check shim tests bench
+	$(BIN)/python -m ruff format --check shim tests bench
+	$(BIN)/python -m mypy
 
 # Start-up benchmark, side by side (see README, "Performance"). BENCH_ARGS=--rounds 3 for a smoke run.
 # With a bundle in dist/ (make bundle), its rows are measured in the same run.
@@ -38,10 +55,12 @@ bundle:
 # The behaviour suites once more, against the bundle instead of the pip-installed shim.
 BUNDLE_SUITES := tests/test_exec.py tests/test_imds.py tests/test_verbs.py tests/test_step_aside.py \
 	tests/test_redaction.py tests/test_cli.py tests/test_bad_input.py tests/test_third_party.py \
-	tests/test_bundle.py tests/e2e/test_netns.py
+	tests/test_hostile_imds.py tests/test_bundle.py tests/e2e/test_netns.py
 test-bundle: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(DEVELOP)
 	tarball=$$(PYTHON=$(BIN)/python scripts/make-bundle) && rm -rf build/under-test \
 	&& mkdir -p build/under-test && tar -xzf "$$tarball" -C build/under-test \
 	&& SHIM_UNDER_TEST=build/under-test/imds-shim/imds-shim BUNDLE_TARBALL="$$tarball" \
-		$(BIN)/python -m pytest $(BUNDLE_SUITES) $(PYTEST_ARGS)
+		$(BIN)/python -m pytest -n $(JOBS) -m "not serial" $(BUNDLE_SUITES) $(PYTEST_ARGS) \
+	&& SHIM_UNDER_TEST=build/under-test/imds-shim/imds-shim \
+		$(BIN)/python -m pytest -m serial $(BUNDLE_SUITES) $(PYTEST_ARGS)

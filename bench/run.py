@@ -61,8 +61,9 @@ class Case:
 def run_once(case: Case, base_env: dict[str, str]) -> None:
     env = dict(base_env, **case.env)
     started = time.perf_counter()
-    child = subprocess.Popen(case.argv, env=env, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        case.argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     _, status, usage = os.wait4(child.pid, 0)
     elapsed = time.perf_counter() - started
     child.returncode = os.waitstatus_to_exitcode(status)
@@ -73,8 +74,7 @@ def run_once(case: Case, base_env: dict[str, str]) -> None:
 
 
 def start_simulator() -> tuple[subprocess.Popen[str], str]:
-    simulator = subprocess.Popen([SHIM, "simulate", "--imds-v2-required"],
-                                 stderr=subprocess.PIPE, text=True)
+    simulator = subprocess.Popen([SHIM, "simulate", "--imds-v2-required"], stderr=subprocess.PIPE, text=True)
     assert simulator.stderr is not None
     line = simulator.stderr.readline()
     found = re.search(r"http://\S+", line)
@@ -91,8 +91,7 @@ def available_cases(others: dict[str, str]) -> tuple[list[Case], list[str]]:
     keys = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLEEXAMPLE00", "AWS_SECRET_ACCESS_KEY": "example"}
     cases = [
         Case("imds-shim -- true", [SHIM, "--", "true"]),
-        Case("floor: python -c 'import requests, tenacity'",
-             [PYTHON, "-c", "import requests, tenacity"]),
+        Case("floor: python -c 'import requests, tenacity'", [PYTHON, "-c", "import requests, tenacity"]),
         Case("python -c pass", [PYTHON, "-c", "pass"]),
         Case("imds-shim step-aside (keys preset)", [SHIM, "--", "true"], keys),
         Case("imds-shim export", [SHIM, "export"]),
@@ -100,8 +99,10 @@ def available_cases(others: dict[str, str]) -> tuple[list[Case], list[str]]:
     ]
     skipped = []
     for label, executable in others.items():
-        cases += [Case(f"{label}: imds-shim -- true", [executable, "--", "true"]),
-                  Case(f"{label}: step-aside (keys preset)", [executable, "--", "true"], keys)]
+        cases += [
+            Case(f"{label}: imds-shim -- true", [executable, "--", "true"]),
+            Case(f"{label}: step-aside (keys preset)", [executable, "--", "true"], keys),
+        ]
     if "bundle" not in others:
         skipped.append("the bundle: no --other bundle=PATH given (make bundle, then make bench)")
     if shutil.which("curl") and shutil.which("jq"):
@@ -112,8 +113,11 @@ def available_cases(others: dict[str, str]) -> tuple[list[Case], list[str]]:
         cases.append(Case("boto3 provider + exec", [PYTHON, "-c", BOTO3_EXEC]))
     else:
         skipped.append("boto3 provider: boto3 not installed in this interpreter")
-    version = subprocess.run([AWS_CLI, "--version"], capture_output=True, text=True) \
-        if os.path.exists(AWS_CLI) else None
+    version = (
+        subprocess.run([AWS_CLI, "--version"], capture_output=True, text=True)
+        if os.path.exists(AWS_CLI)
+        else None
+    )
     if version is not None and version.stdout.startswith("aws-cli/2"):
         cases.append(Case("AWS CLI v2 export-credentials + exec", ["sh", "-c", AWS_CLI_EXEC]))
     else:
@@ -123,8 +127,9 @@ def available_cases(others: dict[str, str]) -> tuple[list[Case], list[str]]:
 
 def requests_per_run(base_env: dict[str, str]) -> int:
     """How many requests one `imds-shim -- true` sends, from its own -vv lines."""
-    completed = subprocess.run([SHIM, "-vv", "--", "true"], env=base_env, capture_output=True,
-                               text=True, check=True)
+    completed = subprocess.run(
+        [SHIM, "-vv", "--", "true"], env=base_env, capture_output=True, text=True, check=True
+    )
     return sum(": debug: " in line and " -> " in line for line in completed.stderr.splitlines())
 
 
@@ -141,15 +146,24 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    parser.add_argument("--other", action="append", default=[], metavar="LABEL=EXECUTABLE",
-                        type=labelled_executable,
-                        help="another imds-shim to measure in the same rounds (bundle=... for the "
-                        "self-contained build, whose target is checked)")
+    parser.add_argument(
+        "--other",
+        action="append",
+        default=[],
+        metavar="LABEL=EXECUTABLE",
+        type=labelled_executable,
+        help="another imds-shim to measure in the same rounds (bundle=... for the "
+        "self-contained build, whose target is checked)",
+    )
     args = parser.parse_args()
 
     simulator, url = start_simulator()
-    base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ["HOME"],
-                "LANG": "C.UTF-8", "AWS_EC2_METADATA_SERVICE_ENDPOINT": url}
+    base_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ["HOME"],
+        "LANG": "C.UTF-8",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": url,
+    }
     try:
         others = dict(args.other)
         cases, skipped = available_cases(others)
@@ -173,21 +187,28 @@ def report(cases: list[Case], skipped: list[str], requests: int, args: argparse.
     by_name = {case.name: case for case in cases}
     shim = by_name["imds-shim -- true"].median_ms
     floor = by_name["floor: python -c 'import requests, tenacity'"].median_ms
-    print(f"imds-shim start-up benchmark, {date.today()}, {platform.machine()}, "
-          f"{os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"{args.rounds} interleaved rounds")
+    print(
+        f"imds-shim start-up benchmark, {date.today()}, {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{args.rounds} interleaved rounds"
+    )
     print(f"{'command':<44} {'median ms':>9} {'x floor':>8} {'/ shim':>7} {'peak RSS MiB':>12}")
     for case in cases:
-        print(f"{case.name:<44} {case.median_ms:>9.1f} {case.median_ms / floor:>8.2f} "
-              f"{case.median_ms / shim:>7.2f} {statistics.median(case.rss_kib) / 1024:>12.1f}")
+        print(
+            f"{case.name:<44} {case.median_ms:>9.1f} {case.median_ms / floor:>8.2f} "
+            f"{case.median_ms / shim:>7.2f} {statistics.median(case.rss_kib) / 1024:>12.1f}"
+        )
     for reason in skipped:
         print(f"skipped: {reason}")
     print(f"IMDS requests per `imds-shim -- true`: {requests}")
 
     targets = [
         ("imds-shim -- true <= 1.0 x floor", shim / floor, shim <= floor),
-        ("step-aside <= 20 ms", by_name["imds-shim step-aside (keys preset)"].median_ms,
-         by_name["imds-shim step-aside (keys preset)"].median_ms <= 20),
+        (
+            "step-aside <= 20 ms",
+            by_name["imds-shim step-aside (keys preset)"].median_ms,
+            by_name["imds-shim step-aside (keys preset)"].median_ms <= 20,
+        ),
         ("<= 4 IMDS requests per run", requests, requests <= 4),
     ]
     if BUNDLE_CASE in by_name:

@@ -80,7 +80,7 @@ def is_secret_text(value: str) -> bool:
 
 
 def _digits(text: str, start: int, length: int) -> int | None:
-    part = text[start:start + length]
+    part = text[start : start + length]
     return int(part) if len(part) == length and set(part) <= DIGITS else None
 
 
@@ -105,11 +105,16 @@ def parse_timestamp(text: str) -> datetime | None:
     if text[4] + text[7] != "--" or text[10] not in "Tt" or clock[2:3] + clock[5:6] != "::":
         return None
     fraction = clock[8:]
-    if fraction and (fraction[0] != "." or not 2 <= len(fraction) <= 10
-                     or not set(fraction[1:]) <= DIGITS):
+    if fraction and (fraction[0] != "." or not 2 <= len(fraction) <= 10 or not set(fraction[1:]) <= DIGITS):
         return None
-    fields = [_digits(text, 0, 4), _digits(text, 5, 2), _digits(text, 8, 2),
-              _digits(clock, 0, 2), _digits(clock, 3, 2), _digits(clock, 6, 2)]
+    fields = [
+        _digits(text, 0, 4),
+        _digits(text, 5, 2),
+        _digits(text, 8, 2),
+        _digits(clock, 0, 2),
+        _digits(clock, 3, 2),
+        _digits(clock, 6, 2),
+    ]
     if None in fields:
         return None
     year, month, day, hour, minute, second = (int(field or 0) for field in fields)
@@ -198,8 +203,13 @@ def parse_credentials(body: bytes) -> Credentials:
     _require(document, "Token", is_secret_text(token))
     _require(document, "Expiration", expiration is not None)
     assert expiration is not None
-    return Credentials(key_id, secret, token, expiration,
-                       _optional_account(document.get("AccountId"), "the credentials answer"))
+    return Credentials(
+        key_id,
+        secret,
+        token,
+        expiration,
+        _optional_account(document.get("AccountId"), "the credentials answer"),
+    )
 
 
 def _optional_account(value: object, where: str) -> str | None:
@@ -220,8 +230,10 @@ def parse_identity_document(body: bytes) -> Identity:
         return Identity(None, None)
     region = document.get("region")
     if region is not None and not (isinstance(region, str) and is_region(region)):
-        log.warning("the instance identity document has a region that is not a region name; "
-                    "asking placement/region instead")
+        log.warning(
+            "the instance identity document has a region that is not a region name; "
+            "asking placement/region instead"
+        )
         region = None
     account = document.get("accountId")
     return Identity(region, _optional_account(account, "the instance identity document"))
@@ -232,6 +244,5 @@ def parse_region(body: bytes) -> str | None:
     region = (_ascii(body) or "").strip()
     if is_region(region):
         return region
-    log.warning("IMDS answered placement/region with something that is not a region name; "
-                "region unknown")
+    log.warning("IMDS answered placement/region with something that is not a region name; region unknown")
     return None

@@ -43,11 +43,23 @@ MAX_CONNECT_TIMEOUT = 0.5
 
 # The verbs, each named once: exec (the entrypoint, no verb word) and the four that have a word.
 EXEC, EXPORT, CREDENTIAL_PROCESS, DOCTOR, SIMULATE = (
-    "exec", "export", "credential-process", "doctor", "simulate")
+    "exec",
+    "export",
+    "credential-process",
+    "doctor",
+    "simulate",
+)
 VERBS = (EXPORT, CREDENTIAL_PROCESS, DOCTOR, SIMULATE)
 FETCH_VERBS = frozenset({EXEC, EXPORT, CREDENTIAL_PROCESS, DOCTOR})
 EXPORT_FORMATS = (
-    "env", "env-no-export", "fish", "powershell", "windows-cmd", "process", "dotenv", "json",
+    "env",
+    "env-no-export",
+    "fish",
+    "powershell",
+    "windows-cmd",
+    "process",
+    "dotenv",
+    "json",
 )
 DOCTOR_FORMATS = ("text", "json")
 
@@ -96,8 +108,18 @@ def no_verb_options(verb: str) -> Sequence[Option]:
 class Option:
     """One setting: its flags, environment twin, SDK variables, parser, default and help."""
 
-    __slots__ = ("default", "dest", "env_parse", "env_prefix", "flags", "help", "metavar", "parse",
-                 "sdk_env", "verbs")
+    __slots__ = (
+        "default",
+        "dest",
+        "env_parse",
+        "env_prefix",
+        "flags",
+        "help",
+        "metavar",
+        "parse",
+        "sdk_env",
+        "verbs",
+    )
 
     def __init__(
         self,
@@ -122,34 +144,112 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("endpoint", ("--endpoint",), "IMDS base URL", endpoint, None, "URL",
-           ("AWS_EC2_METADATA_SERVICE_ENDPOINT",)),
-    Option("endpoint_mode", ("--endpoint-mode",), "IPv4 (169.254.169.254) or IPv6 (fd00:ec2::254)",
-           endpoint_mode, "IPv4", "MODE", ("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",)),
-    Option("role", ("--role",), "use this role instead of discovering it", role_name, None,
-           "NAME", ("AWS_EC2_INSTANCE_PROFILE_NAME",)),
-    Option("timeout", ("--timeout",), "seconds to wait for each IMDS answer (decimals allowed)",
-           seconds, 1.0, "SECONDS", ("AWS_METADATA_SERVICE_TIMEOUT",)),
-    Option("attempts", ("--attempts",), "tries per IMDS request while it is busy or garbled",
-           count, 10, "N", ("AWS_METADATA_SERVICE_NUM_ATTEMPTS",)),
-    Option("deadline", ("--deadline",), "overall seconds after which the shim gives up",
-           seconds, DEFAULT_DEADLINE, "SECONDS"),
-    Option("no_imds_v1", ("--no-imds-v1",), "require IMDSv2 tokens, never fall back to IMDSv1",
-           None, False, "", ("AWS_EC2_METADATA_V1_DISABLED",), sdk_true),
-    Option("override", ("--override",),
-           "fetch even when a more specific identity is configured, clearing it first"),
-    Option("optional", ("--optional",),
-           "if credentials cannot be had, warn and run the command without them",
-           verbs=frozenset({EXEC})),
-    Option("refresh", ("--refresh",),
-           "give the command a credential_process profile that refreshes, not static keys",
-           verbs=frozenset({EXEC})),
-    Option("error_exit_code", ("--error-exit-code",), "exit status for the shim's own failures",
-           exit_code, DEFAULT_ERROR_EXIT_CODE, "N"),
-    Option("log_level", ("--log-level",), "debug, info, warning or error (-v info, -vv debug, -q error)",
-           log_level, "warning", "LEVEL", verbs=frozenset({*FETCH_VERBS, SIMULATE})),
-    Option("format", ("--format",), "export: " + ", ".join(EXPORT_FORMATS) + "; doctor: text, json",
-           text, None, "FORMAT", verbs=frozenset({EXPORT, DOCTOR})),
+    Option(
+        "endpoint",
+        ("--endpoint",),
+        "IMDS base URL",
+        endpoint,
+        None,
+        "URL",
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT",),
+    ),
+    Option(
+        "endpoint_mode",
+        ("--endpoint-mode",),
+        "IPv4 (169.254.169.254) or IPv6 (fd00:ec2::254)",
+        endpoint_mode,
+        "IPv4",
+        "MODE",
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",),
+    ),
+    Option(
+        "role",
+        ("--role",),
+        "use this role instead of discovering it",
+        role_name,
+        None,
+        "NAME",
+        ("AWS_EC2_INSTANCE_PROFILE_NAME",),
+    ),
+    Option(
+        "timeout",
+        ("--timeout",),
+        "seconds to wait for each IMDS answer (decimals allowed)",
+        seconds,
+        1.0,
+        "SECONDS",
+        ("AWS_METADATA_SERVICE_TIMEOUT",),
+    ),
+    Option(
+        "attempts",
+        ("--attempts",),
+        "tries per IMDS request while it is busy or garbled",
+        count,
+        10,
+        "N",
+        ("AWS_METADATA_SERVICE_NUM_ATTEMPTS",),
+    ),
+    Option(
+        "deadline",
+        ("--deadline",),
+        "overall seconds after which the shim gives up",
+        seconds,
+        DEFAULT_DEADLINE,
+        "SECONDS",
+    ),
+    Option(
+        "no_imds_v1",
+        ("--no-imds-v1",),
+        "require IMDSv2 tokens, never fall back to IMDSv1",
+        None,
+        False,
+        "",
+        ("AWS_EC2_METADATA_V1_DISABLED",),
+        sdk_true,
+    ),
+    Option(
+        "override",
+        ("--override",),
+        "fetch even when a more specific identity is configured, clearing it first",
+    ),
+    Option(
+        "optional",
+        ("--optional",),
+        "if credentials cannot be had, warn and run the command without them",
+        verbs=frozenset({EXEC}),
+    ),
+    Option(
+        "refresh",
+        ("--refresh",),
+        "give the command a credential_process profile that refreshes, not static keys",
+        verbs=frozenset({EXEC}),
+    ),
+    Option(
+        "error_exit_code",
+        ("--error-exit-code",),
+        "exit status for the shim's own failures",
+        exit_code,
+        DEFAULT_ERROR_EXIT_CODE,
+        "N",
+    ),
+    Option(
+        "log_level",
+        ("--log-level",),
+        "debug, info, warning or error (-v info, -vv debug, -q error)",
+        log_level,
+        "warning",
+        "LEVEL",
+        verbs=frozenset({*FETCH_VERBS, SIMULATE}),
+    ),
+    Option(
+        "format",
+        ("--format",),
+        "export: " + ", ".join(EXPORT_FORMATS) + "; doctor: text, json",
+        text,
+        None,
+        "FORMAT",
+        verbs=frozenset({EXPORT, DOCTOR}),
+    ),
 )
 
 VERBOSITY_FLAGS = {"-v": "info", "--verbose": "info", "-vv": "debug", "-q": "error", "--quiet": "error"}
@@ -212,9 +312,18 @@ class Config:
 
     def as_flags(self) -> list[str]:
         """These settings as command-line flags, so a child imds-shim behaves like this one."""
-        flags = ["--endpoint", self.endpoint, "--timeout", repr(self.timeout),
-                 "--attempts", str(self.attempts), "--deadline", repr(self.deadline),
-                 "--log-level", self.log_level]
+        flags = [
+            "--endpoint",
+            self.endpoint,
+            "--timeout",
+            repr(self.timeout),
+            "--attempts",
+            str(self.attempts),
+            "--deadline",
+            repr(self.deadline),
+            "--log-level",
+            self.log_level,
+        ]
         if self.role:
             flags += ["--role", self.role]
         if not self.allow_imds_v1:
@@ -224,9 +333,7 @@ class Config:
         return flags
 
 
-def _resolve(
-    option: Option, given: Mapping[str, str | bool], environ: Mapping[str, str]
-) -> Value:
+def _resolve(option: Option, given: Mapping[str, str | bool], environ: Mapping[str, str]) -> Value:
     """Apply the precedence flag > IMDS_SHIM_* > SDK variable > default to one option."""
     parse = option.parse or flag_word
     if option.dest in given:
@@ -271,8 +378,9 @@ def parse_options(
             index += 1
         else:
             raise UsageError(f"{name} needs a value ({option.metavar})")
-    return Settings((option.dest, _resolve(option, given, environ)) for option in options
-                    if verb in option.verbs)
+    return Settings(
+        (option.dest, _resolve(option, given, environ)) for option in options if verb in option.verbs
+    )
 
 
 def parse_command_line(
@@ -281,7 +389,7 @@ def parse_command_line(
     """Split ``argv`` into verb, options and the verbatim command after the first ``--``."""
     if "--" in argv:
         split = list(argv).index("--")
-        head, command, has_command = list(argv[:split]), list(argv[split + 1:]), True
+        head, command, has_command = list(argv[:split]), list(argv[split + 1 :]), True
     else:
         head, command, has_command = list(argv), [], False
 
@@ -306,8 +414,7 @@ def parse_command_line(
             verb = token
         elif verb is None:
             raise UsageError(
-                f"unknown verb {token!r}: to run a command, put it after '--' "
-                f"(imds-shim -- {token} ...)"
+                f"unknown verb {token!r}: to run a command, put it after '--' (imds-shim -- {token} ...)"
             )
         else:
             raise UsageError(f"unexpected argument {token!r} (see imds-shim --help)")
@@ -356,7 +463,7 @@ def error_exit_code_from(environ: Mapping[str, str], argv: Sequence[str]) -> int
     candidates = [t.partition("=")[2] for t in head if t.startswith("--error-exit-code=")]
     if "--error-exit-code" in head:
         position = head.index("--error-exit-code") + 1
-        candidates += head[position:position + 1]
+        candidates += head[position : position + 1]
     candidates.append(environ.get("IMDS_SHIM_ERROR_EXIT_CODE", ""))
     for candidate in candidates:
         number = whole_number(candidate)

@@ -83,14 +83,15 @@ class Report:
         for step in self.steps:
             took = "" if step.ms is None else f" ({step.ms:g} ms)"
             lines.append(f"  {step.status:<4}  {step.name:<15} {step.detail}{took}")
-        lines.append(
-            "result: credentials available" if obtained else "result: no credentials (see fail)"
-        )
+        lines.append("result: credentials available" if obtained else "result: no credentials (see fail)")
         return "\n".join(lines) + "\n"
 
     def json(self, obtained: bool) -> str:
-        document = {"version": __version__, "credentials": obtained,
-                    "steps": [asdict(step) for step in self.steps]}
+        document = {
+            "version": __version__,
+            "credentials": obtained,
+            "steps": [asdict(step) for step in self.steps],
+        }
         return json.dumps(document, indent=2) + "\n"
 
 
@@ -105,15 +106,22 @@ def _environment(report: Report, config: Config, environ: Mapping[str, str]) -> 
     elif config.override:
         report.add("environment", "info", f"{reason}, but --override fetches anyway")
     else:
-        report.add("environment", "warn",
-                   f"the entrypoint would step aside: {reason} (pass --override to fetch anyway)")
+        report.add(
+            "environment",
+            "warn",
+            f"the entrypoint would step aside: {reason} (pass --override to fetch anyway)",
+        )
     others = [name for name, _ in MORE_SPECIFIC if environ.get(name) and name not in str(reason)]
     if others:
         report.add("environment", "info", "also set: " + ", ".join(others))
     proxies = [name for name in PROXY_VARIABLES if environ.get(name)]
     if proxies:
-        report.add("proxy", "info", f"{', '.join(proxies)} set: imds-shim never uses a proxy for "
-                   "IMDS, but botocore does unless NO_PROXY lists 169.254.169.254")
+        report.add(
+            "proxy",
+            "info",
+            f"{', '.join(proxies)} set: imds-shim never uses a proxy for "
+            "IMDS, but botocore does unless NO_PROXY lists 169.254.169.254",
+        )
 
 
 def _tcp(report: Report, config: Config) -> bool:
@@ -152,14 +160,22 @@ def _imds_steps(report: Report, config: Config, client: ImdsClient) -> bool:
         report.skip_rest(later[2:], "no credentials")
         return False
     left = seconds_left(credentials)
-    report.add("credentials", "ok" if left > 0 else "warn",
-               f"{credentials.masked_key_id}, expire {format_time(credentials.expiration)} "
-               f"({'in ' + format_duration(left) if left > 0 else 'expired'})", elapsed)
+    report.add(
+        "credentials",
+        "ok" if left > 0 else "warn",
+        f"{credentials.masked_key_id}, expire {format_time(credentials.expiration)} "
+        f"({'in ' + format_duration(left) if left > 0 else 'expired'})",
+        elapsed,
+    )
     identity, elapsed, _ = report.timed("region/account", lambda: lookup_identity(client, True))
     region = identity.region if identity else None
     account = credentials.account_id or (identity.account_id if identity else None)
-    report.add("region/account", "ok" if region else "warn",
-               f"region {region or 'unknown'}, account {account or 'unknown'}", elapsed)
+    report.add(
+        "region/account",
+        "ok" if region else "warn",
+        f"region {region or 'unknown'}, account {account or 'unknown'}",
+        elapsed,
+    )
     return True
 
 
@@ -176,15 +192,29 @@ def _token_steps(report: Report, config: Config, client: ImdsClient) -> bool:
     if client.version == 2:
         report.add("imdsv2 token", "ok", "issued", elapsed)
     elif v1_enabled is False:
-        why = ("connected but no answer: the metadata hop limit is probably 1 and this container "
-               "is one hop further" if client.hop_limit_suspected else "IMDS refused to issue one")
-        report.add("imdsv2 token", "fail", f"{why}, and IMDSv1 is disabled on this instance "
-                   f"(IMDSv2 required), so there is no way in. Fix: {HOP_LIMIT_FIX}", elapsed)
+        why = (
+            "connected but no answer: the metadata hop limit is probably 1 and this container "
+            "is one hop further"
+            if client.hop_limit_suspected
+            else "IMDS refused to issue one"
+        )
+        report.add(
+            "imdsv2 token",
+            "fail",
+            f"{why}, and IMDSv1 is disabled on this instance "
+            f"(IMDSv2 required), so there is no way in. Fix: {HOP_LIMIT_FIX}",
+            elapsed,
+        )
         return False
     elif client.hop_limit_suspected:
-        report.add("imdsv2 token", "warn", "connected but no answer: the metadata hop limit is "
-                   f"probably 1 and this container is one hop further; IMDSv1 is used instead. "
-                   f"Fix: {HOP_LIMIT_FIX}", elapsed)
+        report.add(
+            "imdsv2 token",
+            "warn",
+            "connected but no answer: the metadata hop limit is "
+            f"probably 1 and this container is one hop further; IMDSv1 is used instead. "
+            f"Fix: {HOP_LIMIT_FIX}",
+            elapsed,
+        )
     else:
         report.add("imdsv2 token", "warn", "IMDS refused to issue a token; IMDSv1 is used", elapsed)
     if probe_failure is not None:
@@ -224,8 +254,12 @@ def doctor(config: Config, environ: Mapping[str, str]) -> int:
     else:
         report.skip_rest(("imdsv2 token", "role", "credentials", "region/account"), "no TCP")
     if os.getpid() == 1:
-        report.add("pid 1", "warn", "running as PID 1: use docker run --init (or tini) so the "
-                   "command is not PID 1 and zombies are reaped")
+        report.add(
+            "pid 1",
+            "warn",
+            "running as PID 1: use docker run --init (or tini) so the "
+            "command is not PID 1 and zombies are reaped",
+        )
     output = report.json(obtained) if config.format == "json" else report.text(obtained)
     write_stdout(output)
     return 0 if obtained else config.error_exit_code

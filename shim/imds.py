@@ -163,8 +163,12 @@ class ImdsClient:
         try:
             with time_limit(limit + TIME_LIMIT_MARGIN):
                 response = self.session.request(
-                    method, self.config.endpoint + path, headers=headers, timeout=timeout,
-                    stream=True, allow_redirects=False,
+                    method,
+                    self.config.endpoint + path,
+                    headers=headers,
+                    timeout=timeout,
+                    stream=True,
+                    allow_redirects=False,
                 )
                 status = str(response.status_code)
                 body = _read_capped(response, method, path)
@@ -215,8 +219,10 @@ class ImdsClient:
         if status == 429 or status >= 500:
             raise _busy(status, "the token request", retry_after)
         if 300 <= status < 400:
-            raise ImdsRefused(f"IMDS answered a redirect ({status}) to the IMDSv2 token request "
-                              f"(PUT {TOKEN_PATH}); not followed")
+            raise ImdsRefused(
+                f"IMDS answered a redirect ({status}) to the IMDSv2 token request "
+                f"(PUT {TOKEN_PATH}); not followed"
+            )
         if status == 400:
             raise ImdsRefused(
                 f"IMDS answered 400 to the IMDSv2 token request (PUT {TOKEN_PATH}): the request "
@@ -233,10 +239,13 @@ class ImdsClient:
             self.hop_limit_suspected = True
             waited = f"{self.config.timeout:g} s"
             if not allow_v1:
-                raise HopLimitExceeded(_hop_limit_message(
-                    self.config.endpoint, waited,
-                    "IMDSv1 is disabled (--no-imds-v1 / AWS_EC2_METADATA_V1_DISABLED)",
-                )) from None
+                raise HopLimitExceeded(
+                    _hop_limit_message(
+                        self.config.endpoint,
+                        waited,
+                        "IMDSv1 is disabled (--no-imds-v1 / AWS_EC2_METADATA_V1_DISABLED)",
+                    )
+                ) from None
             # Said once IMDSv1 has worked: if it is refused too, the error says it all.
             self.fallback_warning = (
                 f"the IMDSv2 token request connected but got no answer within {waited}: the "
@@ -291,12 +300,14 @@ class ImdsClient:
             raise Transient(f"IMDS rejected the token for GET {path}")
         if status == 401:
             if self.hop_limit_suspected:
-                raise HopLimitExceeded(_hop_limit_message(
-                    self.config.endpoint, f"{self.config.timeout:g} s",
-                    "IMDSv1 is disabled on this instance (IMDSv2 required)"))
-            raise ImdsRefused(
-                "IMDS requires IMDSv2 tokens on this instance but did not issue one"
-            )
+                raise HopLimitExceeded(
+                    _hop_limit_message(
+                        self.config.endpoint,
+                        f"{self.config.timeout:g} s",
+                        "IMDSv1 is disabled on this instance (IMDSv2 required)",
+                    )
+                )
+            raise ImdsRefused("IMDS requires IMDSv2 tokens on this instance but did not issue one")
         if status == 429 or status >= 500:
             raise _busy(status, f"GET {path}", retry_after)
         if status == 403:
@@ -348,8 +359,10 @@ def _read_capped(response: requests.Response, method: str, path: str) -> bytes:
     finally:
         response.close()
     if len(body) > MAX_BODY_BYTES:
-        raise ImdsUnusable(f"the answer to {method} {path} is larger than {MAX_BODY_BYTES} bytes, "
-                           "which no IMDS answer is; not retried")
+        raise ImdsUnusable(
+            f"the answer to {method} {path} is larger than {MAX_BODY_BYTES} bytes, "
+            "which no IMDS answer is; not retried"
+        )
     return body
 
 

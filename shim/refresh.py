@@ -36,8 +36,9 @@ def config_text(config: Config, region: str | None) -> str:
     """
     command = shlex.join([*this_program(), *config.as_flags(), CREDENTIAL_PROCESS])
     if not command.isprintable():
-        raise ShimError("--refresh: the path of imds-shim has control characters, which an AWS "
-                        "config file cannot hold")
+        raise ShimError(
+            "--refresh: the path of imds-shim has control characters, which an AWS config file cannot hold"
+        )
     lines = ["[default]", f"credential_process = {command}"]
     if region and is_region(region):
         lines.append(f"region = {region}")
@@ -55,8 +56,9 @@ def private_folder(environ: Mapping[str, str]) -> tuple[str, int]:
     except FileExistsError:
         pass
     except OSError as error:
-        raise ShimError(f"--refresh: cannot create {path}: {error.strerror} (set TMPDIR to a "
-                        "writable folder)") from None
+        raise ShimError(
+            f"--refresh: cannot create {path}: {error.strerror} (set TMPDIR to a writable folder)"
+        ) from None
     try:
         folder = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
@@ -64,8 +66,9 @@ def private_folder(environ: Mapping[str, str]) -> tuple[str, int]:
     info = os.fstat(folder)
     if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
         os.close(folder)
-        raise ShimError(f"--refresh: {path} belongs to someone else or is open to others: "
-                        "remove it, or set TMPDIR")
+        raise ShimError(
+            f"--refresh: {path} belongs to someone else or is open to others: remove it, or set TMPDIR"
+        )
     return path, folder
 
 
@@ -86,9 +89,7 @@ def write_config(text: str, environ: Mapping[str, str]) -> str:
     return os.path.join(path, name)
 
 
-def refreshing_environment(
-    config: Config, environ: Mapping[str, str], fetched: Fetched
-) -> dict[str, str]:
+def refreshing_environment(config: Config, environ: Mapping[str, str], fetched: Fetched) -> dict[str, str]:
     """Point the SDKs at the credential_process profile instead of static keys.
 
     ``fetched`` is the first fetch: it has already failed early if it had to, and it tells the

@@ -71,47 +71,94 @@ def _status(value: str, what: str) -> int:
     return code
 
 
-def _sim(dest: str, flag: str, help: str, parse: Parser | None = None, default: Value = None,
-         metavar: str = "") -> Option:
-    return Option(dest, (flag,), help, parse, default, metavar, verbs=frozenset({SIMULATE}),
-                  env_prefix="IMDS_SHIM_SIM_")
+def _sim(
+    dest: str, flag: str, help: str, parse: Parser | None = None, default: Value = None, metavar: str = ""
+) -> Option:
+    return Option(
+        dest, (flag,), help, parse, default, metavar, verbs=frozenset({SIMULATE}), env_prefix="IMDS_SHIM_SIM_"
+    )
 
 
 SIMULATOR_OPTIONS: tuple[Option, ...] = (
     _sim("host", "--host", "address to listen on", _host, "127.0.0.1", "ADDRESS"),
     _sim("port", "--port", "port to listen on (0: any free port)", port, 0, "PORT"),
-    _sim("role_name", "--role-name", "the attached role", role_name, "imds-shim-simulated-role",
-         "NAME"),
+    _sim("role_name", "--role-name", "the attached role", role_name, "imds-shim-simulated-role", "NAME"),
     _sim("region", "--region", "the instance's region", text, "eu-west-1", "REGION"),
     _sim("account", "--account", "the instance's account", text, "123456789012", "ID"),
     _sim("imds_v2_required", "--imds-v2-required", "answer 401 to requests without a token"),
-    _sim("hop_limit", "--hop-limit", "IP TTL of token answers, like IMDS's PUT-response hop limit",
-         natural, 0, "N"),
+    _sim(
+        "hop_limit",
+        "--hop-limit",
+        "IP TTL of token answers, like IMDS's PUT-response hop limit",
+        natural,
+        0,
+        "N",
+    ),
     _sim("token_hang", "--token-hang", "accept token PUTs but never answer them"),
-    _sim("token_status", "--token-status", "answer token PUTs with this status (e.g. 403: no v2)",
-         _status, 0, "STATUS"),
-    _sim("fail_first", "--fail-first", "answer the first N requests with --fail-status", natural, 0,
-         "N"),
+    _sim(
+        "token_status",
+        "--token-status",
+        "answer token PUTs with this status (e.g. 403: no v2)",
+        _status,
+        0,
+        "STATUS",
+    ),
+    _sim("fail_first", "--fail-first", "answer the first N requests with --fail-status", natural, 0, "N"),
     _sim("fail_status", "--fail-status", "status for --fail-first", _status, 500, "STATUS"),
-    _sim("retry_after", "--retry-after", "send Retry-After: SECONDS with --fail-first answers",
-         natural, None, "SECONDS"),
-    _sim("revoke_first_token", "--revoke-first-token",
-         "answer 401 to requests that use the first token issued (an expired token)"),
-    _sim("throttle", "--throttle", "answer 429 above this many requests per second", seconds, None,
-         "RPS"),
+    _sim(
+        "retry_after",
+        "--retry-after",
+        "send Retry-After: SECONDS with --fail-first answers",
+        natural,
+        None,
+        "SECONDS",
+    ),
+    _sim(
+        "revoke_first_token",
+        "--revoke-first-token",
+        "answer 401 to requests that use the first token issued (an expired token)",
+    ),
+    _sim("throttle", "--throttle", "answer 429 above this many requests per second", seconds, None, "RPS"),
     _sim("latency", "--latency", "seconds to wait before every answer", seconds, None, "SECONDS"),
     _sim("no_role", "--no-role", "no instance profile: role discovery answers 404"),
-    _sim("expires_in", "--expires-in", "credentials expire this many seconds after issue "
-         "(negative: already expired)", signed_seconds, 21600.0, "SECONDS"),
-    _sim("rotate_every", "--rotate-every", "seconds between credential sets (0: a new set for "
-         "every answer; default: 5 minutes before expiry)", _period, None, "SECONDS"),
+    _sim(
+        "expires_in",
+        "--expires-in",
+        "credentials expire this many seconds after issue (negative: already expired)",
+        signed_seconds,
+        21600.0,
+        "SECONDS",
+    ),
+    _sim(
+        "rotate_every",
+        "--rotate-every",
+        "seconds between credential sets (0: a new set for every answer; default: 5 minutes before expiry)",
+        _period,
+        None,
+        "SECONDS",
+    ),
     _sim("no_identity_document", "--no-identity-document", "answer 404 for the identity document"),
-    _sim("account_in_credentials", "--account-in-credentials",
-         "add AccountId to the credentials answer, as the extended credentials path does"),
-    _sim("credentials_fault", "--credentials-fault",
-         "credentials answers are: " + ", ".join(CREDENTIALS_FAULTS), _fault, None, "KIND"),
-    _sim("fault_times", "--fault-times", "only the first N credentials answers are faulty (0: all)",
-         natural, 0, "N"),
+    _sim(
+        "account_in_credentials",
+        "--account-in-credentials",
+        "add AccountId to the credentials answer, as the extended credentials path does",
+    ),
+    _sim(
+        "credentials_fault",
+        "--credentials-fault",
+        "credentials answers are: " + ", ".join(CREDENTIALS_FAULTS),
+        _fault,
+        None,
+        "KIND",
+    ),
+    _sim(
+        "fault_times",
+        "--fault-times",
+        "only the first N credentials answers are faulty (0: all)",
+        natural,
+        0,
+        "N",
+    ),
 )
 
 
@@ -202,9 +249,7 @@ class State:
                 access_key_id=f"ASIASIMULATED{generation % 1000:03d}{secrets.token_hex(2).upper()}",
                 secret_access_key=f"simulated-secret-{generation}-{secrets.token_hex(12)}",
                 token=f"simulated-session-token-{generation}-{secrets.token_hex(24)}",
-                expiration=datetime.fromtimestamp(
-                    int(issued_at + self.settings.expires_in), timezone.utc
-                ),
+                expiration=datetime.fromtimestamp(int(issued_at + self.settings.expires_in), timezone.utc),
             )
         return self.issued[generation]
 
@@ -257,9 +302,9 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(settings.latency)
         with state.lock:
             status, body, headers = self._answer(method, state)
-            state.requests.append(Recorded(
-                method, self.path, status, dict(self.headers.items()), time.monotonic()
-            ))
+            state.requests.append(
+                Recorded(method, self.path, status, dict(self.headers.items()), time.monotonic())
+            )
         if status == 0:  # the token PUT that never answers
             state.closing.wait()
             self.close_connection = True
@@ -454,8 +499,9 @@ def simulate(settings: Mapping[str, Value], command: Sequence[str], environ: Map
     try:
         simulator = Simulator(Settings.from_settings(settings))
     except OSError as error:
-        raise UsageError(f"cannot listen on {settings['host']}:{settings['port']}: "
-                         f"{error.strerror}") from None
+        raise UsageError(
+            f"cannot listen on {settings['host']}:{settings['port']}: {error.strerror}"
+        ) from None
     with simulator:
         log.info(f"IMDS simulator serving on {simulator.url} (fake credentials)")
         if not command:
@@ -484,19 +530,23 @@ def simulate(settings: Mapping[str, Value], command: Sequence[str], environ: Map
 def simulator_help() -> str:
     lines = help_text(SIMULATOR_OPTIONS).splitlines()
     start = lines.index("options:")
-    return "\n".join([
-        "usage: imds-shim simulate [OPTIONS] [-- COMMAND [ARGS...]]",
-        "",
-        "Serve a local IMDS look-alike with fake, rotating credentials. With a command, run it with",
-        "AWS_EC2_METADATA_SERVICE_ENDPOINT pointing here and exit with its status:",
-        "  imds-shim simulate -- imds-shim -v -- env",
-        "  imds-shim simulate --imds-v2-required --token-hang -- imds-shim doctor",
-        "",
-        "A bare 'imds-shim' as the command is this same imds-shim, installed on PATH or not.",
-        "The exit status is the command's; 127 and 126 when it cannot be found or executed.",
-        "",
-        *lines[start:start + 1 + 2 * len(SIMULATOR_OPTIONS)],
-        "  -v, -vv        log every request as it arrives (--log-level info, debug)",
-        "  -h, --help     show this help",
-    ]) + "\n"
-
+    return (
+        "\n".join(
+            [
+                "usage: imds-shim simulate [OPTIONS] [-- COMMAND [ARGS...]]",
+                "",
+                "Serve a local IMDS look-alike with fake, rotating credentials. With a command, run it with",
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT pointing here and exit with its status:",
+                "  imds-shim simulate -- imds-shim -v -- env",
+                "  imds-shim simulate --imds-v2-required --token-hang -- imds-shim doctor",
+                "",
+                "A bare 'imds-shim' as the command is this same imds-shim, installed on PATH or not.",
+                "The exit status is the command's; 127 and 126 when it cannot be found or executed.",
+                "",
+                *lines[start : start + 1 + 2 * len(SIMULATOR_OPTIONS)],
+                "  -v, -vv        log every request as it arrives (--log-level info, debug)",
+                "  -h, --help     show this help",
+            ]
+        )
+        + "\n"
+    )

@@ -57,9 +57,7 @@ def reason_to_step_aside(environ: Mapping[str, str]) -> str | None:
         return f"{ACCESS_KEY} and {SECRET_KEY} are already set"
     if has_key != has_secret:
         present, missing = (ACCESS_KEY, SECRET_KEY) if has_key else (SECRET_KEY, ACCESS_KEY)
-        raise UsageError(
-            f"{present} is set but {missing} is not: set both, unset both, or pass --override"
-        )
+        raise UsageError(f"{present} is set but {missing} is not: set both, unset both, or pass --override")
     for name, meaning in MORE_SPECIFIC:
         if _is_set(environ, name):
             return f"{name} is set ({meaning})"

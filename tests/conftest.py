@@ -24,6 +24,14 @@ PROBE = str(HERE / "probe.py")
 METADATA_ADDRESSES = frozenset({"169.254.169.254", "fd00:ec2::254", "169.254.170.2"})
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that measure the machine (namespaces, engines, the herd) run apart: `make test`
+    runs the rest in parallel (-m "not serial"), then these one at a time (-m serial)."""
+    for item in items:
+        if "e2e" in item.path.parts or item.path.name == "test_load.py":
+            item.add_marker(pytest.mark.serial)
+
+
 def installed_shim() -> str:
     """The console script installed next to this interpreter: tests run what users run."""
     candidate = Path(sys.executable).parent / "imds-shim"

@@ -25,8 +25,11 @@ SECRET = "stub-secret-access-key-value"
 TOKEN = "stub-session-token-value"
 IMDS_TOKEN = "stub-imds-token-value"
 GOOD_CREDENTIALS = {
-    "Code": "Success", "AccessKeyId": "ASIASTUBSTUBSTUBWXYZ", "SecretAccessKey": SECRET,
-    "Token": TOKEN, "Expiration": "2099-01-01T00:00:00Z",
+    "Code": "Success",
+    "AccessKeyId": "ASIASTUBSTUBSTUBWXYZ",
+    "SecretAccessKey": SECRET,
+    "Token": TOKEN,
+    "Expiration": "2099-01-01T00:00:00Z",
 }
 FAILED, NOT_EXECUTABLE, NOT_FOUND = 125, 126, 127
 
@@ -89,8 +92,11 @@ ROLE = "/latest/meta-data/iam/security-credentials/"
 IDENTITY = "/latest/dynamic/instance-identity/document"
 
 
-def imds_answers(role: bytes = b"stub-role", credentials: Any = GOOD_CREDENTIALS,
-                 identity: bytes = b'{"region": "eu-west-1", "accountId": "123456789012"}') -> Answers:
+def imds_answers(
+    role: bytes = b"stub-role",
+    credentials: Any = GOOD_CREDENTIALS,
+    identity: bytes = b'{"region": "eu-west-1", "accountId": "123456789012"}',
+) -> Answers:
     body = credentials if isinstance(credentials, bytes) else json.dumps(credentials).encode()
     return {ROLE: role, ROLE + "stub-role": body, IDENTITY: identity}
 
@@ -98,8 +104,15 @@ def imds_answers(role: bytes = b"stub-role", credentials: Any = GOOD_CREDENTIALS
 class Row:
     """One case: arguments, extra environment, IMDS answers, how streams are wired, and the verdict."""
 
-    def __init__(self, args: list[str], status: int, says: str = "", env: dict[str, str] | None = None,
-                 imds: Answers | None = None, shell: str = "") -> None:
+    def __init__(
+        self,
+        args: list[str],
+        status: int,
+        says: str = "",
+        env: dict[str, str] | None = None,
+        imds: Answers | None = None,
+        shell: str = "",
+    ) -> None:
         self.args, self.status, self.says, self.env = args, status, says, env or {}
         self.imds, self.shell = imds, shell
 
@@ -133,14 +146,24 @@ ROWS: dict[str, Row] = {
     "ipv6 endpoint of colons": Row(["--endpoint", "http://[:]", "--", "true"], FAILED, "not a usable URL"),
     "endpoint with user": Row(["--endpoint", "http://user@127.0.0.1", "--", "true"], FAILED, "--endpoint"),
     "twin superscript": Row(["--", "true"], FAILED, "IMDS_SHIM_ATTEMPTS", {"IMDS_SHIM_ATTEMPTS": "²"}),
-    "twin bad exit code": Row(["--", "true"], FAILED, "IMDS_SHIM_ERROR_EXIT_CODE",
-                              {"IMDS_SHIM_ERROR_EXIT_CODE": "²"}),
-    "sdk huge attempts": Row(["--", "true"], FAILED, "AWS_METADATA_SERVICE_NUM_ATTEMPTS",
-                             {"AWS_METADATA_SERVICE_NUM_ATTEMPTS": "1" * 5000}),
-    "sdk non-ascii mode": Row(["--", "true"], FAILED, "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
-                              {"AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "ünï"}),
-    "sdk role with slash": Row(["--", "true"], FAILED, "AWS_EC2_INSTANCE_PROFILE_NAME",
-                               {"AWS_EC2_INSTANCE_PROFILE_NAME": "a/b"}),
+    "twin bad exit code": Row(
+        ["--", "true"], FAILED, "IMDS_SHIM_ERROR_EXIT_CODE", {"IMDS_SHIM_ERROR_EXIT_CODE": "²"}
+    ),
+    "sdk huge attempts": Row(
+        ["--", "true"],
+        FAILED,
+        "AWS_METADATA_SERVICE_NUM_ATTEMPTS",
+        {"AWS_METADATA_SERVICE_NUM_ATTEMPTS": "1" * 5000},
+    ),
+    "sdk non-ascii mode": Row(
+        ["--", "true"],
+        FAILED,
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+        {"AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "ünï"},
+    ),
+    "sdk role with slash": Row(
+        ["--", "true"], FAILED, "AWS_EC2_INSTANCE_PROFILE_NAME", {"AWS_EC2_INSTANCE_PROFILE_NAME": "a/b"}
+    ),
     "twin boolean word": Row(["--", "true"], FAILED, "IMDS_SHIM_OPTIONAL", {"IMDS_SHIM_OPTIONAL": "perhaps"}),
     "simulator port": Row(["simulate", "--port", "²", "--", "true"], FAILED, "--port"),
     "simulator empty host": Row(["simulate", "--host", "", "--", "true"], FAILED, "--host"),
@@ -157,35 +180,68 @@ ROWS: dict[str, Row] = {
     "stdout closed, doctor": Row(["doctor"], FAILED, "cannot write the result to stdout", shell=">&-"),
     "stdout closed, help": Row(["--help"], FAILED, "cannot write the result to stdout", shell=">&-"),
     "stderr closed, bad option": Row(["--attempts", "²", "--", "true"], FAILED, shell="2>&-"),
-    "stderr closed, unreachable": Row(["--", "true"], FAILED, shell="2>&-",
-                                      env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9"}),
+    "stderr closed, unreachable": Row(
+        ["--", "true"], FAILED, shell="2>&-", env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9"}
+    ),
     # IMDS answers with odd types and encodings (retries cut to 2 to keep the table fast).
-    "role not utf-8": Row(["--attempts", "2", "--", "true"], FAILED, "not a role name",
-                          imds=imds_answers(role=b"\xff\xfe-role")),
-    "role non-ascii": Row(["--attempts", "2", "--", "true"], FAILED, "not a role name",
-                          imds=imds_answers(role="rôle".encode())),
-    "credentials nested deep": Row(["--attempts", "2", "--", "true"], FAILED, "not valid JSON",
-                                   imds=imds_answers(credentials=b"[" * 60000)),
-    "credentials not utf-8": Row(["--attempts", "2", "--", "true"], FAILED, "not valid JSON",
-                                 imds=imds_answers(credentials=b'{"Code": "\xff"}')),
-    "credentials a list": Row(["--attempts", "2", "--", "true"], FAILED, "not a JSON object",
-                              imds=imds_answers(credentials=[GOOD_CREDENTIALS])),
-    "key id a number": Row(["--attempts", "2", "--", "true"], FAILED, "has no AccessKeyId",
-                           imds=imds_answers(credentials={**GOOD_CREDENTIALS, "AccessKeyId": 42})),
-    "token with a nul": Row(["--attempts", "2", "--", "true"], FAILED, "Token is not well-formed",
-                            imds=imds_answers(credentials={**GOOD_CREDENTIALS, "Token": TOKEN + "\0x"})),
-    "secret with a newline": Row(["--attempts", "2", "export"], FAILED,
-                                 "SecretAccessKey is not well-formed",
-                                 imds=imds_answers(credentials={**GOOD_CREDENTIALS,
-                                                                "SecretAccessKey": SECRET + "\nX=1"})),
-    "expiration year 99999": Row(["--attempts", "2", "--", "true"], FAILED, "Expiration is not well-formed",
-                                 imds=imds_answers(credentials={**GOOD_CREDENTIALS,
-                                                                "Expiration": "99999-01-01T00:00:00Z"})),
-    "expiration a number": Row(["--attempts", "2", "--", "true"], FAILED, "has no Expiration",
-                               imds=imds_answers(credentials={**GOOD_CREDENTIALS, "Expiration": 1e308})),
+    "role not utf-8": Row(
+        ["--attempts", "2", "--", "true"], FAILED, "not a role name", imds=imds_answers(role=b"\xff\xfe-role")
+    ),
+    "role non-ascii": Row(
+        ["--attempts", "2", "--", "true"], FAILED, "not a role name", imds=imds_answers(role="rôle".encode())
+    ),
+    "credentials nested deep": Row(
+        ["--attempts", "2", "--", "true"],
+        FAILED,
+        "not valid JSON",
+        imds=imds_answers(credentials=b"[" * 60000),
+    ),
+    "credentials not utf-8": Row(
+        ["--attempts", "2", "--", "true"],
+        FAILED,
+        "not valid JSON",
+        imds=imds_answers(credentials=b'{"Code": "\xff"}'),
+    ),
+    "credentials a list": Row(
+        ["--attempts", "2", "--", "true"],
+        FAILED,
+        "not a JSON object",
+        imds=imds_answers(credentials=[GOOD_CREDENTIALS]),
+    ),
+    "key id a number": Row(
+        ["--attempts", "2", "--", "true"],
+        FAILED,
+        "has no AccessKeyId",
+        imds=imds_answers(credentials={**GOOD_CREDENTIALS, "AccessKeyId": 42}),
+    ),
+    "token with a nul": Row(
+        ["--attempts", "2", "--", "true"],
+        FAILED,
+        "Token is not well-formed",
+        imds=imds_answers(credentials={**GOOD_CREDENTIALS, "Token": TOKEN + "\0x"}),
+    ),
+    "secret with a newline": Row(
+        ["--attempts", "2", "export"],
+        FAILED,
+        "SecretAccessKey is not well-formed",
+        imds=imds_answers(credentials={**GOOD_CREDENTIALS, "SecretAccessKey": SECRET + "\nX=1"}),
+    ),
+    "expiration year 99999": Row(
+        ["--attempts", "2", "--", "true"],
+        FAILED,
+        "Expiration is not well-formed",
+        imds=imds_answers(credentials={**GOOD_CREDENTIALS, "Expiration": "99999-01-01T00:00:00Z"}),
+    ),
+    "expiration a number": Row(
+        ["--attempts", "2", "--", "true"],
+        FAILED,
+        "has no Expiration",
+        imds=imds_answers(credentials={**GOOD_CREDENTIALS, "Expiration": 1e308}),
+    ),
     "identity document nested deep": Row(["--", "true"], 0, imds=imds_answers(identity=b"[" * 60000)),
-    "identity document region a list": Row(["--", "true"], 0, "not a region name",
-                                           imds=imds_answers(identity=b'{"region": ["x"]}')),
+    "identity document region a list": Row(
+        ["--", "true"], 0, "not a region name", imds=imds_answers(identity=b'{"region": ["x"]}')
+    ),
 }
 
 
@@ -239,8 +295,12 @@ def test_non_utf8_argv_and_environment_reach_the_command_as_bytes(sim: Simulator
 def test_non_blocking_stdout_still_gets_the_whole_export(sim: Simulator) -> None:
     """export writes all of its output even when stdout is a non-blocking pipe."""
     completed = subprocess.run(
-        [SHIM, "export"], env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
-        capture_output=True, text=True, timeout=60, preexec_fn=lambda: os.set_blocking(1, False),
+        [SHIM, "export"],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.set_blocking(1, False),
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.count("export AWS_") == 8

@@ -28,18 +28,26 @@ MAX_TARBALL_BYTES = 12 * 1000 * 1000
 
 def command_environment(shim: str, sim: Simulator, **preset: str) -> dict[str, str]:
     env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, **preset)
-    completed = subprocess.run([shim, "--", *probe_command()], env=env, capture_output=True,
-                               text=True, timeout=60, check=True)
+    completed = subprocess.run(
+        [shim, "--", *probe_command()], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
     child: dict[str, str] = json.loads(completed.stdout)["env"]
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "AWS_SECURITY_TOKEN", "AWS_CREDENTIAL_EXPIRATION"):
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_CREDENTIAL_EXPIRATION",
+    ):
         child[name] = "<rotates>"
     return child
 
 
-@pytest.mark.parametrize("preset", [{}, {"LD_LIBRARY_PATH": "/opt/app/lib"},
-                                    {"LD_LIBRARY_PATH_ORIG": "/opt/own"}],
-                         ids=["plain", "library-path", "own-orig"])
+@pytest.mark.parametrize(
+    "preset",
+    [{}, {"LD_LIBRARY_PATH": "/opt/app/lib"}, {"LD_LIBRARY_PATH_ORIG": "/opt/own"}],
+    ids=["plain", "library-path", "own-orig"],
+)
 def test_command_sees_the_same_environment_as_under_the_pip_installed_shim(
     sim: Simulator, preset: dict[str, str]
 ) -> None:
@@ -58,8 +66,9 @@ def test_program_linking_libssl_and_libz_uses_its_own_libraries(sim: Simulator) 
 
 def test_python_program_with_ssl_runs_under_the_bundle(sim: Simulator) -> None:
     """A Python of the machine's own (which links libssl) imports ssl and hashlib when run by the bundle."""
-    result = run_shim(["--", *probe_command()[:1], "-c", "import ssl, hashlib, zlib; print('ok')"],
-                      endpoint=sim.url)
+    result = run_shim(
+        ["--", *probe_command()[:1], "-c", "import ssl, hashlib, zlib; print('ok')"], endpoint=sim.url
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "ok\n"
 
@@ -75,8 +84,11 @@ def test_refresh_names_the_bundles_own_executable(sim: Simulator) -> None:
 def test_simulate_runs_a_nested_bundle() -> None:
     """imds-shim simulate -- imds-shim -- ... works from the bundle (the demo), with a clean env."""
     completed = subprocess.run(
-        [SHIM, "simulate", "--", SHIM, "--", "sh", "-c", "env"], env=clean_env(),
-        capture_output=True, text=True, timeout=60,
+        [SHIM, "simulate", "--", SHIM, "--", "sh", "-c", "env"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert completed.returncode == 0, completed.stderr
     assert "AWS_ACCESS_KEY_ID=ASIASIMULATED" in completed.stdout

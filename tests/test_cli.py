@@ -43,9 +43,15 @@ def test_simulate_runs_a_bare_imds_shim_without_it_on_path() -> None:
     assert result.stderr == ""  # a successful run says nothing, the simulator's address included
 
 
-@pytest.mark.parametrize(("command", "status"), [
-    (["no-such-command-xyz"], 127), (["/etc/passwd"], 126), (["sh", "-c", "exit 7"], 7),
-], ids=["not found", "not executable", "own status"])
+@pytest.mark.parametrize(
+    ("command", "status"),
+    [
+        (["no-such-command-xyz"], 127),
+        (["/etc/passwd"], 126),
+        (["sh", "-c", "exit 7"], 7),
+    ],
+    ids=["not found", "not executable", "own status"],
+)
 def test_simulate_exits_like_the_entrypoint(command: list[str], status: int) -> None:
     """simulate -- COMMAND and imds-shim -- COMMAND give the same status for the same command."""
     with Simulator() as sim:
@@ -93,13 +99,16 @@ def test_bad_input_is_one_line_and_125(args: list[str], message: str) -> None:
     assert message in line
 
 
-@pytest.mark.parametrize(("variable", "value"), [
-    ("IMDS_SHIM_TIMEOUT", "soon"),
-    ("AWS_METADATA_SERVICE_TIMEOUT", "-3"),
-    ("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "many"),
-    ("IMDS_SHIM_OPTIONAL", "perhaps"),
-    ("AWS_EC2_METADATA_SERVICE_ENDPOINT", "not a url"),
-])
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("IMDS_SHIM_TIMEOUT", "soon"),
+        ("AWS_METADATA_SERVICE_TIMEOUT", "-3"),
+        ("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "many"),
+        ("IMDS_SHIM_OPTIONAL", "perhaps"),
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", "not a url"),
+    ],
+)
 def test_bad_variable_is_named(variable: str, value: str) -> None:
     """A bad environment value: exit 125 and the variable's name in the message."""
     result = run_shim(["--", "true"], env=clean_env(**{variable: value}))
@@ -119,12 +128,16 @@ def test_error_exit_code_is_configurable(how: str) -> None:
 def test_endpoint_precedence_flag_over_twin_over_sdk(sim: Simulator) -> None:
     """flag > IMDS_SHIM_ENDPOINT > AWS_EC2_METADATA_SERVICE_ENDPOINT, against real servers."""
     dead = f"http://127.0.0.1:{closed_port()}"
-    assert run_shim(["--", "true"], env=clean_env(IMDS_SHIM_ENDPOINT=sim.url),
-                    endpoint=dead).returncode == 0
-    assert run_shim(["--endpoint", sim.url, "--", "true"], env=clean_env(IMDS_SHIM_ENDPOINT=dead),
-                    endpoint=dead).returncode == 0
-    assert run_shim(["--", "true"], env=clean_env(IMDS_SHIM_ENDPOINT=dead),
-                    endpoint=sim.url).returncode == 125
+    assert run_shim(["--", "true"], env=clean_env(IMDS_SHIM_ENDPOINT=sim.url), endpoint=dead).returncode == 0
+    assert (
+        run_shim(
+            ["--endpoint", sim.url, "--", "true"], env=clean_env(IMDS_SHIM_ENDPOINT=dead), endpoint=dead
+        ).returncode
+        == 0
+    )
+    assert (
+        run_shim(["--", "true"], env=clean_env(IMDS_SHIM_ENDPOINT=dead), endpoint=sim.url).returncode == 125
+    )
 
 
 def config_for(argv: list[str], **environ: str) -> Config:
@@ -143,20 +156,29 @@ def test_precedence_order_for_every_source() -> None:
     assert (flagged.timeout, flagged.attempts) == (0.25, 2)
 
 
-@pytest.mark.parametrize(("environ", "endpoint"), [
-    ({}, "http://169.254.169.254"),
-    ({"AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "IPv6"}, "http://[fd00:ec2::254]"),
-    ({"AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "ipv4"}, "http://169.254.169.254"),
-    ({"AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "IPv6",
-      "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://[::1]:8080/"}, "http://[::1]:8080"),
-])
+@pytest.mark.parametrize(
+    ("environ", "endpoint"),
+    [
+        ({}, "http://169.254.169.254"),
+        ({"AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "IPv6"}, "http://[fd00:ec2::254]"),
+        ({"AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "ipv4"}, "http://169.254.169.254"),
+        (
+            {
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "IPv6",
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://[::1]:8080/",
+            },
+            "http://[::1]:8080",
+        ),
+    ],
+)
 def test_endpoint_mode_and_override(environ: dict[str, str], endpoint: str) -> None:
     """The endpoint variable overrides the mode; the mode picks IPv4 or IPv6."""
     assert config_for([], **environ).endpoint == endpoint
 
 
-@pytest.mark.parametrize(("value", "allowed"), [("true", False), ("TRUE", False), ("false", True),
-                                                ("1", True), ("", True)])
+@pytest.mark.parametrize(
+    ("value", "allowed"), [("true", False), ("TRUE", False), ("false", True), ("1", True), ("", True)]
+)
 def test_imdsv1_disabled_switch_follows_the_sdks(value: str, allowed: bool) -> None:
     """AWS_EC2_METADATA_V1_DISABLED counts only the word true."""
     assert config_for([], AWS_EC2_METADATA_V1_DISABLED=value).allow_imds_v1 is allowed

@@ -16,8 +16,14 @@ from conftest import SHIM, clean_env, probe_command, run_shim
 from shim.simulator import Simulator
 
 CREDENTIAL_VARIABLES = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-    "AWS_CREDENTIAL_EXPIRATION", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCOUNT_ID",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_CREDENTIAL_EXPIRATION",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCOUNT_ID",
 )
 
 
@@ -52,11 +58,15 @@ def test_exports_every_variable_and_nothing_else(sim: Simulator) -> None:
     assert result.stderr == ""  # quiet on success
 
 
-@pytest.mark.parametrize("preset", [
-    {},
-    {"LD_LIBRARY_PATH": "/opt/app/lib"},
-    {"LD_LIBRARY_PATH_ORIG": "/users/own/variable"},
-], ids=["unset", "set", "only-orig"])
+@pytest.mark.parametrize(
+    "preset",
+    [
+        {},
+        {"LD_LIBRARY_PATH": "/opt/app/lib"},
+        {"LD_LIBRARY_PATH_ORIG": "/users/own/variable"},
+    ],
+    ids=["unset", "set", "only-orig"],
+)
 def test_library_path_reaches_the_command_exactly(sim: Simulator, preset: dict[str, str]) -> None:
     """LD_LIBRARY_PATH (which a frozen runtime rewrites) and its neighbours arrive as given."""
     env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, **preset)
@@ -78,8 +88,7 @@ def test_stale_inherited_security_token_is_replaced(sim: Simulator) -> None:
     [
         ({"AWS_REGION": "us-east-2"}, ("us-east-2", "us-east-2")),
         ({"AWS_DEFAULT_REGION": "ap-south-1"}, ("ap-south-1", "ap-south-1")),
-        ({"AWS_REGION": "us-east-2", "AWS_DEFAULT_REGION": "ca-central-1"},
-         ("us-east-2", "ca-central-1")),
+        ({"AWS_REGION": "us-east-2", "AWS_DEFAULT_REGION": "ca-central-1"}, ("us-east-2", "ca-central-1")),
     ],
 )
 def test_preset_region_is_kept_and_copied(
@@ -95,8 +104,10 @@ def test_same_pid_and_untouched_argv(sim: Simulator) -> None:
     """exec, not fork: the command has the shim's PID and exactly the argv given after --."""
     awkward = ["--", "-v", "$HOME", "a b", "*", "'quoted'", "", "--help", "ünï"]
     process = subprocess.Popen(
-        [SHIM, "--", *probe_command(), *awkward], env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
-        stdout=subprocess.PIPE, text=True,
+        [SHIM, "--", *probe_command(), *awkward],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+        stdout=subprocess.PIPE,
+        text=True,
     )
     output, _ = process.communicate(timeout=30)
     import json
@@ -108,8 +119,7 @@ def test_same_pid_and_untouched_argv(sim: Simulator) -> None:
 
 def test_stdin_reaches_the_command(sim: Simulator) -> None:
     """The command reads the shim's stdin."""
-    result = run_shim(["--", *probe_command(), "--read-stdin"], endpoint=sim.url,
-                      input="hello from stdin\n")
+    result = run_shim(["--", *probe_command(), "--read-stdin"], endpoint=sim.url, input="hello from stdin\n")
     assert result.probe()["stdin"] == "hello from stdin\n"
 
 
@@ -131,8 +141,7 @@ def signal_state(preexec: Callable[[], None], endpoint: str | None) -> tuple[int
     """(SigIgn, SigBlk, SigCgt) of `cat /proc/self/status`, via the shim or (None) directly."""
     command = ["cat", "/proc/self/status"]
     if endpoint is None:
-        completed = subprocess.run(command, capture_output=True, text=True, check=True,
-                                   preexec_fn=preexec)
+        completed = subprocess.run(command, capture_output=True, text=True, check=True, preexec_fn=preexec)
         status = completed.stdout
     else:
         result = run_shim(["--", *command], endpoint=endpoint, preexec_fn=preexec)
@@ -155,6 +164,7 @@ def test_signal_dispositions_and_mask_are_inherited_not_pythons(sim: Simulator) 
 
 def test_sigint_inherited_as_ignored_stays_ignored(sim: Simulator) -> None:
     """A background job's ignored SIGINT is passed on as ignored."""
+
     def ignore_sigint() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -206,15 +216,18 @@ def test_python_dash_m_behaves_the_same(sim: Simulator) -> None:
     """`python -m shim` is the same program as the console script."""
     completed = subprocess.run(
         [sys.executable, "-m", "shim", "--", "sh", "-c", 'echo "$AWS_ACCESS_KEY_ID"'],
-        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url), capture_output=True, text=True,
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+        capture_output=True,
+        text=True,
         timeout=30,
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith("ASIASIMULATED")
 
 
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)],
-                         ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    ("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"]
+)
 def test_signal_while_waiting_on_imds_ends_the_shim(
     simulator: Callable[..., Simulator], signum: int, status: int
 ) -> None:
@@ -223,7 +236,9 @@ def test_signal_while_waiting_on_imds_ends_the_shim(
     process = subprocess.Popen(
         [SHIM, "--timeout", "30", "--", "sh", "-c", "echo ran"],
         env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     _wait_for_request(sim)
     process.send_signal(signum)
@@ -233,15 +248,19 @@ def test_signal_while_waiting_on_imds_ends_the_shim(
     assert "Traceback" not in stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/unshare").exists(),
-                    reason="needs root and unshare to make a PID namespace")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/bin/unshare").exists(),
+    reason="needs root and unshare to make a PID namespace",
+)
 def test_sigterm_as_pid_1_exits_143(simulator: Callable[..., Simulator]) -> None:
     """As PID 1 (no default signal actions) SIGTERM still ends the fetch at once with 143."""
     sim = simulator(token_hang=True)
     process = subprocess.Popen(
         ["unshare", "--pid", "--fork", "--kill-child", SHIM, "--timeout", "30", "--", "true"],
         env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     _wait_for_request(sim)
     children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()

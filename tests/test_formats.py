@@ -24,16 +24,38 @@ from shim.errors import ShimError
 from shim.formats import POWERSHELL_QUOTES, render
 
 HOSTILE = [
-    "x'y", 'x"y', "x\u2019;Start-Process calc;\u2019x", "\u2018\u201a\u201b", "$(touch /tmp/pwned)",
-    "`id`", "a\\'b", "a\\", "%PATH%", "!x!", "^", "a\nb", "a\rb", "\u2028", "\u0085", "\x1b[31m",
-    " lead", "trail ", "#comment", "a=b", "\t", "\U0001f600", "é",
+    "x'y",
+    'x"y',
+    "x\u2019;Start-Process calc;\u2019x",
+    "\u2018\u201a\u201b",
+    "$(touch /tmp/pwned)",
+    "`id`",
+    "a\\'b",
+    "a\\",
+    "%PATH%",
+    "!x!",
+    "^",
+    "a\nb",
+    "a\rb",
+    "\u2028",
+    "\u0085",
+    "\x1b[31m",
+    " lead",
+    "trail ",
+    "#comment",
+    "a=b",
+    "\t",
+    "\U0001f600",
+    "é",
 ]
 # Any text but NUL (no environment variable can hold one) and lone surrogates (no encoding can);
 # half of the examples printable only, so that most of them get past the formats' refusal.
-ANY = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\0"),
-              min_size=1, max_size=30)
-PRINTABLE = st.text(st.characters(exclude_categories=["Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"])
-                    | st.just(" "), min_size=1, max_size=30)
+ANY = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\0"), min_size=1, max_size=30)
+PRINTABLE = st.text(
+    st.characters(exclude_categories=["Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"]) | st.just(" "),
+    min_size=1,
+    max_size=30,
+)
 VALUE_SETS = st.lists(PRINTABLE, min_size=5, max_size=5) | st.lists(ANY, min_size=5, max_size=5)
 NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ACCOUNT_ID")
 
@@ -46,9 +68,16 @@ def fetched_with(values: list[str]) -> Fetched:
 
 def expected(values: list[str]) -> dict[str, str]:
     key, secret, token, region, account = values
-    return {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": token,
-            "AWS_SECURITY_TOKEN": token, "AWS_CREDENTIAL_EXPIRATION": "2099-01-01T00:00:00Z",
-            "AWS_REGION": region, "AWS_DEFAULT_REGION": region, "AWS_ACCOUNT_ID": account}
+    return {
+        "AWS_ACCESS_KEY_ID": key,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_SESSION_TOKEN": token,
+        "AWS_SECURITY_TOKEN": token,
+        "AWS_CREDENTIAL_EXPIRATION": "2099-01-01T00:00:00Z",
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_ACCOUNT_ID": account,
+    }
 
 
 def rendered(format_name: str, values: list[str]) -> str | None:
@@ -59,8 +88,13 @@ def rendered(format_name: str, values: list[str]) -> str | None:
         return None
 
 
-SHELLS = {"sh": ("sh", "env"), "dash": ("dash", "env"), "bash": ("bash", "env"),
-          "bash, no export": ("bash", "env-no-export"), "fish": ("fish", "fish")}
+SHELLS = {
+    "sh": ("sh", "env"),
+    "dash": ("dash", "env"),
+    "bash": ("bash", "env"),
+    "bash, no export": ("bash", "env-no-export"),
+    "fish": ("fish", "fish"),
+}
 
 
 @pytest.mark.parametrize(("shell", "format_name"), SHELLS.values(), ids=SHELLS.keys())
@@ -103,7 +137,7 @@ def read_powershell(line: str) -> tuple[str, str]:
                 value.append(char)
                 index += 2
                 continue
-            assert index == len(rest) - 1, f"code after the string: {rest[index + 1:]!r}"
+            assert index == len(rest) - 1, f"code after the string: {rest[index + 1 :]!r}"
             return name, "".join(value)
         value.append(char)
         index += 1

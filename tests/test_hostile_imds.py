@@ -32,8 +32,11 @@ IMDS_TOKEN = "hostile-imds-token-value"
 SECRET = "hostile-secret-access-key-value"
 SESSION_TOKEN = "hostile-session-token-value"
 GOOD_CREDENTIALS = {
-    "Code": "Success", "AccessKeyId": "ASIAHOSTILEEXAMPLE", "SecretAccessKey": SECRET,
-    "Token": SESSION_TOKEN, "Expiration": "2099-01-01T00:00:00Z",
+    "Code": "Success",
+    "AccessKeyId": "ASIAHOSTILEEXAMPLE",
+    "SecretAccessKey": SECRET,
+    "Token": SESSION_TOKEN,
+    "Expiration": "2099-01-01T00:00:00Z",
 }
 INJECTED_REGION = "us-east-1\n[profile p]\ncredential_process = touch /tmp/pwned"
 FORGED_LINE = "imds-shim: info: all good"
@@ -116,7 +119,7 @@ class HostileHandler(BaseHTTPRequestHandler):
             if self.server.closing.wait(every):
                 return
             try:
-                self.wfile.write(data[index:index + 1])
+                self.wfile.write(data[index : index + 1])
                 self.wfile.flush()
             except OSError:  # the shim hung up: what it should do
                 return
@@ -179,8 +182,12 @@ def test_hostile_region_never_reaches_env_file_or_log(
 ) -> None:
     """A region that is not a region name becomes "unknown" with a warning: not in AWS_REGION,
     not in the --refresh file, not in the -v line; the command still runs."""
-    server = hostile({IDENTITY: Reply(body=as_body({"region": region, "accountId": "123456789012"})),
-                      REGION: Reply(body=region.encode("utf-8", "surrogatepass"))})
+    server = hostile(
+        {
+            IDENTITY: Reply(body=as_body({"region": region, "accountId": "123456789012"})),
+            REGION: Reply(body=region.encode("utf-8", "surrogatepass")),
+        }
+    )
     env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, TMPDIR=str(tmp_path))
     result = run_shim(["-v", "--", *probe_command()], env=env)
     assert result.returncode == 0, result.stderr
@@ -201,14 +208,19 @@ def test_hostile_region_never_reaches_env_file_or_log(
     assert len(lines) == 2, config
 
 
-@pytest.mark.parametrize("region", [INJECTED_REGION, f"eu-west-1\x1b[2J\x1b[H{FORGED_LINE}"],
-                         ids=["config injection", "terminal escape"])
-def test_hostile_region_cannot_forge_doctor_lines(
-    hostile: Callable[..., HostileImds], region: str
-) -> None:
+@pytest.mark.parametrize(
+    "region",
+    [INJECTED_REGION, f"eu-west-1\x1b[2J\x1b[H{FORGED_LINE}"],
+    ids=["config injection", "terminal escape"],
+)
+def test_hostile_region_cannot_forge_doctor_lines(hostile: Callable[..., HostileImds], region: str) -> None:
     """doctor reports the region as unknown; no line of its output is forged or carries an escape."""
-    server = hostile({IDENTITY: Reply(body=as_body({"region": region, "accountId": "123456789012"})),
-                      REGION: Reply(body=region.encode())})
+    server = hostile(
+        {
+            IDENTITY: Reply(body=as_body({"region": region, "accountId": "123456789012"})),
+            REGION: Reply(body=region.encode()),
+        }
+    )
     result = run_shim(["doctor"], endpoint=server.url)
     assert result.returncode == 0, result.stdout
     assert_clean_output(result.stdout)
@@ -216,8 +228,7 @@ def test_hostile_region_cannot_forge_doctor_lines(
     assert "[profile p]" not in result.stdout
 
 
-@pytest.mark.parametrize("preset", [INJECTED_REGION, "eu-west-1\u2028[profile p]"],
-                         ids=["newline", "U+2028"])
+@pytest.mark.parametrize("preset", [INJECTED_REGION, "eu-west-1\u2028[profile p]"], ids=["newline", "U+2028"])
 def test_preset_region_is_checked_before_the_refresh_file(
     hostile: Callable[..., HostileImds], preset: str, tmp_path: Path
 ) -> None:
@@ -232,9 +243,14 @@ def test_preset_region_is_checked_before_the_refresh_file(
     assert "not a region name" in result.stderr
 
 
-HOSTILE_ACCOUNTS = {"eleven digits": "12345678901", "thirteen digits": "1234567890123",
-                    "letters": "abcdefghijkl", "newline": "123456789012\nX=1",
-                    "arabic-indic digits": "١٢٣٤٥٦٧٨٩٠١٢", "a number": 123456789012}
+HOSTILE_ACCOUNTS = {
+    "eleven digits": "12345678901",
+    "thirteen digits": "1234567890123",
+    "letters": "abcdefghijkl",
+    "newline": "123456789012\nX=1",
+    "arabic-indic digits": "١٢٣٤٥٦٧٨٩٠١٢",
+    "a number": 123456789012,
+}
 
 
 @pytest.mark.parametrize("account", HOSTILE_ACCOUNTS.values(), ids=HOSTILE_ACCOUNTS.keys())
@@ -253,12 +269,16 @@ def test_hostile_account_becomes_unknown(hostile: Callable[..., HostileImds], ac
 # -- credentials fields, the token and the role: garbled, retried, then reported -----------------
 
 GARBLED = {
-    **{f"key id with {name}": credentials_with(AccessKeyId=f"ASIAHOSTILE{char}X")
-       for name, char in LINE_BREAKERS.items()},
+    **{
+        f"key id with {name}": credentials_with(AccessKeyId=f"ASIAHOSTILE{char}X")
+        for name, char in LINE_BREAKERS.items()
+    },
     "key id with a blank": credentials_with(AccessKeyId="ASIA HOSTILE"),
     "key id too long": credentials_with(AccessKeyId="A" * 200),
-    **{f"secret with {name}": credentials_with(SecretAccessKey=f"{SECRET}{char}X=1")
-       for name, char in LINE_BREAKERS.items()},
+    **{
+        f"secret with {name}": credentials_with(SecretAccessKey=f"{SECRET}{char}X=1")
+        for name, char in LINE_BREAKERS.items()
+    },
     "secret with a blank": credentials_with(SecretAccessKey="x y"),
     "secret with a PowerShell quote": credentials_with(SecretAccessKey="x\u2019;Start-Process calc;\u2019x"),
     "session token with ESC": credentials_with(Token=f"{SESSION_TOKEN}\x1b]0;title\x07"),
@@ -314,11 +334,12 @@ def test_known_code_is_explained_in_the_shims_own_words(hostile: Callable[..., H
     assert "trust policy" in result.stderr
 
 
-@pytest.mark.parametrize("token", ["tok\nen", "tok\0en", "tok en", "tok\u2028en", "t" * 2000],
-                         ids=["newline", "NUL", "blank", "U+2028", "too long"])
-def test_hostile_imds_token_is_never_sent_or_shown(
-    hostile: Callable[..., HostileImds], token: str
-) -> None:
+@pytest.mark.parametrize(
+    "token",
+    ["tok\nen", "tok\0en", "tok en", "tok\u2028en", "t" * 2000],
+    ids=["newline", "NUL", "blank", "U+2028", "too long"],
+)
+def test_hostile_imds_token_is_never_sent_or_shown(hostile: Callable[..., HostileImds], token: str) -> None:
     """A malformed IMDSv2 token is refused (and with --no-imds-v1 the run fails, quoting nothing)."""
     server = hostile({TOKEN_PATH: Reply(body=token.encode())})
     result = run_shim(["--no-imds-v1", "--attempts", "2", "--", "true"], endpoint=server.url)
@@ -330,8 +351,9 @@ def test_hostile_imds_token_is_never_sent_or_shown(
 
 def test_identity_document_with_a_nul_is_harmless(hostile: Callable[..., HostileImds]) -> None:
     """A NUL in the identity document's values once failed exec; now the values are unknown."""
-    server = hostile({IDENTITY: Reply(body=as_body({"region": "eu-west-1\0", "accountId": "1234\0"})),
-                      REGION: Reply(404)})
+    server = hostile(
+        {IDENTITY: Reply(body=as_body({"region": "eu-west-1\0", "accountId": "1234\0"})), REGION: Reply(404)}
+    )
     result = run_shim(["--", *probe_command()], endpoint=server.url)
     assert result.returncode == 0, result.stderr
     assert "AWS_REGION" not in result.probe()["env"]
@@ -368,8 +390,9 @@ def test_each_answer_has_its_own_limit(hostile: Callable[..., HostileImds]) -> N
     --timeout 0.5 the slow credentials answer is given up after about half a second each time."""
     server = hostile({CREDENTIALS: Reply(drip=0.2)})
     started = time.monotonic()
-    result = run_shim(["--timeout", "0.5", "--attempts", "2", "--deadline", "20", "--", "true"],
-                      endpoint=server.url)
+    result = run_shim(
+        ["--timeout", "0.5", "--attempts", "2", "--deadline", "20", "--", "true"], endpoint=server.url
+    )
     assert result.returncode == FAILED
     assert "took longer than 1 s" in result.stderr
     assert time.monotonic() - started < 4
@@ -410,19 +433,34 @@ def test_token_redirect_is_not_blamed_on_a_proxy(hostile: Callable[..., HostileI
 
 # -- 5. the environment exactly as launched, plus our variables ----------------------------------
 
-LOCALES = {"no locale": {}, "LANG=C": {"LANG": "C"}, "LC_ALL=POSIX": {"LC_ALL": "POSIX"},
-           "LC_CTYPE=C": {"LC_CTYPE": "C"},
-           "LC_CTYPE=POSIX, LANG=C.UTF-8": {"LC_CTYPE": "POSIX", "LANG": "C.UTF-8"},
-           "LANG=en_US.UTF-8": {"LANG": "en_US.UTF-8"}}
-OURS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                  "AWS_CREDENTIAL_EXPIRATION", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCOUNT_ID"})
+LOCALES = {
+    "no locale": {},
+    "LANG=C": {"LANG": "C"},
+    "LC_ALL=POSIX": {"LC_ALL": "POSIX"},
+    "LC_CTYPE=C": {"LC_CTYPE": "C"},
+    "LC_CTYPE=POSIX, LANG=C.UTF-8": {"LC_CTYPE": "POSIX", "LANG": "C.UTF-8"},
+    "LANG=en_US.UTF-8": {"LANG": "en_US.UTF-8"},
+}
+OURS = frozenset(
+    {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_CREDENTIAL_EXPIRATION",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ACCOUNT_ID",
+    }
+)
 
 
 def env_i(variables: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
     """Run the shim under ``env -i`` with exactly ``variables``; the command is ``env -0``."""
     assignments = [f"{name}={value}" for name, value in variables.items()]
-    return subprocess.run(["env", "-i", *assignments, SHIM, *args, "--", "env", "-0"],
-                          capture_output=True, timeout=60)
+    return subprocess.run(
+        ["env", "-i", *assignments, SHIM, *args, "--", "env", "-0"], capture_output=True, timeout=60
+    )
 
 
 def parse_env0(output: bytes) -> dict[bytes, bytes]:
@@ -461,6 +499,7 @@ def test_stale_account_id_goes_when_imds_does_not_tell(hostile: Callable[..., Ho
 
 # -- 7. AWS_DEFAULT_PROFILE ----------------------------------------------------------------------
 
+
 def test_default_profile_steps_aside(hostile: Callable[..., HostileImds]) -> None:
     """AWS_DEFAULT_PROFILE selects a profile in botocore: the shim steps aside, asking IMDS nothing."""
     server = hostile()
@@ -474,12 +513,15 @@ def test_default_profile_steps_aside(hostile: Callable[..., HostileImds]) -> Non
 
 # -- 8. --refresh housekeeping -------------------------------------------------------------------
 
+
 def test_refresh_reuses_one_private_folder(hostile: Callable[..., HostileImds], tmp_path: Path) -> None:
     """Every --refresh start uses $TMPDIR/imds-shim-UID (0700) and the same file; none piles up."""
     server = hostile()
     env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, TMPDIR=str(tmp_path))
-    paths = {run_shim(["--refresh", "--", *probe_command()], env=env).probe()["env"]["AWS_CONFIG_FILE"]
-             for _ in range(3)}
+    paths = {
+        run_shim(["--refresh", "--", *probe_command()], env=env).probe()["env"]["AWS_CONFIG_FILE"]
+        for _ in range(3)
+    }
     (path,) = paths
     folder = Path(path).parent
     assert folder == tmp_path / f"imds-shim-{os.getuid()}"
@@ -517,8 +559,10 @@ def test_concurrent_refresh_starts_do_not_corrupt_each_other(
     server = hostile()
     env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, TMPDIR=str(tmp_path))
     command = [SHIM, "--refresh", "--", "sh", "-c", 'cat "$AWS_CONFIG_FILE"']
-    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(12)]
+    runs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(12)
+    ]
     outputs = [run.communicate(timeout=60) for run in runs]
     assert all(run.returncode == 0 for run in runs), [err for _, err in outputs]
     contents = {out for out, _ in outputs}

@@ -51,8 +51,7 @@ def test_identity_document_only_when_something_is_missing(
 ) -> None:
     """Region preset: the identity document is asked for the account, unless the credentials carry it."""
     sim = simulator(account_in_credentials=account_in_credentials)
-    result = run_shim(["--", *probe_command()], env=clean_env(AWS_REGION="us-east-2"),
-                      endpoint=sim.url)
+    result = run_shim(["--", *probe_command()], env=clean_env(AWS_REGION="us-east-2"), endpoint=sim.url)
     assert result.returncode == 0, result.stderr
     assert len(sim.requests) == requests
     assert result.probe()["env"]["AWS_ACCOUNT_ID"] == "123456789012"
@@ -125,9 +124,7 @@ def test_hop_limit_symptom_falls_back_to_imdsv1_with_warning(simulator: StartSim
 
 
 @pytest.mark.parametrize("v1_refused_by", ["instance", "shim"])
-def test_hop_limit_with_imdsv2_required_is_diagnosed(
-    simulator: StartSimulator, v1_refused_by: str
-) -> None:
+def test_hop_limit_with_imdsv2_required_is_diagnosed(simulator: StartSimulator, v1_refused_by: str) -> None:
     """Hop-limit symptom plus IMDSv1 refused: exit 125 in <= 1.5 s naming the hop limit and the fix."""
     sim = simulator(token_hang=True, imds_v2_required=True)
     args = ["--no-imds-v1"] if v1_refused_by == "shim" else []
@@ -295,8 +292,7 @@ def test_proxy_and_netrc_are_never_used(sim: Simulator, tmp_path: Path) -> None:
     proxy.settimeout(0)
     proxy_url = f"http://127.0.0.1:{proxy.getsockname()[1]}"
     (tmp_path / ".netrc").write_text("machine 127.0.0.1 login user password netrc-secret\n")
-    env = clean_env(HTTP_PROXY=proxy_url, http_proxy=proxy_url, ALL_PROXY=proxy_url,
-                    HOME=str(tmp_path))
+    env = clean_env(HTTP_PROXY=proxy_url, http_proxy=proxy_url, ALL_PROXY=proxy_url, HOME=str(tmp_path))
     result = run_shim(["--", "true"], env=env, endpoint=sim.url)
     assert result.returncode == 0, result.stderr
     with pytest.raises(BlockingIOError):
@@ -324,7 +320,8 @@ def test_region_falls_back_to_placement_when_no_identity_document(
     assert result.probe()["env"]["AWS_REGION"] == "ap-southeast-2"
     assert "AWS_ACCOUNT_ID" not in result.probe()["env"]
     assert [p for _, p, _ in paths(sim)][-2:] == [
-        "/latest/dynamic/instance-identity/document", "/latest/meta-data/placement/region"
+        "/latest/dynamic/instance-identity/document",
+        "/latest/meta-data/placement/region",
     ]
 
 
@@ -338,8 +335,9 @@ def test_slow_imds_within_timeout_is_fine(simulator: StartSimulator) -> None:
 def test_silent_gets_are_retried_then_fail_by_deadline(simulator: StartSimulator) -> None:
     """GETs slower than --timeout are retried, and the deadline ends it."""
     sim = simulator(latency=0.5)
-    result = run_shim(["--timeout", "0.1", "--deadline", "1.5", "--no-imds-v1", "--", "true"],
-                      endpoint=sim.url)
+    result = run_shim(
+        ["--timeout", "0.1", "--deadline", "1.5", "--no-imds-v1", "--", "true"], endpoint=sim.url
+    )
     assert result.returncode == 125
     assert result.seconds < 1.5 + 0.5
     one_error_line(result.stderr)

@@ -23,8 +23,12 @@ def test_herd_of_100_against_throttling_imds(
     sim = simulator(throttle=RATE)
     env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url)
     started = time.monotonic()
-    herd = [subprocess.Popen([SHIM, "--", "true"], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True) for _ in range(SHIMS)]
+    herd = [
+        subprocess.Popen(
+            [SHIM, "--", "true"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(SHIMS)
+    ]
     failures = []
     for process in herd:
         _, stderr = process.communicate(timeout=120)
@@ -34,9 +38,11 @@ def test_herd_of_100_against_throttling_imds(
     total = len(sim.requests)
     throttled = sum(r.status == 429 for r in sim.requests)
     with capsys.disabled():
-        print(f"\nherd: {SHIMS} shims, IMDS at {RATE} req/s: {elapsed:.1f} s, {total} requests "
-              f"({total / NEEDED:.2f} x the {NEEDED} needed), {throttled} answered 429, "
-              f"{len(failures)} failed")
+        print(
+            f"\nherd: {SHIMS} shims, IMDS at {RATE} req/s: {elapsed:.1f} s, {total} requests "
+            f"({total / NEEDED:.2f} x the {NEEDED} needed), {throttled} answered 429, "
+            f"{len(failures)} failed"
+        )
     assert failures == []
     assert total - throttled == NEEDED
     assert total <= 2 * NEEDED

@@ -1,4 +1,7 @@
-"""Static checks are part of the suite: ruff clean and mypy --strict clean."""
+"""Static checks are part of the suite: ruff clean, ruff-formatted and mypy --strict clean.
+
+`make lint` runs the same three outside pytest, for a venv whose interpreter is too old for them.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +14,22 @@ import pytest
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.mark.parametrize("command", [["ruff", "check", "shim", "tests", "bench"], ["mypy"]],
-                         ids=["ruff", "mypy"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ruff", "check", "shim", "tests", "bench"],
+        ["ruff", "format", "--check", "shim", "tests", "bench"],
+        ["mypy"],
+    ],
+    ids=["ruff", "ruff format", "mypy"],
+)
 def test_static_check_is_clean(command: list[str]) -> None:
     """The code passes the project's linters (configured in pyproject.toml)."""
     if sys.version_info < (3, 10):
         pytest.skip("mypy and ruff run on the newest interpreter only (mypy needs 3.10+)")
-    completed = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True,
-                               text=True, timeout=300)
+    completed = subprocess.run(
+        [sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
 
@@ -28,9 +39,11 @@ def _run_time_imports(path: Path) -> set[str]:
 
     tree = ast.parse(path.read_text())
     type_checking_only = {
-        id(node) for block in ast.walk(tree)
+        id(node)
+        for block in ast.walk(tree)
         if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-        for statement in block.body for node in ast.walk(statement)
+        for statement in block.body
+        for node in ast.walk(statement)
     }
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -50,7 +63,7 @@ def test_package_has_no_import_cycles() -> None:
     def cycle_from(module: str, trail: tuple[str, ...]) -> tuple[str, ...] | None:
         for target in sorted(graph.get(module, ())):
             if target in trail:
-                return (*trail[trail.index(target):], target)
+                return (*trail[trail.index(target) :], target)
             found = cycle_from(target, (*trail, target))
             if found:
                 return found

@@ -22,8 +22,12 @@ SCENARIOS: list[tuple[str, dict[str, Any], list[str], dict[str, str]]] = [
     ("error code", {"credentials_fault": "error-code"}, ["--attempts", "2", "--", "true"], {}),
     ("oversized", {"credentials_fault": "oversized"}, ["--attempts", "2", "--", "true"], {}),
     ("no role", {"no_role": True}, ["--optional", "--", "true"], {}),
-    ("override", {}, ["--override", "--", "true"],
-     {"AWS_ACCESS_KEY_ID": "AKIAOLD", "AWS_SECRET_ACCESS_KEY": "old-secret-value"}),
+    (
+        "override",
+        {},
+        ["--override", "--", "true"],
+        {"AWS_ACCESS_KEY_ID": "AKIAOLD", "AWS_SECRET_ACCESS_KEY": "old-secret-value"},
+    ),
     ("refresh", {}, ["--refresh", "--", "true"], {}),
     ("export", {}, ["export"], {}),
     ("export json", {}, ["export", "--format", "json"], {}),
@@ -35,16 +39,17 @@ SCENARIOS: list[tuple[str, dict[str, Any], list[str], dict[str, str]]] = [
 PRINTS_CREDENTIALS = {"export", "export json", "credential-process"}
 
 
-@pytest.mark.parametrize(("name", "knobs", "args", "extra_env"), SCENARIOS,
-                         ids=[s[0] for s in SCENARIOS])
+@pytest.mark.parametrize(("name", "knobs", "args", "extra_env"), SCENARIOS, ids=[s[0] for s in SCENARIOS])
 def test_no_secret_in_any_output_at_debug_level(
-    simulator: Callable[..., Simulator], name: str, knobs: dict[str, Any], args: list[str],
+    simulator: Callable[..., Simulator],
+    name: str,
+    knobs: dict[str, Any],
+    args: list[str],
     extra_env: dict[str, str],
 ) -> None:
     """Secret keys, session tokens and IMDS tokens never appear; key IDs only masked."""
     sim = simulator(**knobs)
-    env = clean_env(IMDS_SHIM_LOG_LEVEL="debug", AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url,
-                    **extra_env)
+    env = clean_env(IMDS_SHIM_LOG_LEVEL="debug", AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, **extra_env)
     result = run_shim(["-vv", *args], env=env)
     assert sim.requests, "the scenario never reached the simulator"
     secrets = [*sim.state.tokens]

@@ -16,10 +16,14 @@ from shim.step_aside import IDENTITY_FAMILY
 STEP_ASIDE = [
     {"AWS_ACCESS_KEY_ID": "AKIAEXPLICITKEY00001", "AWS_SECRET_ACCESS_KEY": "explicit-secret"},
     {"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/task"},
-    {"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://169.254.170.23/v1/credentials",
-     "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": "/var/run/secrets/pods.eks.amazonaws.com/token"},
-    {"AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/secrets/eks.amazonaws.com/token",
-     "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/irsa"},
+    {
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://169.254.170.23/v1/credentials",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": "/var/run/secrets/pods.eks.amazonaws.com/token",
+    },
+    {
+        "AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/secrets/eks.amazonaws.com/token",
+        "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/irsa",
+    },
     {"AWS_PROFILE": "prod"},
     {"AWS_EC2_METADATA_DISABLED": "TRUE"},
 ]
@@ -62,10 +66,13 @@ def test_empty_values_do_not_count(sim: Simulator) -> None:
     assert len(sim.requests) == 4
 
 
-@pytest.mark.parametrize(("present", "missing"), [
-    ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
-    ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"),
-])
+@pytest.mark.parametrize(
+    ("present", "missing"),
+    [
+        ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+        ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"),
+    ],
+)
 def test_half_set_key_pair_is_an_error(sim: Simulator, present: str, missing: str) -> None:
     """A key without its secret (or the reverse) exits 125 naming both variables; no request."""
     env = clean_env(**{present: "value"}, AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url)
@@ -116,13 +123,28 @@ def test_step_aside_path_imports_nothing_heavy() -> None:
     """
     env = clean_env(AWS_PROFILE="prod", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     completed = subprocess.run(
-        [sys.executable, "-S", "-X", "importtime", "-c", "from shim.cli import run; run()",
-         "--", "true"],
-        env=env, capture_output=True, text=True, timeout=30,
+        [sys.executable, "-S", "-X", "importtime", "-c", "from shim.cli import run; run()", "--", "true"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert completed.returncode == 0, completed.stderr
     imported = {line.split("|")[-1].strip() for line in completed.stderr.splitlines()}
     assert "shim.cli" in imported  # the measurement works
-    heavy = {"requests", "urllib3", "tenacity", "re", "typing", "enum", "dataclasses", "json",
-             "logging", "argparse", "contextlib", "signal", "collections"}
+    heavy = {
+        "requests",
+        "urllib3",
+        "tenacity",
+        "re",
+        "typing",
+        "enum",
+        "dataclasses",
+        "json",
+        "logging",
+        "argparse",
+        "contextlib",
+        "signal",
+        "collections",
+    }
     assert imported & heavy == set()

@@ -75,8 +75,10 @@ def test_botocore_refreshes_through_refresh_mode(simulator: Callable[..., Simula
     pytest.importorskip("botocore")
     # Ten minutes left is inside botocore's refresh window: every access refreshes.
     sim = simulator(expires_in=600, rotate_every=0)
-    result = run_shim(["--refresh", "--", sys.executable, "-c", BOTOCORE_REPORT],
-                      env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url))
+    result = run_shim(
+        ["--refresh", "--", sys.executable, "-c", BOTOCORE_REPORT],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["method"] == "custom-process"

@@ -19,8 +19,16 @@ from shim.credentials import Credentials, Fetched
 from shim.formats import render
 from shim.simulator import Simulator
 
-EXPORTED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-            "AWS_CREDENTIAL_EXPIRATION", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCOUNT_ID")
+EXPORTED = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_CREDENTIAL_EXPIRATION",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCOUNT_ID",
+)
 HOSTILE = "a'b\"c$(touch pwned)`touch pwned2`;\\d e*"
 
 
@@ -44,8 +52,13 @@ def test_shell_formats_eval_back_to_the_same_values(sim: Simulator, format_name:
     """eval "$(imds-shim export)" in sh sets exactly the exported values."""
     expected = exported_json(sim)
     script = f'eval "$("{SHIM}" export --format {format_name})" && set'
-    completed = subprocess.run(["sh", "-c", script], env=clean_env(
-        AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url), capture_output=True, text=True, timeout=30)
+    completed = subprocess.run(
+        ["sh", "-c", script],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert completed.returncode == 0, completed.stderr
     for name, value in expected.items():
         assert f"{name}='{value}'" in completed.stdout or f"{name}={value}" in completed.stdout
@@ -65,11 +78,14 @@ def test_dotenv_is_what_docker_env_file_reads(sim: Simulator) -> None:
     assert parsed == expected
 
 
-@pytest.mark.parametrize(("format_name", "shape"), [
-    ("fish", "set -gx AWS_ACCESS_KEY_ID '"),
-    ("powershell", "$Env:AWS_ACCESS_KEY_ID='"),
-    ("windows-cmd", 'set "AWS_ACCESS_KEY_ID='),
-])
+@pytest.mark.parametrize(
+    ("format_name", "shape"),
+    [
+        ("fish", "set -gx AWS_ACCESS_KEY_ID '"),
+        ("powershell", "$Env:AWS_ACCESS_KEY_ID='"),
+        ("windows-cmd", 'set "AWS_ACCESS_KEY_ID='),
+    ],
+)
 def test_other_shells_line_shapes(sim: Simulator, format_name: str, shape: str) -> None:
     """fish, PowerShell and cmd lines have their shell's assignment shape."""
     result = run_shim(["export", "--format", format_name], endpoint=sim.url)
@@ -84,15 +100,22 @@ def test_credential_process_document(sim: Simulator, verb: list[str]) -> None:
     result = run_shim(verb, endpoint=sim.url)
     assert result.returncode == 0
     document = json.loads(result.stdout)
-    assert list(document) == ["Version", "AccessKeyId", "SecretAccessKey", "SessionToken",
-                              "Expiration", "AccountId"]
+    assert list(document) == [
+        "Version",
+        "AccessKeyId",
+        "SecretAccessKey",
+        "SessionToken",
+        "Expiration",
+        "AccountId",
+    ]
     assert document["Version"] == 1
     assert document["AccountId"] == "123456789012"
     assert result.stderr == ""
 
 
-@pytest.mark.parametrize("verb", [*[["export", "--format", f] for f in EXPORT_FORMATS],
-                                  ["credential-process"]])
+@pytest.mark.parametrize(
+    "verb", [*[["export", "--format", f] for f in EXPORT_FORMATS], ["credential-process"]]
+)
 def test_failure_prints_nothing_on_stdout(simulator: Callable[..., Simulator], verb: list[str]) -> None:
     """On failure: exit 125, one line on stderr, and not a byte on stdout."""
     sim = simulator(no_role=True)
@@ -111,8 +134,13 @@ def fetched_with(value: str) -> Fetched:
 def test_shell_quoting_never_executes_a_value(tmp_path: Path, format_name: str) -> None:
     """A hostile value survives eval in sh verbatim and runs nothing."""
     output = render("export", format_name, fetched_with(HOSTILE), {})
-    completed = subprocess.run(["sh", "-c", output + 'printf %s "$AWS_SECRET_ACCESS_KEY"'],
-                               cwd=tmp_path, capture_output=True, text=True, check=True)
+    completed = subprocess.run(
+        ["sh", "-c", output + 'printf %s "$AWS_SECRET_ACCESS_KEY"'],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert completed.stdout == HOSTILE
     assert list(tmp_path.iterdir()) == []
 
@@ -121,8 +149,13 @@ def test_shell_quoting_never_executes_a_value(tmp_path: Path, format_name: str) 
 def test_fish_quoting_never_executes_a_value(tmp_path: Path) -> None:
     """The fish format survives fish's eval verbatim."""
     output = render("export", "fish", fetched_with(HOSTILE), {})
-    completed = subprocess.run(["fish", "-c", output + "printf %s $AWS_SECRET_ACCESS_KEY"],
-                               cwd=tmp_path, capture_output=True, text=True, check=True)
+    completed = subprocess.run(
+        ["fish", "-c", output + "printf %s $AWS_SECRET_ACCESS_KEY"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert completed.stdout == HOSTILE
     assert list(tmp_path.iterdir()) == []
 
@@ -133,8 +166,7 @@ def test_refresh_gives_a_profile_not_static_keys(sim: Simulator) -> None:
     result = run_shim(["--refresh", "--", *probe_command()], env=env)
     assert result.returncode == 0, result.stderr
     child = result.probe()["env"]
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "AWS_SECURITY_TOKEN"):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
         assert name not in child
     config = Path(child["AWS_CONFIG_FILE"])
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
@@ -166,10 +198,17 @@ def test_doctor_hop_limit(simulator: Callable[..., Simulator]) -> None:
     assert "hop limit" in text
     assert "--http-put-response-hop-limit 2" in text
     # One story, in order: the token step fails (IMDSv1 cannot stand in), the rest is skipped.
-    steps = [(step["name"], step["status"]) for step in report["steps"] if step["name"] not in
-             ("environment", "endpoint", "tcp")]
-    assert steps == [("imdsv2 token", "fail"), ("role", "skip"), ("credentials", "skip"),
-                     ("region/account", "skip")]
+    steps = [
+        (step["name"], step["status"])
+        for step in report["steps"]
+        if step["name"] not in ("environment", "endpoint", "tcp")
+    ]
+    assert steps == [
+        ("imdsv2 token", "fail"),
+        ("role", "skip"),
+        ("credentials", "skip"),
+        ("region/account", "skip"),
+    ]
     assert "IMDSv1 is used instead" not in text
 
 
@@ -206,8 +245,11 @@ def test_doctor_no_role(simulator: Callable[..., Simulator]) -> None:
 
 def test_doctor_reports_step_aside_and_proxy(sim: Simulator) -> None:
     """doctor names the variable that would make the entrypoint step aside, and proxy variables."""
-    env = clean_env(AWS_CONTAINER_CREDENTIALS_RELATIVE_URI="/v2/x", HTTP_PROXY="http://proxy:3128",
-                    AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url)
+    env = clean_env(
+        AWS_CONTAINER_CREDENTIALS_RELATIVE_URI="/v2/x",
+        HTTP_PROXY="http://proxy:3128",
+        AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url,
+    )
     result = run_shim(["doctor"], env=env)
     assert "would step aside: AWS_CONTAINER_CREDENTIALS_RELATIVE_URI is set" in result.stdout
     assert "HTTP_PROXY" in result.stdout
@@ -215,20 +257,25 @@ def test_doctor_reports_step_aside_and_proxy(sim: Simulator) -> None:
 
 def test_export_does_not_step_aside(sim: Simulator) -> None:
     """export prints the instance role's credentials even where the entrypoint would step aside."""
-    env = clean_env(AWS_PROFILE="prod", AWS_ACCESS_KEY_ID="AKIAHALFSET",
-                    AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url)
+    env = clean_env(
+        AWS_PROFILE="prod", AWS_ACCESS_KEY_ID="AKIAHALFSET", AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url
+    )
     result = run_shim(["export", "--format", "json"], env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["AWS_ACCESS_KEY_ID"].startswith("ASIASIMULATED")
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
-                    reason="needs root and unshare to make a PID namespace")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="needs root and unshare to make a PID namespace",
+)
 def test_doctor_hints_at_an_init_when_pid_1(sim: Simulator) -> None:
     """Run as PID 1 (a container without --init), doctor says to use docker run --init."""
     completed = subprocess.run(
         ["unshare", "--pid", "--fork", SHIM, "doctor"],
-        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url), capture_output=True, text=True,
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+        capture_output=True,
+        text=True,
         timeout=30,
     )
     assert completed.returncode == 0, completed.stdout

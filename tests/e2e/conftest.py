@@ -62,9 +62,22 @@ def imds(topology: Topology) -> Iterator[StartImds]:
 
     def start(*knobs: str) -> Imds:
         process = subprocess.Popen(
-            ["ip", "netns", "exec", topology.imds, SHIM, "simulate", "-v", "--host", IMDS_ADDRESS,
-             "--port", "80", *knobs],
-            stderr=subprocess.PIPE, text=True,
+            [
+                "ip",
+                "netns",
+                "exec",
+                topology.imds,
+                SHIM,
+                "simulate",
+                "-v",
+                "--host",
+                IMDS_ADDRESS,
+                "--port",
+                "80",
+                *knobs,
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
         )
         server = Imds(process, topology.imds)
         running.append(server)
@@ -105,10 +118,17 @@ def roots() -> Roots:
         shutil.rmtree(f"{bare}.partial", ignore_errors=True)
         bootstrap = subprocess.Popen(
             ["debootstrap", "--variant=minbase", "bullseye", f"{bare}.partial", MIRROR],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-    bundle = subprocess.run([str(ROOT / "scripts" / "make-bundle")], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHON=sys.executable), timeout=1800)
+    bundle = subprocess.run(
+        [str(ROOT / "scripts" / "make-bundle")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHON=sys.executable),
+        timeout=1800,
+    )
     if bootstrap is not None:
         _, errors = bootstrap.communicate(timeout=1800)
         if bootstrap.returncode != 0:

@@ -41,25 +41,33 @@ class Engine:
     def __init__(self, command: list[str], env: dict[str, str]) -> None:
         self.command, self.env = command, env
 
-    def __call__(self, *args: str, timeout: float = 120,
-                 check: bool = True) -> subprocess.CompletedProcess[str]:
-        completed = subprocess.run([*self.command, *args], env=self.env, capture_output=True,
-                                   text=True, timeout=timeout)
+    def __call__(
+        self, *args: str, timeout: float = 120, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        completed = subprocess.run(
+            [*self.command, *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         if check and completed.returncode != 0:
             raise AssertionError(f"{self.name} {' '.join(args)}: {completed.stderr[-2000:]}")
         return completed
 
     def import_root(self, root: Path, image: str) -> None:
-        tar = subprocess.Popen(["tar", "-C", str(root), "--exclude=./src", "-c", "."],
-                               stdout=subprocess.PIPE)
-        subprocess.run([*self.command, "import", "-", image], stdin=tar.stdout, env=self.env,
-                       check=True, capture_output=True, timeout=300)
+        tar = subprocess.Popen(["tar", "-C", str(root), "--exclude=./src", "-c", "."], stdout=subprocess.PIPE)
+        subprocess.run(
+            [*self.command, "import", "-", image],
+            stdin=tar.stdout,
+            env=self.env,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
         tar.wait()
 
     def build(self, dockerfile: Path, context: Path, tag: str, **build_args: str) -> None:
         flags = [item for name, value in build_args.items() for item in ("--build-arg", f"{name}={value}")]
-        self("build", "--network", "none", "-f", str(dockerfile), *flags, "-t", tag, str(context),
-             timeout=900)
+        self(
+            "build", "--network", "none", "-f", str(dockerfile), *flags, "-t", tag, str(context), timeout=900
+        )
 
     def network(self, where: str) -> list[str]:
         raise NotImplementedError
@@ -70,16 +78,31 @@ class Engine:
         yield self.network(where)
 
     def run(
-        self, image: str, *command: str, where: str = ON_EC2, env: dict[str, str] | None = None,
-        flags: tuple[str, ...] = (), timeout: float = 60,
+        self,
+        image: str,
+        *command: str,
+        where: str = ON_EC2,
+        env: dict[str, str] | None = None,
+        flags: tuple[str, ...] = (),
+        timeout: float = 60,
     ) -> tuple[float, subprocess.CompletedProcess[str]]:
         """`run --rm IMAGE COMMAND...` through the image's ENTRYPOINT; returns (seconds, result)."""
         variables = [item for name, value in (env or {}).items() for item in ("-e", f"{name}={value}")]
         init = ["--init"] if self.init else []
         with self.placed(where) as network:
             started = time.monotonic()
-            completed = self("run", "--rm", *init, *network, *variables, *flags, image, *command,
-                             check=False, timeout=timeout)
+            completed = self(
+                "run",
+                "--rm",
+                *init,
+                *network,
+                *variables,
+                *flags,
+                image,
+                *command,
+                check=False,
+                timeout=timeout,
+            )
             return time.monotonic() - started, completed
 
     def start_detached(self, name: str, image: str, *command: str) -> None:
@@ -98,8 +121,10 @@ class Podman(Engine):
     def __init__(self, work: Path, topology: Topology) -> None:
         conf = work / "containers.conf"
         conf.write_text("[containers]\ndefault_ulimits = []\n")
-        super().__init__(["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"],
-                         dict(os.environ, CONTAINERS_CONF=str(conf)))
+        super().__init__(
+            ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"],
+            dict(os.environ, CONTAINERS_CONF=str(conf)),
+        )
         self.topology = topology
         self.images: list[str] = []
 
@@ -129,19 +154,40 @@ class Docker(Engine):
         # Short paths: containerd's sockets live under the exec root (108-byte limit).
         self.home = Path(tempfile.mkdtemp(prefix="imsh-dk-", dir="/tmp"))
         socket = self.home / "docker.sock"
-        super().__init__([str(DOCKER_CLIENT)], {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DOCKER_HOST": f"unix://{socket}",
-            "DOCKER_BUILDKIT": "0", "DOCKER_CONFIG": str(self.home / "client"),
-        })
+        super().__init__(
+            [str(DOCKER_CLIENT)],
+            {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "DOCKER_HOST": f"unix://{socket}",
+                "DOCKER_BUILDKIT": "0",
+                "DOCKER_CONFIG": str(self.home / "client"),
+            },
+        )
         self.topology = topology
         self.log = (self.home / "dockerd.log").open("w")
         self.daemon = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{topology.host}", "dockerd",
-             "--data-root", str(self.home / "data"), "--exec-root", str(self.home / "exec"),
-             "--pidfile", str(self.home / "dockerd.pid"), "-H", f"unix://{socket}",
-             "--iptables=false", "--ip-masq=false", "--userland-proxy=false",
-             "--bip", DOCKER_BRIDGE, "--storage-driver", "overlay2"],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                "nsenter",
+                f"--net=/run/netns/{topology.host}",
+                "dockerd",
+                "--data-root",
+                str(self.home / "data"),
+                "--exec-root",
+                str(self.home / "exec"),
+                "--pidfile",
+                str(self.home / "dockerd.pid"),
+                "-H",
+                f"unix://{socket}",
+                "--iptables=false",
+                "--ip-masq=false",
+                "--userland-proxy=false",
+                "--bip",
+                DOCKER_BRIDGE,
+                "--storage-driver",
+                "overlay2",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 60
         while self("version", check=False, timeout=10).returncode != 0:

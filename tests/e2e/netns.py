@@ -59,12 +59,29 @@ class Topology:
         self.ip(self.router, "addr", "add", "203.0.113.1/24", "dev", f"r{t}")
         self.ip(self.router, "route", "add", "blackhole", "default")
         for namespace in (self.host, self.router):
-            subprocess.run(["ip", "netns", "exec", namespace, "sysctl", "-q", "-w",
-                            "net.ipv4.ip_forward=1"], check=True)
+            subprocess.run(
+                ["ip", "netns", "exec", namespace, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], check=True
+            )
 
     def _link(self, left: str, left_ns: str, right: str, right_ns: str) -> None:
-        subprocess.run(["ip", "link", "add", left, "netns", left_ns, "type", "veth", "peer",
-                        "name", right, "netns", right_ns], check=True)
+        subprocess.run(
+            [
+                "ip",
+                "link",
+                "add",
+                left,
+                "netns",
+                left_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                right,
+                "netns",
+                right_ns,
+            ],
+            check=True,
+        )
         self.ip(left_ns, "link", "set", left, "up")
         self.ip(right_ns, "link", "set", right, "up")
 
@@ -72,10 +89,22 @@ class Topology:
         for namespace in self.all:
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
 
-    def run(self, namespace: str, argv: list[str], env: dict[str, str] | None = None,
-            timeout: float = 30, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", namespace, *argv], env=env,
-                              capture_output=True, text=True, timeout=timeout, **kwargs)
+    def run(
+        self,
+        namespace: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        timeout: float = 30,
+        **kwargs: Any,
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", namespace, *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kwargs,
+        )
 
 
 def shim_env(**extra: str) -> dict[str, str]:
@@ -113,17 +142,28 @@ class Imds:
     def settled_requests(self) -> list[str]:
         """Every request that arrived before now, none still in the pipe: a marker request is sent
         and waited for, and the simulator logs in order of arrival."""
-        subprocess.run(["ip", "netns", "exec", self.namespace, sys.executable, "-c",
-                        "import urllib.request, urllib.error\n"
-                        f"try: urllib.request.urlopen('http://{IMDS_ADDRESS}{SYNC_PATH}')\n"
-                        "except urllib.error.HTTPError: pass"], check=True, timeout=30)
+        subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.namespace,
+                sys.executable,
+                "-c",
+                "import urllib.request, urllib.error\n"
+                f"try: urllib.request.urlopen('http://{IMDS_ADDRESS}{SYNC_PATH}')\n"
+                "except urllib.error.HTTPError: pass",
+            ],
+            check=True,
+            timeout=30,
+        )
         marker = f"GET {SYNC_PATH}"
         deadline = time.monotonic() + 30
         while marker not in self.requests:
             assert time.monotonic() < deadline, "the sync request never showed in the log"
             time.sleep(0.01)
         requests = self.requests
-        return requests[:requests.index(marker)]
+        return requests[: requests.index(marker)]
 
     def wait_for_request(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

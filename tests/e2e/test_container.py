@@ -48,15 +48,21 @@ def _why_no_engine(name: str) -> str | None:
 def _context(roots: Roots, work: Path) -> Path:
     """The repository as a build context, plus the wheels for an offline build."""
     context = work / "context"
-    shutil.copytree(ROOT, context, ignore=shutil.ignore_patterns(
-        ".git", ".venv*", "build", "dist", "__pycache__", "*.egg-info", ".*_cache"))
+    shutil.copytree(
+        ROOT,
+        context,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv*", "build", "dist", "__pycache__", "*.egg-info", ".*_cache"
+        ),
+    )
     shutil.copytree(roots.wheels, context / "wheels")
     return context
 
 
 @pytest.fixture(scope="module", params=["podman", "docker"])
-def engine(request: pytest.FixtureRequest, topology: Topology, roots: Roots,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+def engine(
+    request: pytest.FixtureRequest, topology: Topology, roots: Roots, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Engine]:
     """An engine with both images built: podman, then Docker."""
     reason = _why_no_engine(request.param)
     if reason:
@@ -68,10 +74,22 @@ def engine(request: pytest.FixtureRequest, topology: Topology, roots: Roots,
         engine.import_root(roots.builder, BUILDER_IMAGE)
         engine.import_root(roots.bare, BARE_IMAGE)
         context = _context(roots, work)
-        engine.build(context / "Dockerfile.example", context, IMAGES["example"],
-                     BASE=BUILDER_IMAGE, IMDS_SHIM=f"{OFFLINE} imds-shim")
-        engine.build(context / "examples" / "any-image" / "Dockerfile", context, IMAGES["any-image"],
-                     BASE=BARE_IMAGE, BUILDER=BUILDER_IMAGE, IMDS_SHIM="imds-shim", PIP_ARGS=OFFLINE)
+        engine.build(
+            context / "Dockerfile.example",
+            context,
+            IMAGES["example"],
+            BASE=BUILDER_IMAGE,
+            IMDS_SHIM=f"{OFFLINE} imds-shim",
+        )
+        engine.build(
+            context / "examples" / "any-image" / "Dockerfile",
+            context,
+            IMAGES["any-image"],
+            BASE=BARE_IMAGE,
+            BUILDER=BUILDER_IMAGE,
+            IMDS_SHIM="imds-shim",
+            PIP_ARGS=OFFLINE,
+        )
         record(f"{engine.name}: start, import two roots, build both images", time.monotonic() - started)
         yield engine
     finally:
@@ -95,9 +113,15 @@ def environment(output: str) -> dict[str, str]:
 
 def test_any_image_has_no_python(engine: Engine) -> None:
     """The bundle's image really has no Python: the shim carries its own runtime."""
-    completed = engine("run", "--rm", "--entrypoint", "/bin/sh", IMAGES["any-image"], "-c",
-                       "command -v python3 python || ls /usr/bin/python* /usr/lib/python3* 2>/dev/null"
-                       " || echo none")
+    completed = engine(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/bin/sh",
+        IMAGES["any-image"],
+        "-c",
+        "command -v python3 python || ls /usr/bin/python* /usr/lib/python3* 2>/dev/null || echo none",
+    )
     assert completed.stdout.strip() == "none"
 
 
@@ -185,8 +209,9 @@ def test_stop_reaches_the_command(engine: Engine, image: str, imds: StartImds) -
     """A stop once the command runs: SIGTERM reaches the command itself, which exits by it."""
     imds("--hop-limit", "2")
     name = f"imds-shim-stop-{os.getpid()}"
-    engine.start_detached(name, image, "sh", "-c",
-                          'trap "echo got-TERM; exit 42" TERM; echo ready; while :; do sleep 0.1; done')
+    engine.start_detached(
+        name, image, "sh", "-c", 'trap "echo got-TERM; exit 42" TERM; echo ready; while :; do sleep 0.1; done'
+    )
     try:
         deadline = time.monotonic() + 30
         while "ready" not in engine("logs", name).stdout:
