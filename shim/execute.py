@@ -8,9 +8,11 @@ command must inherit exactly what the shim inherited.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 
-from shim.errors import CommandNotExecutable, CommandNotFound, Interrupted
+from shim.errors import CommandNotExecutable, CommandNotFound, Interrupted, ShimError
 from shim.log import flush_standard_streams
 from shim.values import shown
 
@@ -69,38 +71,46 @@ def restore_inherited_dispositions() -> None:
         signals.signal(signals.SIGINT, signals.SIG_DFL)
 
 
-def _exec_searching_path(name: str, argv: list[str], environ: dict[str, str]) -> NoReturn:
-    """``execvpe``, except that a folder on PATH we may not enter is skipped, as shells skip it.
+def locate(name: str, environ: Mapping[str, str]) -> str:
+    """The file that command ``name`` runs, found on PATH the way shells find it.
 
-    ``os.execvpe`` reports the first such folder's EACCES, so a command that exists nowhere
-    would be "not executable" (126) for one user and "not found" (127) for another.
+    Unlike ``os.execvpe``, a folder on PATH that we may not enter is skipped, not reported: else a
+    command that exists nowhere would be "not executable" (126) for one user and "not found"
+    (127) for another. A file found but not executable is 126, as in shells.
     """
     if "/" in name:
-        os.execve(name, argv, environ)
+        return name
     failure: OSError | None = None
     for folder in os.get_exec_path(environ):
         candidate = os.path.join(folder, name)
         try:
-            os.execve(candidate, argv, environ)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except OSError as error:
-            if isinstance(error, PermissionError) and not os.path.lexists(candidate):
-                continue  # the folder itself is closed to us
+            is_file = stat.S_ISREG(os.stat(candidate).st_mode)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue  # not here, or the folder is closed to us
+        except OSError as error:  # a name too long, a loop of symlinks
             failure = failure or error
-    raise failure or FileNotFoundError(name)
+            continue
+        if is_file and os.access(candidate, os.X_OK):
+            return candidate
+        failure = failure or PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    raise command_error(name, failure or FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)))
+
+
+def command_error(name: str, error: OSError) -> ShimError:
+    """The shim's error (127 or 126) for an ``OSError`` from running command ``name``."""
+    if isinstance(error, (FileNotFoundError, NotADirectoryError)):
+        return CommandNotFound(f"{shown(name)}: command not found")
+    if isinstance(error, PermissionError):
+        return CommandNotExecutable(f"{shown(name)}: permission denied (not executable?)")
+    return CommandNotExecutable(f"{shown(name)}: cannot execute: {error.strerror}")
 
 
 def replace_process(command: Sequence[str], environ: Mapping[str, str]) -> NoReturn:
-    """``execvp`` the command with ``environ``; raise if it cannot be found or executed."""
+    """Exec the command with ``environ``; raise if it cannot be found or executed."""
     flush_standard_streams()  # a broken pipe is the command's to find out about, not the shim's
     restore_inherited_dispositions()
-    name = command[0]
+    path = locate(command[0], environ)
     try:
-        _exec_searching_path(name, list(command), dict(environ))
-    except (FileNotFoundError, NotADirectoryError):
-        raise CommandNotFound(f"{shown(name)}: command not found") from None
-    except PermissionError:
-        raise CommandNotExecutable(f"{shown(name)}: permission denied (not executable?)") from None
+        os.execve(path, list(command), dict(environ))
     except OSError as error:
-        raise CommandNotExecutable(f"{shown(name)}: cannot execute: {error.strerror}") from None
+        raise command_error(command[0], error) from None

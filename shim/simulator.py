@@ -26,7 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
 from shim.config import SIMULATE, Option, help_text
-from shim.errors import CommandNotExecutable, CommandNotFound, UsageError
+from shim.errors import UsageError
+from shim.execute import command_error, locate
 from shim.log import log, write_stdout
 from shim.runtime import as_this_program
 from shim.values import natural, port, role_name, seconds, shown, signed_seconds, text
@@ -512,13 +513,12 @@ def simulate(settings: Mapping[str, Value], command: Sequence[str], environ: Map
             except KeyboardInterrupt:
                 return 0
         child_env = dict(environ, AWS_EC2_METADATA_SERVICE_ENDPOINT=simulator.url)
-        try:
-            # A bare imds-shim is this same imds-shim, as under the entrypoint: no PATH needed.
-            child = subprocess.Popen(as_this_program(command), env=child_env)
-        except (FileNotFoundError, NotADirectoryError):
-            raise CommandNotFound(f"{shown(command[0])}: command not found") from None
+        # A bare imds-shim is this same imds-shim, as under the entrypoint: no PATH needed.
+        argv = as_this_program(command)
+        try:  # found and started as the entrypoint would: the same 127 and 126
+            child = subprocess.Popen(argv, executable=locate(argv[0], child_env), env=child_env)
         except OSError as error:
-            raise CommandNotExecutable(f"{shown(command[0])}: cannot execute: {error.strerror}") from None
+            raise command_error(argv[0], error) from None
         try:
             status = child.wait()
         except KeyboardInterrupt:
