@@ -293,6 +293,13 @@ class Config:
     def connect_timeout(self) -> float:
         return min(self.timeout, MAX_CONNECT_TIMEOUT)
 
+    @property
+    def answer_limit(self) -> float:
+        """The most one answer may take, connecting and every byte included. Twice ``timeout``
+        after connecting: a process starved of CPU (a herd of containers starting on a small
+        instance) must not take a slow answer for a hostile one."""
+        return self.connect_timeout + 2 * self.timeout
+
     @classmethod
     def from_settings(cls, settings: Settings) -> Config:
         return cls(

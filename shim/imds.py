@@ -12,7 +12,7 @@ call, both capped by the remaining deadline. Failures are classified by what the
 
 Socket timeouts bound each read, not a whole answer: a server that sends one byte every half
 second would keep a reader waiting for hours. So every answer also runs under a time limit of its
-own (connect timeout plus ``--timeout``), never past the overall deadline, enforced by an interval
+own (connecting, then twice ``--timeout``), never past the overall deadline, enforced by an interval
 timer: the one way to interrupt a read that keeps making progress, in headers and body alike.
 
 Every answer goes through :mod:`shim.answers` before anything uses it. The token and every
@@ -156,7 +156,7 @@ class ImdsClient:
         if remaining <= 0:
             raise ImdsGaveUp(self._past_deadline(method, path))
         timeout = (min(self.config.connect_timeout, remaining), min(self.config.timeout, remaining))
-        limit = min(self.config.connect_timeout + self.config.timeout, remaining)
+        limit = min(self.config.answer_limit, remaining)
         started = time.monotonic()
         self.requests_sent += 1
         status = "-"

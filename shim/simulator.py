@@ -462,7 +462,8 @@ class Simulator:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.server = SimulatorServer(settings or Settings())
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # Polled often: stopping waits for the next poll, and every simulate run stops one.
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
 
     @property
     def url(self) -> str:

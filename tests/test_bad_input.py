@@ -78,7 +78,7 @@ def stub_imds() -> Iterator[Callable[[Answers], str]]:
 
     def start(answers: Answers) -> str:
         server = StubImds(answers)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
         servers.append(server)
         return server.url
 
