@@ -54,11 +54,11 @@ def test_exponential_backoff_doubles_from_50_ms() -> None:
     assert fake.sleeps == pytest.approx([0.05, 0.1, 0.2, 0.4])
 
 
-def test_throttling_backs_off_from_one_second() -> None:
-    """After a 429 the waits start at 1 s (then 2 s, then the 4 s cap)."""
+def test_throttling_backs_off_from_two_seconds() -> None:
+    """After a 429 the waits start at 2 s (then the 4 s cap)."""
     fake = FakeTime()
     policy(fake)(failing(4, Throttled("429")))
-    assert fake.sleeps == pytest.approx([1.0, 2.0, 4.0, 4.0])
+    assert fake.sleeps == pytest.approx([2.0, 4.0, 4.0, 4.0])
 
 
 def test_backoff_is_capped() -> None:
