@@ -12,7 +12,7 @@ call, both capped by the remaining deadline. Failures are classified by what the
 
 Socket timeouts bound each read, not a whole answer: a server that sends one byte every half
 second would keep a reader waiting for hours. So every answer also runs under a time limit of its
-own (connecting, then twice ``--timeout``), never past the overall deadline, enforced by an interval
+own (connecting, then four times ``--timeout``), never past the overall deadline, enforced by an interval
 timer: the one way to interrupt a read that keeps making progress, in headers and body alike.
 
 Every answer goes through :mod:`shim.answers` before anything uses it. The token and every

@@ -386,15 +386,15 @@ def test_a_slow_answer_cannot_outlast_the_deadline(
 
 
 def test_each_answer_has_its_own_limit(hostile: Callable[..., HostileImds]) -> None:
-    """One slow answer uses its own limit (connecting, then twice --timeout), not the whole
-    deadline: with --timeout 0.5 each slow credentials answer is given up after 1.5 s."""
-    server = hostile({CREDENTIALS: Reply(drip=0.2)})
+    """One slow answer uses its own limit (connecting, then four times --timeout), not the whole
+    deadline: with --timeout 0.25 each slow credentials answer is given up after 1.25 s."""
+    server = hostile({CREDENTIALS: Reply(drip=0.1)})
     started = time.monotonic()
     result = run_shim(
-        ["--timeout", "0.5", "--attempts", "2", "--deadline", "20", "--", "true"], endpoint=server.url
+        ["--timeout", "0.25", "--attempts", "2", "--deadline", "20", "--", "true"], endpoint=server.url
     )
     assert result.returncode == FAILED
-    assert "took longer than 1.5 s" in result.stderr
+    assert "took longer than 1.25 s" in result.stderr
     assert time.monotonic() - started < 5
 
 
