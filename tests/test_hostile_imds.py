@@ -380,7 +380,7 @@ def test_a_slow_answer_cannot_outlast_the_deadline(
     started = time.monotonic()
     result = run_shim(["--deadline", "1", *verb], endpoint=server.url, timeout=30)
     seconds = time.monotonic() - started
-    assert seconds < 2.0, f"took {seconds:.1f} s"
+    assert seconds < 2.5, f"took {seconds:.1f} s"  # the 1 s deadline, plus starting and exiting
     assert_clean_output(result.stderr + result.stdout)
     assert result.returncode == FAILED, result.stderr + result.stdout
 
