@@ -1,9 +1,15 @@
 #!/bin/sh
-# Build the self-contained imds-shim into OUT/imds-shim (PyInstaller one-folder mode).
+# Build the self-contained imds-shim into OUT/imds-shim: PyInstaller's one-folder mode, plus the
+# dynamic loader and C library it runs on, so that the folder needs nothing from the image.
 #
-# Run it where the bundle's glibc floor is: a Debian bullseye root (glibc 2.31, python3 3.9) with
-# python3-venv and binutils. `make bundle` runs it in such a root by chroot; the builder stage of
-# examples/any-image/Dockerfile runs it as it is.
+#   OUT/imds-shim/imds-shim            the launcher (bundle/launcher.c, static): the entrypoint
+#   OUT/imds-shim/imds-shim-python     PyInstaller's bootloader, started by the launcher
+#   OUT/imds-shim/_internal/           Python 3.9, the shim, requests, tenacity
+#   OUT/imds-shim/lib/                 ld.so, libc and friends (glibc 2.31), libgcc_s, NSS
+#
+# Run it in a Debian bullseye root with python3-venv, libpython3.9, binutils, gcc and libc6-dev:
+# `make bundle` runs it in such a root by chroot (under qemu-user for another architecture); the
+# builder stage of examples/any-image/Dockerfile runs it as it is.
 #
 #   bundle/build.sh OUT                 build (needs PyPI, or PIP_ARGS pointing at wheels)
 #   bundle/build.sh --download DIR      fetch into DIR the wheels an offline build needs
@@ -29,6 +35,19 @@ out=$1
 $pip install ${PIP_ARGS:-} -r "$here/requirements.txt" "${IMDS_SHIM:-$here/..}"
 "$work/venv/bin/pyinstaller" --noconfirm --log-level WARN --distpath "$out" \
     --workpath "$work/build" "$here/imds-shim.spec"
+
+# The loader and C library the frozen Python was built against, kept out of _internal: the
+# bootloader would put that folder on LD_LIBRARY_PATH, and an image's own loader must never meet
+# this libc. libgcc_s: glibc loads it for pthread_cancel. NSS: host names in --endpoint.
+loader=$(readelf -l "$out/imds-shim/imds-shim-python" | sed -n 's|.*interpreter: \(.*\)]|\1|p')
+multiarch=$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("MULTIARCH"))')
+mkdir -p "$out/imds-shim/lib"
+for library in "$loader" libc.so.6 libpthread.so.0 libdl.so.2 libm.so.6 libutil.so.1 librt.so.1 \
+        libgcc_s.so.1 libnss_files.so.2 libnss_dns.so.2 libresolv.so.2; do
+    cp -L "/lib/$multiarch/$(basename "$library")" "$out/imds-shim/lib/"
+done
+gcc -static -Os -s -Wall -Wextra -Werror -DLOADER="\"$(basename "$loader")\"" \
+    -o "$out/imds-shim/imds-shim" "$here/launcher.c"
 # A smoke run through the simulator, with one failed answer, so that the retry path's lazy
 # imports (tenacity) are exercised too: a module the analysis missed fails the build here.
 "$out/imds-shim/imds-shim" simulate --fail-first 1 -- "$out/imds-shim/imds-shim" -- true

@@ -6,12 +6,13 @@ and a command exec'd with ``os.environ`` would inherit it. The kernel keeps the 
 process was started with at ``/proc/self/environ``, untouched by ``setenv``, so that is read
 instead.
 
-The bundle (PyInstaller's one-folder mode, see ``bundle/``) starts Python through a bootloader that
-changes the process environment: it prepends its own library folder to ``LD_LIBRARY_PATH`` (keeping
-an original value in ``LD_LIBRARY_PATH_ORIG``) and adds ``_PYI_*`` bookkeeping variables. A command
-exec'd with that environment would load the bundle's libssl and libz instead of its own image's
-(``symbol lookup error``), and an imds-shim bundle started by it would take itself for a child of
-this one. :func:`launch_environment` undoes all of it.
+The bundle (see ``bundle/``) is started by its launcher, ``imds-shim``, which runs PyInstaller's
+bootloader (``imds-shim-python``) through the bundle's own loader and adds ``_PYI_*`` bookkeeping
+variables to the environment. Started directly instead, the bootloader prepends its library
+folder to ``LD_LIBRARY_PATH`` (keeping an original value in ``LD_LIBRARY_PATH_ORIG``) and execs
+itself once more. A command exec'd with either environment would take itself for part of this
+bundle, or load the bundle's libssl and libz instead of its own image's (``symbol lookup
+error``). :func:`launch_environment` undoes all of it.
 
 Imported on the step-aside path: nothing here may import more than ``os`` and ``sys``.
 """
@@ -54,8 +55,9 @@ def started_with(environ: Mapping[str, str]) -> dict[str, str]:
 def launch_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The environment this imds-shim was started with, before Python or a bootloader touched it.
 
-    The bootloader prepends its folder to ``LD_LIBRARY_PATH``; only when the value is exactly
-    what it would have made is it undone, so a variable the user set is never lost. Two cases are
+    Through the launcher, only its ``_PYI_*`` variables are to remove. A bootloader started
+    directly prepends its folder to ``LD_LIBRARY_PATH``; only when the value is exactly what it
+    would have made is it undone, so a variable the user set is never lost. Then two cases are
     beyond repair, because the bootloader overwrote them before any Python ran: an empty
     ``LD_LIBRARY_PATH`` comes back unset (the same to the loader), and a user's own
     ``LD_LIBRARY_PATH_ORIG`` next to a set ``LD_LIBRARY_PATH`` is lost.
@@ -78,7 +80,9 @@ def launch_environment(environ: Mapping[str, str]) -> dict[str, str]:
 def this_program() -> list[str]:
     """How to run this same imds-shim again, by absolute path (for ``credential_process``)."""
     if FROZEN:
-        return [sys.executable]  # the bundle's own executable; its argv[0] may be a bare name
+        # The launcher next to the bootloader: the bootloader alone needs the image's loader.
+        launcher = os.path.join(os.path.dirname(sys.executable), PROGRAM_NAME)
+        return [launcher if os.access(launcher, os.X_OK) else sys.executable]
     script = os.path.abspath(sys.argv[0])
     if os.path.basename(script) == "__main__.py" or not os.access(script, os.X_OK):
         return [sys.executable, "-m", "shim"]

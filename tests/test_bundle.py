@@ -14,7 +14,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import SHIM, UNDER_TEST_IS_BUNDLE, clean_env, installed_shim, probe_command, run_shim
+from conftest import (
+    FAIL_FAST_ENDPOINT,
+    SHIM,
+    UNDER_TEST_IS_BUNDLE,
+    clean_env,
+    installed_shim,
+    probe_command,
+    run_shim,
+)
+from roots import KINDS, NOBODY, make_root, parse_envdump, why_not
 
 from shim.simulator import Simulator
 
@@ -108,9 +117,9 @@ def test_layout_and_size() -> None:
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump is not installed (binutils)")
-def test_needs_no_glibc_newer_than_2_31() -> None:
-    """No binary in the bundle asks for a glibc symbol version newer than bullseye's 2.31."""
-    binaries = [BUNDLE / "imds-shim", *(p for p in BUNDLE.rglob("*.so*") if p.is_file())]
+def test_needs_no_glibc_newer_than_the_one_it_carries() -> None:
+    """No binary in the bundle asks for a glibc symbol version newer than its own lib/'s 2.31."""
+    binaries = [BUNDLE / "imds-shim-python", *(p for p in BUNDLE.rglob("*.so*") if p.is_file())]
     needed: set[tuple[int, ...]] = set()
     for binary in binaries:
         symbols = subprocess.run(["objdump", "-T", str(binary)], capture_output=True, text=True).stdout
@@ -119,3 +128,81 @@ def test_needs_no_glibc_newer_than_2_31() -> None:
                 needed.add(tuple(int(part) for part in word[6:].split(".")))
     assert needed, "no GLIBC_ versions found: objdump could not read the bundle"
     assert max(needed) <= (2, 31)
+
+
+def test_launcher_is_static_and_the_runtime_carries_its_loader() -> None:
+    """imds-shim needs no loader; lib/ holds the loader and C library that imds-shim-python uses."""
+    header = (BUNDLE / "imds-shim").read_bytes()[:4096]
+    assert header.startswith(b"\x7fELF")
+    assert b"ld-linux" not in header  # no PT_INTERP: a static executable
+    names = {path.name for path in (BUNDLE / "lib").iterdir()}
+    assert {"libc.so.6", "libpthread.so.0", "libgcc_s.so.1"} <= names
+    assert any(name.startswith("ld-linux") for name in names)
+    assert not {"libc.so.6", "libpthread.so.0"} & {path.name for path in (BUNDLE / "_internal").iterdir()}
+
+
+def run_in_root(
+    root: Path, argv: list[str], env: dict[str, str], user: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` in ``root`` (read-only, only /proc mounted) as ``user``, like a locked-down
+    container: a mount namespace of its own, the root bind-mounted read-only, then chroot."""
+    userspec = [f"--userspec={user}:{user}"] if user else []
+    script = (
+        'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && mount -t proc proc "$0/proc" '
+        '&& exec chroot "$@"'
+    )
+    return subprocess.run(
+        ["unshare", "--mount", "--fork", "--", "sh", "-c", script, str(root), *userspec, str(root), *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture(params=KINDS)
+def minimal_root(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, str]:
+    """A scratch, distroless/static-like or musl-only root holding the bundle: (root, command)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("chroot into a minimal root needs root and unshare")
+    reason = why_not(str(request.param))
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path / str(request.param)
+    command = make_root(str(request.param), root, BUNDLE)
+    return root, str(command)
+
+
+@pytest.mark.parametrize("user", [None, NOBODY], ids=["root", "nobody"])
+def test_runs_alone_in_a_minimal_root(
+    minimal_root: tuple[Path, str], sim: Simulator, user: str | None
+) -> None:
+    """In a root with no C library of its own (or only musl's), read-only, as root or nobody: the
+    bundle fetches, and the command runs with its image's C library and exactly the launch
+    environment plus the credentials."""
+    root, command = minimal_root
+    launch = {"PATH": "/usr/local/bin:/bin", "AWS_EC2_METADATA_SERVICE_ENDPOINT": sim.url}
+    completed = run_in_root(root, ["/opt/imds-shim/imds-shim", "--", command], launch, user)
+    assert completed.returncode == 0, completed.stderr
+    _, _, env = parse_envdump(completed.stdout)
+    assert env["AWS_ACCESS_KEY_ID"].startswith("ASIASIMULATED")
+    assert {name: value for name, value in env.items() if not name.startswith("AWS_")} == {
+        "PATH": launch["PATH"]
+    }
+    assert env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] == sim.url
+
+
+def test_export_and_verdicts_in_a_minimal_root(minimal_root: tuple[Path, str], sim: Simulator) -> None:
+    """export --format json works in the root; with no IMDS the verdict is 125, one line."""
+    root, _ = minimal_root
+    launch = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": sim.url}
+    exported = run_in_root(root, ["/opt/imds-shim/imds-shim", "export", "--format", "json"], launch)
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads(exported.stdout)["AWS_ACCESS_KEY_ID"].startswith("ASIASIMULATED")
+    off = run_in_root(
+        root,
+        ["/opt/imds-shim/imds-shim", "--", "true"],
+        {"AWS_EC2_METADATA_SERVICE_ENDPOINT": FAIL_FAST_ENDPOINT},
+    )
+    assert off.returncode == 125
+    assert "unreachable" in off.stderr

@@ -37,6 +37,7 @@ class Roots(NamedTuple):
     builder: Path
     bare: Path
     wheels: Path
+    tarball: Path  # make bundle's
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +137,12 @@ def roots() -> Roots:
         os.rename(f"{bare}.partial", bare)
     if bundle.returncode != 0:
         pytest.skip(f"make bundle failed: {bundle.stderr[-500:]}")
-    return Roots(builder=ROOT / "build" / "bullseye", bare=bare, wheels=ROOT / "build" / "wheels")
+    return Roots(
+        builder=ROOT / "build" / "bullseye",
+        bare=bare,
+        wheels=ROOT / "build" / "wheels",
+        tarball=ROOT / bundle.stdout.strip().splitlines()[-1],
+    )
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -6,19 +6,26 @@ Two images per engine, both built from debootstrapped Debian bullseye roots with
 - ``any-image``: examples/any-image/Dockerfile, the self-contained bundle copied onto a bare
   Debian that has no Python at all.
 
+And the bundle alone in four bases (tests/roots.py): ``scratch``, a distroless/static-like root,
+a musl-only root (the Alpine stand-in) and the bare bullseye root, each built by
+tests/data/Dockerfile.bundle with a command that prints what it got (tests/data/envdump.c).
+
 Everything goes through the image's real ENTRYPOINT, in the topology of conftest.py.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from roots import NOBODY, make_root, parse_envdump, why_not
 
 from .conftest import ROOT, Roots
 from .engines import DOCKER_CLIENT, OFF_EC2, Docker, Engine, Podman
@@ -59,6 +66,33 @@ def _context(roots: Roots, work: Path) -> Path:
     return context
 
 
+MINIMAL = ("scratch", "distroless", "musl", "bullseye")
+
+
+def minimal_image(kind: str) -> str:
+    return f"localhost/imds-shim-bundle-{kind}:e2e"
+
+
+def _build_minimal_images(engine: Engine, roots: Roots, work: Path) -> None:
+    """The bundle, as a user unpacks it, into each base; skipped kinds are left out."""
+    for kind in MINIMAL:
+        if kind != "bullseye" and why_not(kind):
+            continue
+        context = work / f"minimal-{kind}"
+        context.mkdir()
+        with tarfile.open(roots.tarball) as tarball:
+            tarball.extractall(context)  # our own tarball
+        base = {"scratch": "scratch", "bullseye": BARE_IMAGE}.get(
+            kind, f"localhost/imds-shim-base-{kind}:e2e"
+        )
+        command = make_root("scratch" if kind == "bullseye" else kind, context / "root")
+        shutil.copy(context / "root" / command.relative_to("/"), context / "envdump")
+        if kind in ("distroless", "musl"):
+            engine.import_root(context / "root", base)
+        shutil.copy(ROOT / "tests" / "data" / "Dockerfile.bundle", context / "Dockerfile")
+        engine.build(context / "Dockerfile", context, minimal_image(kind), BASE=base)
+
+
 @pytest.fixture(scope="module", params=["podman", "docker"])
 def engine(
     request: pytest.FixtureRequest, topology: Topology, roots: Roots, tmp_path_factory: pytest.TempPathFactory
@@ -91,6 +125,9 @@ def engine(
             PIP_ARGS=OFFLINE,
         )
         record(f"{engine.name}: start, import two roots, build both images", time.monotonic() - started)
+        started = time.monotonic()
+        _build_minimal_images(engine, roots, work)
+        record(f"{engine.name}: build the bundle into four bases", time.monotonic() - started)
         yield engine
     finally:
         engine.stop()
@@ -274,3 +311,55 @@ def test_what_the_entrypoint_adds_to_docker_run(engine: Engine, imds: StartImds)
         record(f"docker, {name}: docker run --rm --init IMAGE true, median of 8", with_shim)
         record(f"docker, {name}: same with --entrypoint true (no shim), median of 8", without)
         record(f"docker, {name}: what the shim adds", with_shim - without)
+
+
+@pytest.fixture(params=MINIMAL)
+def minimal(request: pytest.FixtureRequest, engine: Engine) -> str:
+    """Each base the bundle goes into: scratch, distroless/static-like, musl-only, bullseye."""
+    kind = str(request.param)
+    reason = None if kind == "bullseye" else why_not(kind)
+    if reason:
+        pytest.skip(reason)
+    return kind
+
+
+def test_bundle_alone_gets_credentials(engine: Engine, minimal: str, imds: StartImds) -> None:
+    """Hop limit 2: credentials through the real ENTRYPOINT, with the image's own C library (or
+    none), no loader or bundle variable, and the command in the shim's place."""
+    imds("--hop-limit", "2", "--imds-v2-required")
+    seconds, completed = engine.run(minimal_image(minimal))
+    record(f"{engine.name}, bundle in {minimal}: hop limit 2, credentials", seconds)
+    assert completed.returncode == 0, completed.stderr
+    pid, parent, env = parse_envdump(completed.stdout)
+    assert env["AWS_ACCESS_KEY_ID"].startswith("ASIASIMULATED")
+    assert env["AWS_SECURITY_TOKEN"] == env["AWS_SESSION_TOKEN"]
+    assert not [name for name in env if name.startswith(("_PYI", "LD_"))]
+    assert (parent if engine.init else pid) == 1
+
+
+def test_bundle_alone_off_ec2(engine: Engine, minimal: str) -> None:
+    """No IMDS: 125 "unreachable" within 3 s, in every base."""
+    seconds, completed = engine.run(minimal_image(minimal), where=OFF_EC2)
+    record(f"{engine.name}, bundle in {minimal}: off EC2 (whole run)", seconds)
+    assert completed.returncode == 125
+    assert "unreachable" in completed.stderr
+    assert seconds < DOCKER_OFF_EC2_BUDGET
+
+
+def test_bundle_alone_export_json(engine: Engine, minimal: str, imds: StartImds) -> None:
+    """`imds-shim export --format json` as the command: the bundle's own path, no PATH needed."""
+    imds("--hop-limit", "2")
+    _, completed = engine.run(
+        minimal_image(minimal), "/opt/imds-shim/imds-shim", "export", "--format", "json"
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout)["AWS_ACCESS_KEY_ID"].startswith("ASIASIMULATED")
+
+
+def test_bundle_alone_non_root_read_only(engine: Engine, minimal: str, imds: StartImds) -> None:
+    """As nobody, with a read-only root file system and no capabilities: credentials all the same."""
+    imds("--hop-limit", "2")
+    flags = ("--user", f"{NOBODY}:{NOBODY}", "--read-only", "--cap-drop", "ALL")
+    _, completed = engine.run(minimal_image(minimal), flags=flags)
+    assert completed.returncode == 0, completed.stderr
+    assert parse_envdump(completed.stdout)[2]["AWS_ACCESS_KEY_ID"].startswith("ASIASIMULATED")
