@@ -147,12 +147,25 @@ def run_in_root(
     """Run ``argv`` in ``root`` (read-only, only /proc mounted) as ``user``, like a locked-down
     container: a mount namespace of its own, the root bind-mounted read-only, then chroot."""
     userspec = [f"--userspec={user}:{user}"] if user else []
+    mount, chroot = shutil.which("mount"), shutil.which("chroot")  # by full path: env has the root's PATH
     script = (
-        'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && mount -t proc proc "$0/proc" '
-        '&& exec chroot "$@"'
+        f'{mount} --bind "$0" "$0" && {mount} -o remount,bind,ro "$0" && {mount} -t proc proc "$0/proc" '
+        f'&& exec env -u PWD {chroot} "$@"'  # PWD: the shell's, not the launch environment's
     )
     return subprocess.run(
-        ["unshare", "--mount", "--fork", "--", "sh", "-c", script, str(root), *userspec, str(root), *argv],
+        [
+            str(shutil.which("unshare")),
+            "--mount",
+            "--fork",
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+            str(root),
+            *userspec,
+            str(root),
+            *argv,
+        ],
         env=env,
         capture_output=True,
         text=True,
