@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 import pytest
-from conftest import SHIM, clean_env, probe_command
+from helpers import SHIM, clean_env, probe_command
 
 from shim.simulator import Simulator
 

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     FAIL_FAST_ENDPOINT,
     SHIM,
     UNDER_TEST_IS_BUNDLE,

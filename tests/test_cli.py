@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import clean_env, closed_port, run_shim
+from helpers import clean_env, closed_port, run_shim
 
 from shim import __version__
 from shim.config import OPTIONS, Config, parse_command_line

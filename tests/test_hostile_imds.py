@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import pytest
-from conftest import SHIM, clean_env, probe_command, run_shim
+from helpers import SHIM, clean_env, probe_command, run_shim
 
 ROLE = "/latest/meta-data/iam/security-credentials/"
 CREDENTIALS = ROLE + "hostile-role"

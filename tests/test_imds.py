@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import clean_env, closed_port, probe_command, run_shim
+from helpers import clean_env, closed_port, probe_command, run_shim
 
 from shim.simulator import REDIRECT_TARGET, Simulator
 

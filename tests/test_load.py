@@ -7,7 +7,7 @@ import time
 from typing import Callable
 
 import pytest
-from conftest import SHIM, clean_env
+from helpers import SHIM, clean_env
 
 from shim.simulator import Simulator
 

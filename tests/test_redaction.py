@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import pytest
-from conftest import clean_env, run_shim
+from helpers import clean_env, run_shim
 
 from shim.simulator import Simulator
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Callable
 
 import pytest
-from conftest import clean_env, probe_command, run_shim
+from helpers import clean_env, probe_command, run_shim
 
 from shim.simulator import Simulator
 

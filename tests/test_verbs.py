@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import SHIM, clean_env, probe_command, run_shim
+from helpers import SHIM, clean_env, probe_command, run_shim
 
 from shim.config import EXPORT_FORMATS
 from shim.credentials import Credentials, Fetched

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from conftest import SHIM as SHIM  # the executable under test, for the namespaces too
+from helpers import SHIM as SHIM  # the executable under test, for the namespaces too
 
 IMDS_ADDRESS = "169.254.169.254"
 TIMINGS: list[tuple[str, float]] = []

@@ -1,0 +1,108 @@
+"""Helpers the tests share: the imds-shim under test, a clean environment, running it.
+
+Fixtures live in conftest.py; everything a test imports by name lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).parent
+
+PROBE = str(HERE / "probe.py")
+
+# Addresses no test may reach from this machine's own network: only from inside the namespaces that
+# tests/e2e builds and removes (README, "Development").
+METADATA_ADDRESSES = frozenset({"169.254.169.254", "fd00:ec2::254", "169.254.170.2"})
+
+
+def installed_shim() -> str:
+    """The console script installed next to this interpreter: tests run what users run."""
+    candidate = Path(sys.executable).parent / "imds-shim"
+    found = str(candidate) if candidate.exists() else shutil.which("imds-shim")
+    if not found:
+        pytest.exit("imds-shim is not installed: pip install -e '.[test]'", returncode=4)
+    return found
+
+
+def shim_under_test() -> str:
+    """The executable the behaviour tests run: $SHIM_UNDER_TEST (the bundle, say), else the installed one."""
+    chosen = os.environ.get("SHIM_UNDER_TEST", "")
+    if chosen and not os.access(chosen, os.X_OK):
+        pytest.exit(f"SHIM_UNDER_TEST={chosen} is not an executable", returncode=4)
+    return os.path.abspath(chosen) if chosen else installed_shim()
+
+
+SHIM = shim_under_test()
+
+UNDER_TEST_IS_BUNDLE = installed_shim() != SHIM
+
+
+def closed_port() -> int:
+    """A loopback port with nothing listening: a connection there is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+FAIL_FAST_ENDPOINT = f"http://127.0.0.1:{closed_port()}"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """A minimal environment for the shim: no AWS or IMDS_SHIM variables unless a test adds them."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": "C.UTF-8",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": FAIL_FAST_ENDPOINT,
+    }
+    env.update(extra)
+    return env
+
+
+class Result:
+    """A finished shim run: exit status, output, and how long it took."""
+
+    def __init__(self, completed: subprocess.CompletedProcess[str], seconds: float) -> None:
+        self.returncode = completed.returncode
+        self.stdout = completed.stdout
+        self.stderr = completed.stderr
+        self.seconds = seconds
+
+    def probe(self) -> dict[str, Any]:
+        """What tests/probe.py reported from inside the command."""
+        report: dict[str, Any] = json.loads(self.stdout)
+        return report
+
+
+def run_shim(
+    args: list[str],
+    env: dict[str, str] | None = None,
+    endpoint: str | None = None,
+    timeout: float = 60,
+    **popen: Any,
+) -> Result:
+    """Run the installed imds-shim with ``args`` in a clean environment."""
+    environment = clean_env() if env is None else env
+    if endpoint is not None:
+        environment["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = endpoint
+    started = time.monotonic()
+    completed = subprocess.run(
+        [SHIM, *args], env=environment, capture_output=True, text=True, timeout=timeout, **popen
+    )
+    return Result(completed, time.monotonic() - started)
+
+
+def probe_command() -> list[str]:
+    """A command that prints what it got (env, argv, pid, fds, signals) as JSON."""
+    return [sys.executable, PROBE]
