@@ -85,6 +85,7 @@ def start_simulator() -> tuple[subprocess.Popen[str], str]:
 
 
 BUNDLE_CASE = "bundle: imds-shim -- true"
+BUNDLE_STEP_ASIDE_CASE = "bundle: step-aside (keys preset)"
 
 
 def available_cases(others: dict[str, str]) -> tuple[list[Case], list[str]]:
@@ -213,7 +214,12 @@ def report(cases: list[Case], skipped: list[str], requests: int, args: argparse.
     ]
     if BUNDLE_CASE in by_name:
         ratio = by_name[BUNDLE_CASE].median_ms / shim
-        targets.append(("bundle <= 1.3 x the pip-installed shim", ratio, ratio <= 1.3))
+        targets.append(("bundle fetch + exec <= 1.0 x the pip-installed shim", ratio, ratio <= 1.0))
+        aside = (
+            by_name[BUNDLE_STEP_ASIDE_CASE].median_ms
+            / by_name["imds-shim step-aside (keys preset)"].median_ms
+        )
+        targets.append(("bundle step-aside <= 1.3 x the pip-installed shim's", aside, aside <= 1.3))
     if "boto3 provider + exec" in by_name:
         ratio = by_name["boto3 provider + exec"].median_ms / shim
         targets.append(("boto3 provider >= 1.3 x slower", ratio, ratio >= 1.3))
