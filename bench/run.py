@@ -74,9 +74,10 @@ def run_once(case: Case, base_env: dict[str, str]) -> None:
 
 
 def start_simulator() -> tuple[subprocess.Popen[str], str]:
-    simulator = subprocess.Popen([SHIM, "simulate", "--imds-v2-required"], stderr=subprocess.PIPE, text=True)
-    assert simulator.stderr is not None
-    line = simulator.stderr.readline()
+    # Served without a command, the simulator prints its address on stdout.
+    simulator = subprocess.Popen([SHIM, "simulate", "--imds-v2-required"], stdout=subprocess.PIPE, text=True)
+    assert simulator.stdout is not None
+    line = simulator.stdout.readline()
     found = re.search(r"http://\S+", line)
     if not found:
         simulator.kill()

@@ -196,3 +196,23 @@ def test_nothing_after_double_dash_is_parsed() -> None:
     assert invocation.command == ["cmd", "--role", "x", "--", "-vv", "--help"]
     assert invocation.settings["role"] is None
     assert not invocation.show_help
+
+
+def test_simulate_without_a_command_prints_where_it_serves() -> None:
+    """Serving on its own, the simulator's one line of stdout is its address, which answers."""
+    import subprocess
+    import urllib.request
+
+    from helpers import SHIM
+
+    server = subprocess.Popen([SHIM, "simulate"], env=clean_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        url = line.split()[4]
+        assert line.startswith(f"IMDS simulator serving on {url}")
+        with urllib.request.urlopen(url + "/latest/meta-data/placement/region", timeout=5) as answer:
+            assert answer.read() == b"eu-west-1"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
