@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import urllib.request
+
 import pytest
-from helpers import clean_env, closed_port, run_shim
+from helpers import SHIM, clean_env, closed_port, run_shim
 
 from shim import __version__
 from shim.config import OPTIONS, Config, parse_command_line
@@ -200,11 +203,6 @@ def test_nothing_after_double_dash_is_parsed() -> None:
 
 def test_simulate_without_a_command_prints_where_it_serves() -> None:
     """Serving on its own, the simulator's one line of stdout is its address, which answers."""
-    import subprocess
-    import urllib.request
-
-    from helpers import SHIM
-
     server = subprocess.Popen([SHIM, "simulate"], env=clean_env(), stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
