@@ -58,7 +58,7 @@ def lookup_identity(client: ImdsClient, need_region: bool) -> Identity:
     try:
         identity = client.get(IDENTITY_DOCUMENT_PATH, parse_identity_document) or identity
         if need_region and identity.region is None:
-            identity = identity._replace(region=client.get(REGION_PATH, parse_region))
+            identity = Identity(client.get(REGION_PATH, parse_region), identity.account_id)
     except CredentialsUnavailable as error:
         log.warning(f"carrying on without region and account: {error}")
     return identity

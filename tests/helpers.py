@@ -17,6 +17,19 @@ from typing import Any
 
 import pytest
 
+# What the shim exports, written out here rather than imported from shim.variables, so that the
+# tests state the contract instead of echoing the code.
+EXPORTED_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_CREDENTIAL_EXPIRATION",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCOUNT_ID",
+)
+
 HERE = Path(__file__).parent
 
 PROBE = str(HERE / "probe.py")

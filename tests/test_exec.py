@@ -11,20 +11,9 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from helpers import SHIM, clean_env, probe_command, run_shim
+from helpers import EXPORTED_VARIABLES, SHIM, clean_env, probe_command, run_shim
 
 from shim.simulator import Simulator
-
-CREDENTIAL_VARIABLES = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN",
-    "AWS_CREDENTIAL_EXPIRATION",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_ACCOUNT_ID",
-)
 
 
 def status_field(status: str, name: str) -> int:
@@ -51,7 +40,7 @@ def test_exports_every_variable_and_nothing_else(sim: Simulator) -> None:
     assert child["AWS_CREDENTIAL_EXPIRATION"] == issued.expiration.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert child["AWS_REGION"] == child["AWS_DEFAULT_REGION"] == "eu-west-1"
     assert child["AWS_ACCOUNT_ID"] == "123456789012"
-    unchanged = {k: v for k, v in child.items() if k not in CREDENTIAL_VARIABLES}
+    unchanged = {k: v for k, v in child.items() if k not in EXPORTED_VARIABLES}
     # LC_CTYPE may be coerced by the probe's own interpreter (PEP 538): not the shim's doing.
     unchanged.pop("LC_CTYPE", None)
     assert unchanged == env

@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from datetime import datetime, timezone
+from typing import Callable
 
 import pytest
 from hypothesis import event, example, given, settings
@@ -60,6 +61,14 @@ VALUE_SETS = st.lists(PRINTABLE, min_size=5, max_size=5) | st.lists(ANY, min_siz
 NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ACCOUNT_ID")
 
 
+def hostile_examples(test: Callable[..., None]) -> Callable[..., None]:
+    """Every HOSTILE value, five at a time, as explicit examples besides the generated ones."""
+    for start in range(0, len(HOSTILE), 5):
+        chunk = HOSTILE[start : start + 5]
+        test = example(values=chunk + HOSTILE[: 5 - len(chunk)]).via("hostile")(test)
+    return test
+
+
 def fetched_with(values: list[str]) -> Fetched:
     key, secret, token, region, account = values
     credentials = Credentials(key, secret, token, datetime(2099, 1, 1, tzinfo=timezone.utc))
@@ -100,11 +109,7 @@ SHELLS = {
 @pytest.mark.parametrize(("shell", "format_name"), SHELLS.values(), ids=SHELLS.keys())
 @settings(max_examples=40, deadline=None)
 @given(values=VALUE_SETS)
-@example(values=HOSTILE[:5]).via("hostile")
-@example(values=HOSTILE[5:10]).via("hostile")
-@example(values=HOSTILE[10:15]).via("hostile")
-@example(values=HOSTILE[15:20]).via("hostile")
-@example(values=HOSTILE[18:23]).via("hostile")
+@hostile_examples
 def test_shell_formats_round_trip_in_the_real_shell(shell: str, format_name: str, values: list[str]) -> None:
     """eval'd by the shell itself, every variable comes back byte for byte, or the format refuses."""
     if shutil.which(shell) is None:
@@ -165,11 +170,7 @@ READERS = {"powershell": read_powershell, "windows-cmd": read_windows_cmd, "dote
 @pytest.mark.parametrize("format_name", READERS)
 @settings(max_examples=200, deadline=None)
 @given(values=VALUE_SETS)
-@example(values=HOSTILE[:5]).via("hostile")
-@example(values=HOSTILE[5:10]).via("hostile")
-@example(values=HOSTILE[10:15]).via("hostile")
-@example(values=HOSTILE[15:20]).via("hostile")
-@example(values=HOSTILE[18:23]).via("hostile")
+@hostile_examples
 def test_documented_formats_round_trip_by_their_rules(format_name: str, values: list[str]) -> None:
     """PowerShell, cmd and dotenv output read back by their documented rules gives the values."""
     output = rendered(format_name, values)

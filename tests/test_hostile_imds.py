@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import pytest
-from helpers import SHIM, clean_env, probe_command, run_shim
+from helpers import EXPORTED_VARIABLES, SHIM, clean_env, probe_command, run_shim
 
 ROLE = "/latest/meta-data/iam/security-credentials/"
 CREDENTIALS = ROLE + "hostile-role"
@@ -441,18 +441,7 @@ LOCALES = {
     "LC_CTYPE=POSIX, LANG=C.UTF-8": {"LC_CTYPE": "POSIX", "LANG": "C.UTF-8"},
     "LANG=en_US.UTF-8": {"LANG": "en_US.UTF-8"},
 }
-OURS = frozenset(
-    {
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_SECURITY_TOKEN",
-        "AWS_CREDENTIAL_EXPIRATION",
-        "AWS_REGION",
-        "AWS_DEFAULT_REGION",
-        "AWS_ACCOUNT_ID",
-    }
-)
+OURS = frozenset(EXPORTED_VARIABLES)
 
 
 def env_i(variables: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:

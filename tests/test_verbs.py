@@ -12,23 +12,13 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from helpers import SHIM, clean_env, probe_command, run_shim
+from helpers import EXPORTED_VARIABLES, SHIM, clean_env, probe_command, run_shim
 
 from shim.config import EXPORT_FORMATS
 from shim.credentials import Credentials, Fetched
 from shim.formats import render
 from shim.simulator import Simulator
 
-EXPORTED = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN",
-    "AWS_CREDENTIAL_EXPIRATION",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_ACCOUNT_ID",
-)
 HOSTILE = "a'b\"c$(touch pwned)`touch pwned2`;\\d e*"
 
 
@@ -42,9 +32,9 @@ def exported_json(sim: Simulator) -> dict[str, str]:
 def test_json_has_every_variable_the_entrypoint_exports(sim: Simulator) -> None:
     """export --format json: the same variable set and values as the exec path."""
     variables = exported_json(sim)
-    assert tuple(variables) == EXPORTED
+    assert tuple(variables) == EXPORTED_VARIABLES
     child = run_shim(["--", *probe_command()], endpoint=sim.url).probe()["env"]
-    assert {name: child[name] for name in EXPORTED} == variables
+    assert {name: child[name] for name in EXPORTED_VARIABLES} == variables
 
 
 @pytest.mark.parametrize("format_name", ["env", "env-no-export"])
@@ -67,7 +57,7 @@ def test_shell_formats_eval_back_to_the_same_values(sim: Simulator, format_name:
 def test_default_format_is_env(sim: Simulator) -> None:
     """Without --format, export prints `export NAME=value` lines."""
     lines = run_shim(["export"], endpoint=sim.url).stdout.splitlines()
-    assert [line.split("=")[0] for line in lines] == [f"export {name}" for name in EXPORTED]
+    assert [line.split("=")[0] for line in lines] == [f"export {name}" for name in EXPORTED_VARIABLES]
 
 
 def test_dotenv_is_what_docker_env_file_reads(sim: Simulator) -> None:
@@ -91,7 +81,7 @@ def test_other_shells_line_shapes(sim: Simulator, format_name: str, shape: str) 
     result = run_shim(["export", "--format", format_name], endpoint=sim.url)
     assert result.returncode == 0
     assert result.stdout.splitlines()[0].startswith(shape)
-    assert len(result.stdout.splitlines()) == len(EXPORTED)
+    assert len(result.stdout.splitlines()) == len(EXPORTED_VARIABLES)
 
 
 @pytest.mark.parametrize("verb", [["credential-process"], ["export", "--format", "process"]])
