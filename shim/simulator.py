@@ -274,7 +274,10 @@ class Handler(BaseHTTPRequestHandler):
     """Answers one connection's requests from the shared :class:`State`."""
 
     protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # one answer, two writes: without this, 40 ms of delayed ACK
+    disable_nagle_algorithm = True  # no 40 ms of delayed ACK between answers on one connection
+    # Buffered, so that headers and body leave in one write when the answer is done (as IMDS's
+    # do): written apart, a herd of handler threads could hold the body back for seconds.
+    wbufsize = -1
     server: SimulatorServer
     server_version = "EC2ws"
     sys_version = ""
