@@ -178,7 +178,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "timeout",
         ("--timeout",),
-        "seconds to wait for each IMDS answer (decimals allowed)",
+        "seconds to wait for an IMDS answer to start (decimals allowed); a whole answer may take 4x this",
         seconds,
         1.0,
         "SECONDS",
