@@ -59,7 +59,7 @@ def _context(roots: Roots, work: Path) -> Path:
         ROOT,
         context,
         ignore=shutil.ignore_patterns(
-            ".git", ".venv*", "build", "dist", "__pycache__", "*.egg-info", ".*_cache"
+            ".git", ".venv*", "build", "dist", "__pycache__", "*.egg-info", ".*_cache", ".hypothesis"
         ),
     )
     shutil.copytree(roots.wheels, context / "wheels")
