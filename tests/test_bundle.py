@@ -23,7 +23,7 @@ from helpers import (
     probe_command,
     run_shim,
 )
-from roots import KINDS, NOBODY, make_root, parse_envdump, why_not
+from roots import KINDS, NOBODY, elf_machine, make_root, parse_envdump, why_not
 
 from shim.simulator import Simulator
 
@@ -31,6 +31,7 @@ pytestmark = pytest.mark.skipif(
     not UNDER_TEST_IS_BUNDLE, reason="no bundle under test: run make test-bundle (needs root)"
 )
 BUNDLE = Path(SHIM).parent
+MACHINE = elf_machine(SHIM)  # arm64 bundles run here under qemu-user, in arm64 roots
 MAX_UNPACKED_BYTES = 25 * 1000 * 1000
 MAX_TARBALL_BYTES = 12 * 1000 * 1000
 
@@ -178,11 +179,11 @@ def minimal_root(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, 
     """A scratch, distroless/static-like or musl-only root holding the bundle: (root, command)."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("chroot into a minimal root needs root and unshare")
-    reason = why_not(str(request.param))
+    reason = why_not(str(request.param), MACHINE)
     if reason:
         pytest.skip(reason)
     root = tmp_path / str(request.param)
-    command = make_root(str(request.param), root, BUNDLE)
+    command = make_root(str(request.param), root, BUNDLE, MACHINE)
     return root, str(command)
 
 

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from helpers import EXPORTED_VARIABLES, SHIM, clean_env, probe_command, run_shim
+from helpers import (
+    EMULATED,
+    EMULATOR_LOSES_IGNORED_SIGNALS,
+    EXPORTED_VARIABLES,
+    SHIM,
+    clean_env,
+    probe_command,
+    run_shim,
+)
 
 from shim.simulator import Simulator
 
@@ -149,6 +157,7 @@ def signal_state(preexec: Callable[[], None], endpoint: str | None) -> tuple[int
     return ignored, blocked, caught
 
 
+@pytest.mark.skipif(EMULATED, reason=EMULATOR_LOSES_IGNORED_SIGNALS)
 def test_signal_dispositions_and_mask_are_inherited_not_pythons(sim: Simulator) -> None:
     """SIGPIPE/SIGXFSZ/SIGINT as inherited (not as CPython set them); ignored stays ignored; mask kept."""
     direct = signal_state(_ignore_sighup_block_sigusr2, None)
@@ -161,6 +170,7 @@ def test_signal_dispositions_and_mask_are_inherited_not_pythons(sim: Simulator) 
     assert caught == 0
 
 
+@pytest.mark.skipif(EMULATED, reason=EMULATOR_LOSES_IGNORED_SIGNALS)
 def test_sigint_inherited_as_ignored_stays_ignored(sim: Simulator) -> None:
     """A background job's ignored SIGINT is passed on as ignored."""
 
@@ -255,7 +265,7 @@ def test_sigterm_as_pid_1_exits_143(simulator: Callable[..., Simulator]) -> None
     """As PID 1 (no default signal actions) SIGTERM still ends the fetch at once with 143."""
     sim = simulator(token_hang=True)
     process = subprocess.Popen(
-        ["unshare", "--pid", "--fork", "--kill-child", SHIM, "--timeout", "30", "--", "true"],
+        ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", SHIM, "--timeout", "30", "--", "true"],
         env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+from roots import DEBIAN_ARCHITECTURES, NATIVE
 
 from .netns import IMDS_ADDRESS, SHIM, TIMINGS, Imds, StartImds, Topology, why_no_namespaces
 
@@ -137,10 +138,11 @@ def roots() -> Roots:
         os.rename(f"{bare}.partial", bare)
     if bundle.returncode != 0:
         pytest.skip(f"make bundle failed: {bundle.stderr[-500:]}")
+    arch = DEBIAN_ARCHITECTURES[NATIVE]
     return Roots(
-        builder=ROOT / "build" / "bullseye",
+        builder=ROOT / "build" / f"bullseye-{arch}",
         bare=bare,
-        wheels=ROOT / "build" / "wheels",
+        wheels=ROOT / "build" / f"wheels-{arch}",
         tarball=ROOT / bundle.stdout.strip().splitlines()[-1],
     )
 
