@@ -10,7 +10,7 @@ DEVELOP := $(PIP) --config-settings editable_mode=compat -e '.[test]'
 # The loopback suites wait on timeouts far more than they compute: four workers on two cores.
 JOBS ?= 4
 
-.PHONY: demo test lint bench bundle test-bundle
+.PHONY: demo test lint bench bundle test-bundle image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,18 +49,29 @@ bench:
 
 # The self-contained imds-shim for images without Python (see README, "In an image without Python").
 # Needs root and debootstrap; builds in a Debian bullseye root so that it runs on glibc >= 2.31.
+# ARCH=arm64 (or amd64) builds for that architecture, under qemu-user when it is not this machine's.
+ARCH ?=
 bundle:
-	PYTHON=$(PYTHON) scripts/make-bundle
+	ARCH=$(ARCH) PYTHON=$(PYTHON) scripts/make-bundle
 
-# The behaviour suites once more, against the bundle instead of the pip-installed shim.
+# The behaviour suites once more, against the bundle instead of the pip-installed shim (ARCH=arm64:
+# the arm64 bundle, run by qemu-user; its minimal roots are made with the arm64 root's compilers).
 BUNDLE_SUITES := tests/test_exec.py tests/test_imds.py tests/test_verbs.py tests/test_step_aside.py \
 	tests/test_redaction.py tests/test_cli.py tests/test_bad_input.py tests/test_third_party.py \
 	tests/test_hostile_imds.py tests/test_bundle.py tests/e2e/test_netns.py
+UNDER_TEST := build/under-test$(if $(ARCH),-$(ARCH))
 test-bundle: $(BIN)/python
 	$(DEVELOP)
-	tarball=$$(PYTHON=$(BIN)/python scripts/make-bundle) && rm -rf build/under-test \
-	&& mkdir -p build/under-test && tar -xzf "$$tarball" -C build/under-test \
-	&& SHIM_UNDER_TEST=build/under-test/imds-shim/imds-shim BUNDLE_TARBALL="$$tarball" \
+	tarball=$$(ARCH=$(ARCH) PYTHON=$(BIN)/python scripts/make-bundle) && rm -rf $(UNDER_TEST) \
+	&& mkdir -p $(UNDER_TEST) && tar -xzf "$$tarball" -C $(UNDER_TEST) \
+	&& SHIM_UNDER_TEST=$(UNDER_TEST)/imds-shim/imds-shim BUNDLE_TARBALL="$$tarball" \
 		$(BIN)/python -m pytest -n $(JOBS) -m "not serial" $(BUNDLE_SUITES) $(PYTEST_ARGS) \
-	&& SHIM_UNDER_TEST=build/under-test/imds-shim/imds-shim \
+	&& SHIM_UNDER_TEST=$(UNDER_TEST)/imds-shim/imds-shim \
 		$(BIN)/python -m pytest -m serial $(BUNDLE_SUITES) $(PYTEST_ARGS)
+
+# imds-shim:VERSION, the image to `COPY --from=` (FROM scratch, only /opt/imds-shim), from every
+# bundle in dist/ of this version (make bundle first; ARCH=arm64 for the second architecture).
+# The engine: ENGINE if set, else docker where DOCKER_HOST is set, else podman if installed, else
+# docker. See README, "In an image without Python".
+image:
+	scripts/make-image
