@@ -37,9 +37,9 @@ ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64"}
 NOBODY = "65534"
 
 
-def elf_machine(executable: Path | str) -> str:
-    """The architecture an ELF executable is built for, by uname's name (x86_64, aarch64)."""
-    header = Path(executable).read_bytes()[:20]
+def elf_machine(executable: Path | str | bytes) -> str:
+    """The architecture an ELF executable (a path, or its bytes) is built for, by uname's name."""
+    header = executable[:20] if isinstance(executable, bytes) else Path(executable).read_bytes()[:20]
     return ELF_MACHINES.get(int.from_bytes(header[18:20], "little"), "unknown")
 
 

@@ -71,3 +71,15 @@ def test_package_has_no_import_cycles() -> None:
 
     cycles = [cycle for module in sorted(graph) if (cycle := cycle_from(module, (module,)))]
     assert cycles == [], " -> ".join(cycles[0])
+
+
+@pytest.mark.parametrize("path", ["Dockerfile.example", "examples/any-image/Dockerfile", "README.md"])
+def test_recipes_name_this_version(path: str) -> None:
+    """Every `imds-shim==X` and `imds-shim:X` in the recipes and the README is this release."""
+    import re
+
+    from shim import __version__
+
+    named = set(re.findall(r"imds-shim(?:==|:)(\d+\.\d+\.\d+)", (ROOT / path).read_text()))
+    assert named <= {__version__}
+    assert path == "README.md" or named == {__version__}

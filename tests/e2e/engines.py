@@ -1,7 +1,8 @@
 """Real container engines for the end-to-end tests: rootful podman, and a dockerd of the suite's own.
 
 No registry is reachable, so base images are debootstrapped Debian roots imported into each engine,
-and the images are built with ``--network none`` from wheels prepared by ``make bundle``.
+``imds-shim:VERSION`` is made by ``make image`` from the bundle, and pip installs from wheels that
+``make bundle`` prepared, served on loopback in the EC2-host namespace (``build_network``).
 
 Where the containers meet IMDS:
 
@@ -26,6 +27,8 @@ from pathlib import Path
 
 from .netns import IMDS_ADDRESS, Topology
 
+ROOT = Path(__file__).resolve().parents[2]
+
 ON_EC2, OFF_EC2 = "on EC2", "off EC2"
 DOCKER_BRIDGE = "198.18.1.1/24"
 # Debian's docker.io client matches its daemon; a newer client elsewhere on PATH wants buildx.
@@ -40,6 +43,7 @@ class Engine:
 
     def __init__(self, command: list[str], env: dict[str, str]) -> None:
         self.command, self.env = command, env
+        self.tags: list[str] = []  # what make image made
 
     def __call__(
         self, *args: str, timeout: float = 120, check: bool = True
@@ -63,11 +67,39 @@ class Engine:
         )
         tar.wait()
 
-    def build(self, dockerfile: Path, context: Path, tag: str, **build_args: str) -> None:
+    def build(
+        self,
+        dockerfile: Path,
+        context: Path,
+        tag: str,
+        network: str = "none",
+        platform: str | None = None,
+        **build_args: str,
+    ) -> None:
         flags = [item for name, value in build_args.items() for item in ("--build-arg", f"{name}={value}")]
+        if platform:
+            flags += ["--platform", platform]
         self(
-            "build", "--network", "none", "-f", str(dockerfile), *flags, "-t", tag, str(context), timeout=900
+            "build", "--network", network, "-f", str(dockerfile), *flags, "-t", tag, str(context), timeout=900
         )
+
+    def make_image(self) -> list[str]:
+        """`make image` with this engine: the tags it made, imds-shim:VERSION first."""
+        completed = subprocess.run(
+            [str(ROOT / "scripts" / "make-image")],
+            env=dict(self.env, ENGINE=" ".join(self.command)),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if completed.returncode != 0:
+            raise AssertionError(f"make image with {self.name}: {completed.stderr[-2000:]}")
+        return completed.stdout.split()
+
+    @property
+    def build_network(self) -> str:
+        """The --network for a build that reaches loopback in the topology's EC2-host namespace."""
+        raise NotImplementedError
 
     def network(self, where: str) -> list[str]:
         raise NotImplementedError
@@ -114,34 +146,47 @@ class Engine:
 
 
 class Podman(Engine):
-    """Rootful podman as these machines run it: runc, cgroupfs, no default ulimits."""
+    """Rootful podman as these machines run it: runc, cgroupfs, no default ulimits; with storage of
+    its own, so that the tests' imds-shim:VERSION never replaces one the machine already has."""
 
     name = "podman"
 
     def __init__(self, work: Path, topology: Topology) -> None:
         conf = work / "containers.conf"
         conf.write_text("[containers]\ndefault_ulimits = []\n")
+        self.storage = work / "storage"
         super().__init__(
-            ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"],
+            [
+                "podman",
+                "--runtime",
+                "runc",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--root",
+                str(self.storage / "root"),
+                "--runroot",
+                str(self.storage / "run"),
+            ],
             dict(os.environ, CONTAINERS_CONF=str(conf)),
         )
         self.topology = topology
-        self.images: list[str] = []
 
-    def import_root(self, root: Path, image: str) -> None:
-        super().import_root(root, image)
-        self.images.append(image)
-
-    def build(self, dockerfile: Path, context: Path, tag: str, **build_args: str) -> None:
-        super().build(dockerfile, context, tag, **build_args)
-        self.images.append(tag)
+    @property
+    def build_network(self) -> str:
+        return f"ns:/run/netns/{self.topology.host}"
 
     def network(self, where: str) -> list[str]:
         namespace = self.topology.container if where == ON_EC2 else self.topology.offec2
         return ["--network", f"ns:/run/netns/{namespace}"]
 
     def stop(self) -> None:
-        self("rmi", "--force", *self.images, check=False)
+        self("rm", "--all", "--force", check=False)
+        self("rmi", "--all", "--force", check=False)
+        # The storage driver may keep its folders mounted (private bind mounts): deepest first.
+        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+        for mount in sorted((m for m in mounts if m.startswith(str(self.storage))), reverse=True):
+            subprocess.run(["umount", "--lazy", mount], check=False)
+        shutil.rmtree(self.storage, ignore_errors=True)
 
 
 class Docker(Engine):
@@ -195,6 +240,10 @@ class Docker(Engine):
                 self.stop()
                 raise RuntimeError(f"dockerd did not start: {self.log_tail()}")
             time.sleep(0.2)
+
+    @property
+    def build_network(self) -> str:
+        return "host"  # dockerd's own namespace: the EC2 host
 
     def log_tail(self) -> str:
         return (self.home / "dockerd.log").read_text()[-1500:]

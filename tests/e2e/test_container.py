@@ -1,31 +1,41 @@
 """The images users build, run by real engines (podman, and Docker with its own docker0 bridge).
 
-Two images per engine, both built from debootstrapped Debian bullseye roots with ``--network none``:
+Every recipe is built as a user builds it: from a folder of the user's own, never from this
+repository. Per engine, after ``make image`` has made ``imds-shim:VERSION``:
 
-- ``example``: Dockerfile.example, imds-shim pip-installed into a venv on a base that has Python;
-- ``any-image``: examples/any-image/Dockerfile, the self-contained bundle copied onto a bare
-  Debian that has no Python at all.
+- ``example``: Dockerfile.example in a tiny Python app's folder (which has a pyproject.toml of its
+  own, that must not be installed): imds-shim pip-installed by name from an index on loopback;
+- ``any-image``: examples/any-image (the ``COPY --from=imds-shim:VERSION`` recipe and its app) on
+  a bare Debian bullseye that has no Python at all.
 
-And the bundle alone in four bases (tests/roots.py): ``scratch``, a distroless/static-like root,
-a musl-only root (the Alpine stand-in) and the bare bullseye root, each built by
-tests/data/Dockerfile.bundle with a command that prints what it got (tests/data/envdump.c).
+And the same recipe into three more bases (tests/roots.py): ``scratch``, a distroless/static-like
+root and a musl-only root (the Alpine stand-in), with a command that prints what it got
+(tests/data/envdump.c) in the app's folder. With an arm64 bundle in dist/, ``--platform
+linux/arm64`` builds of the recipe run under qemu-user too.
 
 Everything goes through the image's real ENTRYPOINT, in the topology of conftest.py.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
 import statistics
+import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from roots import NOBODY, make_root, parse_envdump, why_not
+from roots import NATIVE, NOBODY, elf_machine, make_root, parse_envdump, why_not
+
+from shim import __version__
 
 from .conftest import ROOT, Roots
 from .engines import DOCKER_CLIENT, OFF_EC2, Docker, Engine, Podman
@@ -33,8 +43,11 @@ from .netns import StartImds, Topology, record
 
 BUILDER_IMAGE = "localhost/imds-shim-builder:e2e"
 BARE_IMAGE = "localhost/imds-shim-bare:e2e"
+PYTHON_BASE_IMAGE = "localhost/imds-shim-python-base:e2e"
+EXAMPLE_OFFLINE_IMAGE = "localhost/imds-shim-example-offline:e2e"
 IMAGES = {"example": "localhost/imds-shim-example:e2e", "any-image": "localhost/imds-shim-any-image:e2e"}
-OFFLINE = "--no-index --find-links /src/wheels"
+ANY_IMAGE = ROOT / "examples" / "any-image"
+ARM64_TARBALL = ROOT / "dist" / f"imds-shim-{__version__}-linux-aarch64.tar.gz"
 DOCKER_HOP_LIMIT_BUDGET = 2.5  # the whole `docker run`, engine overhead included
 DOCKER_OFF_EC2_BUDGET = 3.0
 STOP_BUDGET = 5.0  # well under the 10 s grace period after which the engine kills
@@ -52,52 +65,129 @@ def _why_no_engine(name: str) -> str | None:
     return None
 
 
-def _context(roots: Roots, work: Path) -> Path:
-    """The repository as a build context, plus the wheels for an offline build."""
-    context = work / "context"
-    shutil.copytree(
-        ROOT,
-        context,
-        ignore=shutil.ignore_patterns(
-            ".git", ".venv*", "build", "dist", "__pycache__", "*.egg-info", ".*_cache", ".hypothesis"
-        ),
+@contextmanager
+def wheel_index(topology: Topology, wheels: Path) -> Iterator[str]:
+    """The wheels, served over HTTP on loopback in the EC2-host namespace: a find-links URL."""
+    server = subprocess.Popen(
+        [
+            *("ip", "netns", "exec", topology.host, sys.executable, "-u", "-m", "http.server"),
+            *("--bind", "127.0.0.1", "--directory", str(wheels), "0"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
-    shutil.copytree(roots.wheels, context / "wheels")
+    try:
+        assert server.stdout is not None
+        port = re.search(r" port (\d+) ", server.stdout.readline())
+        assert port, "http.server did not say its port"
+        yield f"http://127.0.0.1:{port.group(1)}/"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def python_app(work: Path) -> Path:
+    """A Python application's folder with Dockerfile.example in it, as a user would have it. Its
+    own pyproject.toml is a trap: a recipe that pip-installs the build context installs my-app."""
+    context = work / "python-app"
+    context.mkdir()
+    shutil.copy(ROOT / "Dockerfile.example", context / "Dockerfile")
+    (context / "app.py").write_text("print('my app')\n")
+    (context / "pyproject.toml").write_text('[project]\nname = "my-app"\nversion = "9.9.9"\n')
     return context
 
 
+def _build_example(engine: Engine, work: Path, index: str) -> None:
+    """Dockerfile.example from a Python app's folder, with pip reaching only ``index``: as it is,
+    on a base whose pip.conf names that index (as a company mirror would), and with the
+    IMDS_SHIM build argument naming it instead (IMAGES["example-offline"])."""
+    base = work / "python-base"
+    base.mkdir()
+    (base / "pip.conf").write_text(f"[global]\nno-index = true\nfind-links = {index}\n")
+    (base / "Dockerfile").write_text(f"FROM {BUILDER_IMAGE}\nCOPY pip.conf /etc/pip.conf\n")
+    engine.build(base / "Dockerfile", base, PYTHON_BASE_IMAGE)
+    context = python_app(work)
+    engine.build(
+        context / "Dockerfile",
+        context,
+        IMAGES["example"],
+        network=engine.build_network,
+        BASE=PYTHON_BASE_IMAGE,
+    )
+    engine.build(
+        context / "Dockerfile",
+        context,
+        EXAMPLE_OFFLINE_IMAGE,
+        network=engine.build_network,
+        BASE=BUILDER_IMAGE,
+        IMDS_SHIM=f"--no-index --find-links {index} imds-shim=={__version__}",
+    )
+
+
+def any_image_app(work: Path, name: str, kind: str, machine: str = NATIVE) -> tuple[Path, Path]:
+    """examples/any-image copied out of the repository to ``name``, with envdump for a ``kind``
+    root of ``machine`` in its app/: (context, the root without the command, to import as a base)."""
+    context = work / name
+    shutil.copytree(ANY_IMAGE, context)
+    root = work / f"{name}-root"
+    command = root / make_root(kind, root, machine=machine).relative_to("/")
+    shutil.move(command, context / "app" / "envdump")
+    return context, root
+
+
 MINIMAL = ("scratch", "distroless", "musl", "bullseye")
+ENVDUMP = "/app/envdump"
 
 
 def minimal_image(kind: str) -> str:
-    return f"localhost/imds-shim-bundle-{kind}:e2e"
+    return IMAGES["any-image"] if kind == "bullseye" else f"localhost/imds-shim-any-image-{kind}:e2e"
 
 
-def _build_minimal_images(engine: Engine, roots: Roots, work: Path) -> None:
-    """The bundle, as a user unpacks it, into each base; skipped kinds are left out."""
+def _build_any_image(engine: Engine, work: Path) -> None:
+    """The COPY --from recipe into each base: bare bullseye, scratch, distroless-like, musl-only."""
     for kind in MINIMAL:
         if kind != "bullseye" and why_not(kind):
             continue
-        context = work / f"minimal-{kind}"
-        context.mkdir()
-        with tarfile.open(roots.tarball) as tarball:
-            tarball.extractall(context)  # our own tarball
+        context, root = any_image_app(work, f"any-image-{kind}", "scratch" if kind == "bullseye" else kind)
         base = {"scratch": "scratch", "bullseye": BARE_IMAGE}.get(
             kind, f"localhost/imds-shim-base-{kind}:e2e"
         )
-        command = make_root("scratch" if kind == "bullseye" else kind, context / "root")
-        shutil.copy(context / "root" / command.relative_to("/"), context / "envdump")
         if kind in ("distroless", "musl"):
-            engine.import_root(context / "root", base)
-        shutil.copy(ROOT / "tests" / "data" / "Dockerfile.bundle", context / "Dockerfile")
+            engine.import_root(root, base)
         engine.build(context / "Dockerfile", context, minimal_image(kind), BASE=base)
+
+
+ARM64_IMAGE = "localhost/imds-shim-any-image-arm64:e2e"
+
+
+def why_no_arm64() -> str | None:
+    """Why no arm64 image can be built and run here, or None."""
+    if not ARM64_TARBALL.exists():
+        return f"no {ARM64_TARBALL.name}: make bundle ARCH=arm64 first (CI does)"
+    if not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
+        return "qemu-user cannot run arm64 programs here (qemu-user-static, binfmt-support)"
+    return why_not("scratch", "aarch64")
+
+
+def _build_arm64(engine: Engine, work: Path) -> None:
+    """The recipe into scratch with --platform linux/arm64. podman takes the arm64 image from the
+    imds-shim:VERSION manifest list; Docker keeps no list locally, so there the recipe names the
+    architecture's own tag, as the README says."""
+    context, _ = any_image_app(work, "any-image-arm64", "scratch", "aarch64")
+    if engine.name == "docker":
+        dockerfile = context / "Dockerfile"
+        recipe = dockerfile.read_text()
+        dockerfile.write_text(recipe.replace(f"imds-shim:{__version__} ", f"imds-shim:{__version__}-arm64 "))
+    engine.build(context / "Dockerfile", context, ARM64_IMAGE, platform="linux/arm64", BASE="scratch")
 
 
 @pytest.fixture(scope="module", params=["podman", "docker"])
 def engine(
     request: pytest.FixtureRequest, topology: Topology, roots: Roots, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Engine]:
-    """An engine with both images built: podman, then Docker."""
+    """An engine with imds-shim:VERSION made by make image, and every recipe built from a folder
+    that is not this repository: podman, then Docker."""
     reason = _why_no_engine(request.param)
     if reason:
         pytest.skip(reason)
@@ -107,27 +197,21 @@ def engine(
     try:
         engine.import_root(roots.builder, BUILDER_IMAGE)
         engine.import_root(roots.bare, BARE_IMAGE)
-        context = _context(roots, work)
-        engine.build(
-            context / "Dockerfile.example",
-            context,
-            IMAGES["example"],
-            BASE=BUILDER_IMAGE,
-            IMDS_SHIM=f"{OFFLINE} imds-shim",
-        )
-        engine.build(
-            context / "examples" / "any-image" / "Dockerfile",
-            context,
-            IMAGES["any-image"],
-            BASE=BARE_IMAGE,
-            BUILDER=BUILDER_IMAGE,
-            IMDS_SHIM="imds-shim",
-            PIP_ARGS=OFFLINE,
-        )
-        record(f"{engine.name}: start, import two roots, build both images", time.monotonic() - started)
+        engine.tags = engine.make_image()
+        record(f"{engine.name}: start, import two roots, make image", time.monotonic() - started)
         started = time.monotonic()
-        _build_minimal_images(engine, roots, work)
-        record(f"{engine.name}: build the bundle into four bases", time.monotonic() - started)
+        with wheel_index(topology, roots.wheels) as index:
+            _build_example(engine, work, index)
+        record(
+            f"{engine.name}: build Dockerfile.example from an app folder, twice", time.monotonic() - started
+        )
+        started = time.monotonic()
+        _build_any_image(engine, work)
+        record(f"{engine.name}: build the COPY --from recipe into four bases", time.monotonic() - started)
+        if why_no_arm64() is None:
+            started = time.monotonic()
+            _build_arm64(engine, work)
+            record(f"{engine.name}: build the recipe for arm64 (qemu-user)", time.monotonic() - started)
         yield engine
     finally:
         engine.stop()
@@ -160,6 +244,72 @@ def test_any_image_has_no_python(engine: Engine) -> None:
         "command -v python3 python || ls /usr/bin/python* /usr/lib/python3* 2>/dev/null || echo none",
     )
     assert completed.stdout.strip() == "none"
+
+
+@pytest.mark.parametrize("example", [IMAGES["example"], EXAMPLE_OFFLINE_IMAGE], ids=["default", "build-arg"])
+def test_example_installs_imds_shim_by_name_not_the_build_context(engine: Engine, example: str) -> None:
+    """Dockerfile.example built in an app's folder installs imds-shim==VERSION, never the app:
+    by its default, and with IMDS_SHIM="--no-index --find-links URL imds-shim==VERSION"."""
+    completed = engine(
+        "run", "--rm", "--entrypoint", "/opt/imds-shim/bin/pip", example, "list", "--format", "json"
+    )
+    installed = {package["name"]: package["version"] for package in json.loads(completed.stdout)}
+    assert installed["imds-shim"] == __version__
+    assert "my-app" not in installed
+    assert {"requests", "tenacity"} <= set(installed)
+
+
+def exported_files(engine: Engine, image: str, *paths: str) -> dict[str, bytes]:
+    """The file system of a container of ``image``, as `export` gives it: {path: content}."""
+    name = f"imds-shim-export-{os.getpid()}"
+    engine("create", "--name", name, image)
+    try:
+        tar = subprocess.run(
+            [*engine.command, "export", name], env=engine.env, capture_output=True, check=True
+        )
+    finally:
+        engine("rm", "--force", name, check=False)
+    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as archive:
+        members = [member for member in archive.getmembers() if member.isfile()]
+        return {
+            member.name: (archive.extractfile(member).read() if member.name in paths else b"")  # type: ignore[union-attr]
+            for member in members
+        }
+
+
+def test_make_image_holds_the_bundle_and_nothing_else(engine: Engine) -> None:
+    """make image: imds-shim:VERSION and one image per architecture, FROM scratch with only
+    /opt/imds-shim, whose launcher is that architecture's; --version runs in it as it is."""
+    assert engine.tags[0] == f"imds-shim:{__version__}"
+    machines = {"amd64": "x86_64", "arm64": "aarch64"}
+    for tag in engine.tags[1:]:
+        arch = tag.rsplit("-", 1)[1]
+        assert engine("image", "inspect", "--format", "{{.Architecture}}", tag).stdout.strip() == arch
+        files = exported_files(engine, tag, "opt/imds-shim/imds-shim")
+        engine_made = {".dockerenv", "dev/console", "etc/hostname", "etc/hosts", "etc/resolv.conf"}
+        assert {path for path in files if not path.startswith("opt/imds-shim/")} <= engine_made
+        assert elf_machine(files["opt/imds-shim/imds-shim"]) == machines[arch]
+        if arch == "arm64" and why_no_arm64():
+            continue
+        completed = engine("run", "--rm", "--network", "none", tag, "--version")
+        assert completed.stdout.strip() == f"imds-shim {__version__}"
+
+
+def test_arm64_recipe_gets_credentials_under_emulation(engine: Engine, imds: StartImds) -> None:
+    """--platform linux/arm64: the recipe copies the arm64 imds-shim into scratch, and it fetches
+    credentials through the real ENTRYPOINT (qemu-user runs it here; a Graviton host natively)."""
+    reason = why_no_arm64()
+    if reason:
+        pytest.skip(reason)
+    files = exported_files(engine, ARM64_IMAGE, "opt/imds-shim/imds-shim")
+    assert elf_machine(files["opt/imds-shim/imds-shim"]) == "aarch64"
+    imds("--hop-limit", "2", "--imds-v2-required")
+    seconds, completed = engine.run(ARM64_IMAGE, ENVDUMP)
+    record(f"{engine.name}, arm64 recipe in scratch (emulated): hop limit 2, credentials", seconds)
+    assert completed.returncode == 0, completed.stderr
+    env = parse_envdump(completed.stdout)[2]
+    assert env["AWS_ACCESS_KEY_ID"].startswith("ASIASIMULATED")
+    assert env["AWS_SECURITY_TOKEN"] == env["AWS_SESSION_TOKEN"]
 
 
 def test_credentials_through_the_entrypoint(engine: Engine, image: str, imds: StartImds) -> None:
@@ -327,7 +477,7 @@ def test_bundle_alone_gets_credentials(engine: Engine, minimal: str, imds: Start
     """Hop limit 2: credentials through the real ENTRYPOINT, with the image's own C library (or
     none), no loader or bundle variable, and the command in the shim's place."""
     imds("--hop-limit", "2", "--imds-v2-required")
-    seconds, completed = engine.run(minimal_image(minimal))
+    seconds, completed = engine.run(minimal_image(minimal), ENVDUMP)
     record(f"{engine.name}, bundle in {minimal}: hop limit 2, credentials", seconds)
     assert completed.returncode == 0, completed.stderr
     pid, parent, env = parse_envdump(completed.stdout)
@@ -339,7 +489,7 @@ def test_bundle_alone_gets_credentials(engine: Engine, minimal: str, imds: Start
 
 def test_bundle_alone_off_ec2(engine: Engine, minimal: str) -> None:
     """No IMDS: 125 "unreachable" within 3 s, in every base."""
-    seconds, completed = engine.run(minimal_image(minimal), where=OFF_EC2)
+    seconds, completed = engine.run(minimal_image(minimal), ENVDUMP, where=OFF_EC2)
     record(f"{engine.name}, bundle in {minimal}: off EC2 (whole run)", seconds)
     assert completed.returncode == 125
     assert "unreachable" in completed.stderr
@@ -360,6 +510,6 @@ def test_bundle_alone_non_root_read_only(engine: Engine, minimal: str, imds: Sta
     """As nobody, with a read-only root file system and no capabilities: credentials all the same."""
     imds("--hop-limit", "2")
     flags = ("--user", f"{NOBODY}:{NOBODY}", "--read-only", "--cap-drop", "ALL")
-    _, completed = engine.run(minimal_image(minimal), flags=flags)
+    _, completed = engine.run(minimal_image(minimal), ENVDUMP, flags=flags)
     assert completed.returncode == 0, completed.stderr
     assert parse_envdump(completed.stdout)[2]["AWS_ACCESS_KEY_ID"].startswith("ASIASIMULATED")
