@@ -38,7 +38,7 @@ lint: $(BIN)/python
 
 # Start-up benchmark, side by side (see README, "Performance"). BENCH_ARGS=--rounds 3 for a smoke run.
 # With a bundle in dist/ (make bundle), its rows are measured in the same run.
-BUNDLE_TARBALL = $(lastword $(sort $(wildcard dist/imds-shim-*-linux-*.tar.gz)))
+BUNDLE_TARBALL = $(lastword $(sort $(wildcard dist/imds-shim-*-linux-$(shell uname -m).tar.gz)))
 bench:
 	$(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/python -m pip install --quiet . boto3

@@ -8,8 +8,7 @@
 #   OUT/imds-shim/lib/                 ld.so, libc and friends (glibc 2.31), libgcc_s, NSS
 #
 # Run it in a Debian bullseye root with python3-venv, libpython3.9, binutils, gcc and libc6-dev:
-# `make bundle` runs it in such a root by chroot (under qemu-user for another architecture); the
-# builder stage of examples/any-image/Dockerfile runs it as it is.
+# `make bundle` runs it in such a root by chroot (under qemu-user for another architecture).
 #
 #   bundle/build.sh OUT                 build (needs PyPI, or PIP_ARGS pointing at wheels)
 #   bundle/build.sh --download DIR      fetch into DIR the wheels an offline build needs

@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 #ifndef LOADER
-#error "build with -DLOADER='\"ld-linux-x86-64.so.2\"' (the loader's name in lib/)"
+#error "build with -DLOADER='\"ld-linux-x86-64.so.2\"' (the loader's name in lib/, ld-linux-aarch64.so.1 on arm64)"
 #endif
 #define PROGRAM "imds-shim-python"
 #define FAILED 125 /* the shim's own failure, as documented */
