@@ -101,7 +101,7 @@ def python_app(work: Path) -> Path:
 def _build_example(engine: Engine, work: Path, index: str) -> None:
     """Dockerfile.example from a Python app's folder, with pip reaching only ``index``: as it is,
     on a base whose pip.conf names that index (as a company mirror would), and with the
-    IMDS_SHIM build argument naming it instead (IMAGES["example-offline"])."""
+    IMDS_SHIM build argument naming it instead (EXAMPLE_OFFLINE_IMAGE)."""
     base = work / "python-base"
     base.mkdir()
     (base / "pip.conf").write_text(f"[global]\nno-index = true\nfind-links = {index}\n")
