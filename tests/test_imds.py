@@ -400,3 +400,49 @@ def test_ipv6_endpoint(simulator: StartSimulator) -> None:
     assert sim.url.startswith("http://[::1]:")
     assert result.returncode == 0, result.stderr
     assert result.probe()["env"]["AWS_ACCESS_KEY_ID"].startswith("ASIA")
+
+
+# A signal whose handler is due but whose arrival did not interrupt the blocking wait: SIGUSR1 is
+# blocked in the main thread, so the kernel hands it to a helper thread (which blocks SIGALRM, so
+# the ticks go to the main thread). CPython then runs the handler only when the main thread is
+# back in Python. In the shim this is SIGTERM landing just before poll().
+MISSED_SIGNAL_SCRIPT = """
+import os, signal, socket, sys, threading, time
+from shim.imds import time_limit
+
+class Stopped(Exception):
+    pass
+
+def stop(signum, frame):
+    raise Stopped
+
+signal.signal(signal.SIGUSR1, stop)
+def helper():
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    time.sleep(0.3)  # the main thread is in recv() by then
+    os.kill(os.getpid(), signal.SIGUSR1)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+threading.Thread(target=helper).start()
+left, right = socket.socketpair()
+left.settimeout(5)
+started = time.monotonic()
+try:
+    with time_limit(10):
+        left.recv(1)
+except Stopped:
+    print(f"{time.monotonic() - started:.2f}")
+"""
+
+
+def test_a_signal_that_missed_the_wait_is_handled_within_a_tick() -> None:
+    """A handler that is due while the shim waits on a socket runs within a tick of the answer's
+    time limit, not after the socket timeout (SIGTERM just before poll(), seen under load)."""
+    import subprocess
+    import sys
+
+    completed = subprocess.run(
+        [sys.executable, "-c", MISSED_SIGNAL_SCRIPT], capture_output=True, text=True, timeout=30
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert float(completed.stdout) < 1.5, completed.stdout  # signalled at 0.3 s; the socket waits 5 s
