@@ -101,6 +101,11 @@ class Overdue(BaseException):
     ``except Exception`` in requests or urllib3 may swallow it."""
 
 
+def _next_tick(remaining: float) -> float:
+    """When the timer fires next: at the next tick, or when the limit runs out if sooner."""
+    return max(min(remaining, SIGNAL_CHECK_INTERVAL), 0.001)
+
+
 class time_limit:
     """Interrupt what runs inside with :class:`Overdue` once ``seconds`` have passed.
 
@@ -125,10 +130,7 @@ class time_limit:
             self.started = time.monotonic()
             self.ends = self.started + self.seconds
             self.active = True
-            self.inherited = signals.setitimer(signals.ITIMER_REAL, self._next_tick(self.seconds))
-
-    def _next_tick(self, remaining: float) -> float:
-        return max(min(remaining, SIGNAL_CHECK_INTERVAL), 0.001)
+            self.inherited = signals.setitimer(signals.ITIMER_REAL, _next_tick(self.seconds))
 
     def _tick(self, signum: int, frame: object) -> None:
         if not self.active:  # a tick that was already on its way when the limit was lifted
@@ -136,7 +138,7 @@ class time_limit:
         remaining = self.ends - time.monotonic()
         if remaining <= 0:
             raise Overdue
-        signals.setitimer(signals.ITIMER_REAL, self._next_tick(remaining))
+        signals.setitimer(signals.ITIMER_REAL, _next_tick(remaining))
 
     def __exit__(self, *exc_info: object) -> None:
         if not self.armed:
