@@ -38,6 +38,7 @@ TYPE_CHECKING = False  # no typing import at run time: this is the step-aside pa
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from shim.companion import Companion
     from shim.credentials import Fetched
 
 EXIT_NOT_EXECUTABLE = 126
@@ -61,12 +62,15 @@ def fetch_credentials(config: Config, environ: Mapping[str, str]) -> Fetched:
     return fetched
 
 
-def command_environment(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment the command runs with: the shim's own, plus the role's credentials."""
+def command_environment(
+    config: Config, environ: Mapping[str, str]
+) -> tuple[dict[str, str], Companion | None]:
+    """The environment the command runs with (the shim's own, plus the role's credentials), and
+    the companion process that keeps them fresh in the modes that have one."""
     reason = None if config.override else reason_to_step_aside(environ)
     if reason is not None:
         log.info(f"stepping aside: {reason}; running the command with its environment unchanged")
-        return dict(environ)
+        return dict(environ), None
     environment = dict(environ)
     if config.override:
         cleared = clear_identity(environment)
@@ -78,15 +82,23 @@ def command_environment(config: Config, environ: Mapping[str, str]) -> dict[str,
         if not config.optional:
             raise
         log.warning(f"{error}; running the command without credentials (--optional)")
-        return environment
+        return environment, None
     if config.refresh:
         from shim.refresh import refreshing_environment
 
-        return refreshing_environment(config, environment, fetched)
+        return refreshing_environment(config, environment, fetched), None
+    if config.serve:
+        from shim.endpoint import serving_environment
+
+        return serving_environment(config, environment, fetched)
     from shim.variables import export_into, exported_variables
 
     export_into(environment, exported_variables(fetched, environment))
-    return environment
+    if config.expiry_signal is not None:
+        from shim.expiry_signal import signal_when_due
+
+        return environment, signal_when_due(config.expiry_signal, fetched.credentials)
+    return environment, None
 
 
 def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
@@ -106,9 +118,9 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
             # `docker run IMAGE imds-shim doctor` under ENTRYPOINT ["imds-shim", "--"]: the inner
             # imds-shim does its own job; keys exported here would only mislead it.
             log.info("the command is imds-shim itself: running it without fetching")
-            command, environment = as_this_program(command), dict(environ)
+            command, environment, companion = as_this_program(command), dict(environ), None
         elif invocation.verb == EXEC:
-            environment = command_environment(config, environ)
+            environment, companion = command_environment(config, environ)
         else:
             from shim.formats import render
 
@@ -117,7 +129,7 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
             fetched = fetch_credentials(config, environ)
             output = render(invocation.verb, config.format, fetched, environ)
     if invocation.verb == EXEC:
-        replace_process(command, environment)
+        replace_process(command, environment, companion)
     write_stdout(output)  # only once everything succeeded: never a half-written env file
     return 0
 

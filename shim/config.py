@@ -25,6 +25,7 @@ from shim.values import (
     sdk_true,
     seconds,
     shown,
+    signal_number,
     text,
     whole_number,
 )
@@ -229,6 +230,21 @@ OPTIONS: tuple[Option, ...] = (
         verbs=frozenset({EXEC}),
     ),
     Option(
+        "serve",
+        ("--serve",),
+        "serve renewing credentials on 127.0.0.1 while the command runs; it gets the URL, not static keys",
+        verbs=frozenset({EXEC}),
+    ),
+    Option(
+        "expiry_signal",
+        ("--expiry-signal",),
+        "send the command SIGNAL (TERM, HUP, a number) when its static keys are due for renewal",
+        signal_number,
+        None,
+        "SIGNAL",
+        verbs=frozenset({EXEC}),
+    ),
+    Option(
         "error_exit_code",
         ("--error-exit-code",),
         "exit status for the shim's own failures",
@@ -255,6 +271,9 @@ OPTIONS: tuple[Option, ...] = (
         verbs=frozenset({EXPORT, DOCTOR}),
     ),
 )
+
+# The ways of handing over credentials other than plain static keys; at most one per run.
+MODE_FLAGS = (("--refresh", "refresh"), ("--serve", "serve"), ("--expiry-signal", "expiry_signal"))
 
 VERBOSITY_FLAGS = {"-v": "info", "--verbose": "info", "-vv": "debug", "-q": "error", "--quiet": "error"}
 
@@ -284,6 +303,8 @@ class Config:
         override: bool = False,
         optional: bool = False,
         refresh: bool = False,
+        serve: bool = False,
+        expiry_signal: int | None = None,
         error_exit_code: int = DEFAULT_ERROR_EXIT_CODE,
         log_level: str = "warning",
         format: str | None = None,
@@ -291,6 +312,7 @@ class Config:
         self.endpoint, self.role, self.timeout, self.attempts = endpoint, role, timeout, attempts
         self.deadline, self.allow_imds_v1, self.override = deadline, allow_imds_v1, override
         self.optional, self.refresh, self.error_exit_code = optional, refresh, error_exit_code
+        self.serve, self.expiry_signal = serve, expiry_signal
         self.log_level, self.format = log_level, format
 
     @property
@@ -317,6 +339,8 @@ class Config:
             override=settings.flag("override"),
             optional=settings.flag("optional"),
             refresh=settings.flag("refresh"),
+            serve=settings.flag("serve"),
+            expiry_signal=None if settings.get("expiry_signal") is None else settings.whole("expiry_signal"),
             error_exit_code=settings.whole("error_exit_code"),
             log_level=settings.text("log_level") or "warning",
             format=settings.text("format"),
@@ -438,6 +462,7 @@ def parse_command_line(
     options = (*OPTIONS, *verb_options(invocation.verb))
     invocation.settings = parse_options(option_tokens, options, invocation.verb, environ)
     _check_format(invocation)
+    _check_modes(invocation.settings)
     if invocation.verb == EXEC and not command:
         reason = "no command after '--'" if has_command else "no command given"
         raise UsageError(f"{reason}: usage is imds-shim [OPTIONS] -- COMMAND [ARGS...]")
@@ -467,6 +492,16 @@ def _check_format(invocation: Invocation) -> None:
     elif value not in choices:
         expected = ", ".join(choices)
         raise UsageError(f"--format for {verb}: expected one of {expected}, got {shown(str(value))}")
+
+
+def _check_modes(settings: Settings) -> None:
+    """At most one way of handing over credentials: static keys (optionally with a signal before
+    they expire), --refresh's profile, or --serve's endpoint."""
+    chosen = [flag for flag, name in MODE_FLAGS if settings.get(name) not in (None, False)]
+    if len(chosen) > 1:
+        raise UsageError(
+            f"{' and '.join(chosen)} cannot be combined: choose one way to hand over credentials"
+        )
 
 
 def error_exit_code_from(environ: Mapping[str, str], argv: Sequence[str]) -> int:

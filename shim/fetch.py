@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from shim.answers import Identity, parse_credentials, parse_identity_document, parse_region, parse_role
 from shim.config import Config
 from shim.credentials import Credentials, Fetched, format_duration, format_time, seconds_left
+from shim.deadline import Deadline
 from shim.errors import CredentialsUnavailable, NoRoleAttached, RoleNotFound
 from shim.imds import IDENTITY_DOCUMENT_PATH, REGION_PATH, ROLE_PATH, ImdsClient
 from shim.log import log
@@ -64,10 +65,24 @@ def lookup_identity(client: ImdsClient, need_region: bool) -> Identity:
     return identity
 
 
+def current_credentials(client: ImdsClient, config: Config) -> tuple[str, Credentials]:
+    """The role (given, or discovered anew: an instance profile can be swapped) and its credentials."""
+    role = config.role or discover_role(client)
+    return role, role_credentials(client, role)
+
+
+def fresh_credentials(config: Config) -> Credentials:
+    """The role's credentials alone, fetched anew under a deadline of their own (a renewal)."""
+    client = ImdsClient(config, Deadline(config.deadline))
+    try:
+        return current_credentials(client, config)[1]
+    finally:
+        client.close()
+
+
 def fetch(client: ImdsClient, config: Config, environ: Mapping[str, str]) -> Fetched:
     """Role, credentials, and (when not already known) region and account, from IMDS."""
-    role = config.role or discover_role(client)
-    credentials = role_credentials(client, role)
+    role, credentials = current_credentials(client, config)
     need_region = not any(environ.get(name) for name in REGION_VARIABLES)
     identity = Identity(None, None)
     if need_region or credentials.account_id is None:

@@ -25,7 +25,7 @@ from shim.credentials import Fetched
 from shim.errors import ShimError
 from shim.log import log
 from shim.runtime import this_program
-from shim.variables import ACCOUNT_ID, REGION_VARIABLES, STATIC_CREDENTIALS, region_variables
+from shim.variables import REGION_VARIABLES, identity_without_keys
 
 
 def config_text(config: Config, region: str | None) -> str:
@@ -95,12 +95,8 @@ def refreshing_environment(config: Config, environ: Mapping[str, str], fetched: 
     ``fetched`` is the first fetch: it has already failed early if it had to, and it tells the
     region and account.
     """
-    environment = {k: v for k, v in environ.items() if k not in (*STATIC_CREDENTIALS, ACCOUNT_ID)}
-    regions = region_variables(environ, fetched.region)
-    path = write_config(config_text(config, regions.get(REGION_VARIABLES[0])), environ)
-    environment.update(regions)
-    if fetched.account_id:
-        environment[ACCOUNT_ID] = fetched.account_id
+    environment = identity_without_keys(environ, fetched)
+    path = write_config(config_text(config, environment.get(REGION_VARIABLES[0])), environ)
     environment["AWS_CONFIG_FILE"] = path
     # The Go SDK v1 reads the config file only when asked to.
     environment["AWS_SDK_LOAD_CONFIG"] = "1"

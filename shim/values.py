@@ -152,6 +152,22 @@ def log_level(value: str, what: str) -> str:
     return value.lower()
 
 
+def signal_number(value: str, what: str) -> int:
+    """A signal by name (``TERM``, ``SIGTERM``, any case) or number (``15``), one the kernel has."""
+    if TYPE_CHECKING:
+        import signal as signals
+    else:  # the C module: ``signal`` builds enums, milliseconds at every start
+        import _signal as signals
+    word = value.strip().upper()
+    number = whole_number(word)
+    if number is None and word.isalnum():
+        name = word if word.startswith("SIG") else "SIG" + word
+        number = getattr(signals, name, None) if name.isupper() and "_" not in name else None
+    if not isinstance(number, int) or not 1 <= number < signals.NSIG:
+        raise UsageError(f"{what}: expected a signal such as TERM, SIGHUP or 15, got {shown(value)}")
+    return number
+
+
 def text(value: str, what: str) -> str:
     """Any string."""
     return value

@@ -55,6 +55,18 @@ def export_into(environ: MutableMapping[str, str], variables: Mapping[str, str])
     environ.update(variables)
 
 
+def identity_without_keys(environ: Mapping[str, str], fetched: Fetched) -> dict[str, str]:
+    """``environ`` without static keys, plus region and account: for the modes whose credentials
+    come from elsewhere (--refresh's profile, --serve's endpoint), which static keys would outrank."""
+    environment = {
+        name: value for name, value in environ.items() if name not in (*STATIC_CREDENTIALS, ACCOUNT_ID)
+    }
+    environment.update(region_variables(environ, fetched.region))
+    if fetched.account_id:
+        environment[ACCOUNT_ID] = fetched.account_id
+    return environment
+
+
 def region_variables(environ: Mapping[str, str], region: str | None) -> dict[str, str]:
     """Both region variables: a preset one is copied to the other, else IMDS's region is used.
 
