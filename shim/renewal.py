@@ -16,8 +16,8 @@ RENEW_BEFORE = 15 * 60.0
 RETRY_BASE = 1.0
 RETRY_CAP = 30.0
 # A retry while the current set is still valid comes before half its remaining time is gone,
-# but never sooner than this.
-RETRY_FLOOR = 0.25
+# but never sooner than this after the last.
+RETRY_FLOOR = 1.0
 
 
 def renewal_due(expires_at: float, obtained_at: float) -> float:

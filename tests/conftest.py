@@ -63,6 +63,17 @@ def sim(simulator: Callable[..., Simulator]) -> Simulator:
     return simulator()
 
 
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """moto's server mode on loopback: a second, independent IMDS implementation."""
+    server_module = pytest.importorskip("moto.server")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
 @pytest.fixture
 def unanswered_endpoint() -> Iterator[str]:
     """A loopback endpoint whose SYNs are silently dropped, like IMDS seen from off EC2.

@@ -97,11 +97,19 @@ def test_preset_region_is_kept_and_copied(
     assert (child["AWS_REGION"], child["AWS_DEFAULT_REGION"]) == expected
 
 
-def test_same_pid_and_untouched_argv(sim: Simulator) -> None:
+# Every way of handing over credentials, the two that leave a companion process running included:
+# the command must not be able to tell the difference in PID, argv, descriptors or signals.
+MODES = pytest.mark.parametrize(
+    "mode", [[], ["--serve"], ["--expiry-signal", "USR1"]], ids=["keys", "serve", "expiry-signal"]
+)
+
+
+@MODES
+def test_same_pid_and_untouched_argv(sim: Simulator, mode: list[str]) -> None:
     """exec, not fork: the command has the shim's PID and exactly the argv given after --."""
     awkward = ["--", "-v", "$HOME", "a b", "*", "'quoted'", "", "--help", "ünï"]
     process = subprocess.Popen(
-        [SHIM, "--", *probe_command(), *awkward],
+        [SHIM, *mode, "--", *probe_command(), *awkward],
         env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
         stdout=subprocess.PIPE,
         text=True,
@@ -120,10 +128,11 @@ def test_stdin_reaches_the_command(sim: Simulator) -> None:
     assert result.probe()["stdin"] == "hello from stdin\n"
 
 
-def test_no_file_descriptor_leaks(sim: Simulator) -> None:
+@MODES
+def test_no_file_descriptor_leaks(sim: Simulator, mode: list[str]) -> None:
     """The command has exactly the descriptors it would have had without the shim."""
     direct = subprocess.run(probe_command(), capture_output=True, text=True, check=True)
-    shimmed = run_shim(["--", *probe_command()], endpoint=sim.url)
+    shimmed = run_shim([*mode, "--", *probe_command()], endpoint=sim.url)
     import json
 
     assert shimmed.probe()["fds"] == json.loads(direct.stdout)["fds"]
@@ -140,7 +149,9 @@ def _ignore_sighup_block_sigusr2() -> None:
 GLIBC_RESERVED = (1 << 31) | (1 << 32)
 
 
-def signal_state(preexec: Callable[[], None], endpoint: str | None) -> tuple[int, int, int]:
+def signal_state(
+    preexec: Callable[[], None], endpoint: str | None, mode: tuple[str, ...] = ()
+) -> tuple[int, int, int]:
     """(SigIgn, SigBlk, SigCgt) of `cat /proc/self/status`, via the shim or (None) directly,
     without glibc's own two signals."""
     command = ["cat", "/proc/self/status"]
@@ -148,7 +159,7 @@ def signal_state(preexec: Callable[[], None], endpoint: str | None) -> tuple[int
         completed = subprocess.run(command, capture_output=True, text=True, check=True, preexec_fn=preexec)
         status = completed.stdout
     else:
-        result = run_shim(["--", *command], endpoint=endpoint, preexec_fn=preexec)
+        result = run_shim([*mode, "--", *command], endpoint=endpoint, preexec_fn=preexec)
         assert result.returncode == 0, result.stderr
         status = result.stdout
     ignored, blocked, caught = (
@@ -158,10 +169,11 @@ def signal_state(preexec: Callable[[], None], endpoint: str | None) -> tuple[int
 
 
 @pytest.mark.skipif(EMULATED, reason=EMULATOR_LOSES_IGNORED_SIGNALS)
-def test_signal_dispositions_and_mask_are_inherited_not_pythons(sim: Simulator) -> None:
+@MODES
+def test_signal_dispositions_and_mask_are_inherited_not_pythons(sim: Simulator, mode: list[str]) -> None:
     """SIGPIPE/SIGXFSZ/SIGINT as inherited (not as CPython set them); ignored stays ignored; mask kept."""
     direct = signal_state(_ignore_sighup_block_sigusr2, None)
-    shimmed = signal_state(_ignore_sighup_block_sigusr2, sim.url)
+    shimmed = signal_state(_ignore_sighup_block_sigusr2, sim.url, tuple(mode))
     assert shimmed == direct
     ignored, blocked, caught = shimmed
     assert ignored & signal_bit(signal.SIGHUP)
@@ -182,22 +194,25 @@ def test_sigint_inherited_as_ignored_stays_ignored(sim: Simulator) -> None:
     assert shimmed[0] & signal_bit(signal.SIGINT)
 
 
-def test_pipelines_see_default_sigpipe(sim: Simulator) -> None:
+@MODES
+def test_pipelines_see_default_sigpipe(sim: Simulator, mode: list[str]) -> None:
     """`yes | head -n 1` ends by SIGPIPE, not by a write error, inside the command."""
-    result = run_shim(["--", "sh", "-c", "yes | head -n 1"], endpoint=sim.url)
+    result = run_shim([*mode, "--", "sh", "-c", "yes | head -n 1"], endpoint=sim.url)
     assert result.stdout == "y\n"
     assert "Broken pipe" not in result.stderr  # what `yes` says when SIGPIPE is ignored
 
 
+@MODES
 @pytest.mark.parametrize("status", [0, 1, 42, 255])
-def test_command_exit_status_is_its_own(sim: Simulator, status: int) -> None:
+def test_command_exit_status_is_its_own(sim: Simulator, status: int, mode: list[str]) -> None:
     """The shim's exit status is the command's."""
-    assert run_shim(["--", "sh", "-c", f"exit {status}"], endpoint=sim.url).returncode == status
+    assert run_shim([*mode, "--", "sh", "-c", f"exit {status}"], endpoint=sim.url).returncode == status
 
 
-def test_command_killed_by_signal(sim: Simulator) -> None:
+@MODES
+def test_command_killed_by_signal(sim: Simulator, mode: list[str]) -> None:
     """A command that dies of SIGTERM looks like that to the shim's parent (same process)."""
-    result = run_shim(["--", "sh", "-c", "kill -TERM $$"], endpoint=sim.url)
+    result = run_shim([*mode, "--", "sh", "-c", "kill -TERM $$"], endpoint=sim.url)
     assert result.returncode == -signal.SIGTERM
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from typing import Callable
 
 import pytest
@@ -30,17 +29,6 @@ def moto_serves_region() -> bool:
 
     major, minor = (int(part) for part in version("moto").split(".")[:2])
     return (major, minor) >= (5, 2)
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    """moto's server mode on loopback: a second, independent IMDS implementation."""
-    server_module = pytest.importorskip("moto.server")
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def test_works_against_moto_unchanged(moto_endpoint: str) -> None:

@@ -1,0 +1,97 @@
+"""Load on the --serve endpoint, run as the command: latency percentiles and the endpoint's memory.
+
+    imds-shim simulate -- imds-shim --serve -- python bench/endpoint_load.py --requests 1000 --clients 8
+
+The clients are concurrent connections of one asyncio loop, each keeping its connection (as the
+SDKs' HTTP clients do) and sending its next request as soon as the last is answered; every request
+is timed from send to the last byte. One process, not eight: on a 2-core machine eight busy client
+processes measure the scheduler's time slices (a p99 of 6-8 ms), not the endpoint.
+The endpoint is the command's child (the companion process), found in /proc; its peak resident
+memory is VmHWM. Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import time
+import urllib.parse
+from collections import Counter
+
+
+def companion_pid() -> int:
+    """The one child of this process: the endpoint that imds-shim --serve left running."""
+    mine = str(os.getpid())
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if stat.read().rsplit(")", 1)[1].split()[1] == mine:
+                        return int(entry)
+            except OSError:
+                continue
+    raise SystemExit("no endpoint process: run this under imds-shim --serve")
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    with open(f"/proc/{pid}/status") as status:
+        fields = dict(line.split(":", 1) for line in status.read().splitlines())
+    return {name: int(fields[key].split()[0]) / 1024 for name, key in (("rss", "VmRSS"), ("peak", "VmHWM"))}
+
+
+async def client(count: int, latencies: list[float], statuses: Counter[int]) -> None:
+    """One keep-alive connection sending ``count`` requests one after another."""
+    uri = urllib.parse.urlsplit(os.environ["AWS_CONTAINER_CREDENTIALS_FULL_URI"])
+    token = os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
+    request = f"GET {uri.path} HTTP/1.1\r\nHost: {uri.netloc}\r\nAuthorization: {token}\r\n\r\n".encode()
+    reader, writer = await asyncio.open_connection(uri.hostname, uri.port)
+    for _ in range(count):
+        started = time.perf_counter()
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        await reader.readexactly(length)
+        latencies.append(time.perf_counter() - started)
+        statuses[int(head.split(b" ", 2)[1])] += 1
+    writer.close()
+
+
+async def load(requests: int, clients: int) -> tuple[list[float], Counter[int]]:
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    shares = [requests // clients + (i < requests % clients) for i in range(clients)]
+    await asyncio.gather(*(client(share, latencies, statuses) for share in shares))
+    return latencies, statuses
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=8)
+    args = parser.parse_args()
+    endpoint = companion_pid()
+    latencies, statuses = asyncio.run(load(args.requests, args.clients))
+    cuts = statistics.quantiles(latencies, n=100)
+    memory = memory_mib(endpoint)
+    print(
+        json.dumps(
+            {
+                "requests": len(latencies),
+                "clients": args.clients,
+                "statuses": {str(status): count for status, count in sorted(statuses.items())},
+                "p50_ms": round(cuts[49] * 1000, 2),
+                "p99_ms": round(cuts[98] * 1000, 2),
+                "max_ms": round(max(latencies) * 1000, 2),
+                "rss_mib": round(memory["rss"], 1),
+                "peak_rss_mib": round(memory["peak"], 1),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,423 @@
+"""--serve and --expiry-signal: credentials for the whole life of a container.
+
+The endpoint is judged by clients nobody here wrote (botocore, the AWS CLI v2, the AWS SDK for
+JavaScript v3) against short-lived simulator credentials, so that renewals happen within seconds.
+The companion process is looked for in /proc: it must be gone soon after the command is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from helpers import HERE, SHIM, START_SLACK, clean_env, probe_command, run_shim
+
+from shim.simulator import Simulator
+
+CLIENT = [sys.executable, str(HERE / "endpoint_client.py")]
+SERVED_VARIABLES = {
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCOUNT_ID",
+}
+# How soon after the command a companion must be gone (the issue's bar), plus emulation's slack.
+GONE_WITHIN = 2.0 + START_SLACK
+REPO = HERE.parent
+LOAD = REPO / "bench" / "endpoint_load.py"
+JS_SDK = Path(os.environ.get("JS_SDK_DIR", REPO / "build" / "js-sdk"))
+AWS_CLI = "/usr/bin/aws"  # Debian's awscli is v2; a pip-installed `aws` may be v1
+
+
+def credentials_gets(sim: Simulator) -> int:
+    """How many requests for a role's credentials (not role discovery) reached the simulator."""
+    role_path = "/latest/meta-data/iam/security-credentials/"
+    return sum(r.path.startswith(role_path) and r.path != role_path for r in sim.requests)
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of /proc/PID/stat, None once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def seconds_until_gone(pid: int, limit: float = 10.0) -> float:
+    """How long until ``pid`` has exited (gone, or a zombie nobody reaped yet)."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if process_state(pid) in (None, "Z"):
+            return time.monotonic() - started
+        time.sleep(0.02)
+    return float("inf")
+
+
+def expiry(value: str) -> float:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+def issued_keys(sim: Simulator) -> set[str]:
+    return {issued.access_key_id for issued in sim.state.issued.values()}
+
+
+def client_line(*args: str) -> str:
+    """The test client as a shell command line."""
+    return " ".join([*CLIENT, *args])
+
+
+# -- what the command gets ------------------------------------------------------------------------
+
+
+def test_the_command_gets_the_endpoint_and_no_static_keys(sim: Simulator) -> None:
+    """--serve: the URL, a fresh token, region and account; no static keys, inherited ones removed."""
+    inherited = {"AWS_SESSION_TOKEN": "stale", "AWS_SECURITY_TOKEN": "stale", "KEEP_ME": "1"}
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, **inherited)
+    kept = {k: v for k, v in env.items() if k not in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")}
+    tokens = []
+    for _ in range(2):
+        process = subprocess.Popen(
+            [SHIM, "--serve", "--", *probe_command()], env=env, stdout=subprocess.PIPE, text=True
+        )
+        output, _ = process.communicate(timeout=30)
+        report = json.loads(output)
+        assert report["pid"] == process.pid
+        child = report["env"]
+        child.pop("LC_CTYPE", None)  # the probe's own interpreter may coerce it (PEP 538)
+        assert set(child) - set(env) == SERVED_VARIABLES
+        assert {k: v for k, v in child.items() if k not in SERVED_VARIABLES} == kept
+        url = child["AWS_CONTAINER_CREDENTIALS_FULL_URI"]
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/credentials", url)
+        token = child["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
+        assert re.fullmatch(r"[0-9a-f]{64}", token)  # 256 random bits
+        tokens.append(token)
+        assert (child["AWS_REGION"], child["AWS_ACCOUNT_ID"]) == ("eu-west-1", "123456789012")
+    assert tokens[0] != tokens[1]
+
+
+def test_the_endpoint_answers_only_the_token_on_loopback(sim: Simulator) -> None:
+    """Credentials only for GET of the one path with exactly the token; 127.0.0.1 only; size bounded."""
+    result = run_shim(["--serve", "--", *CLIENT, "auth"], endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "right": 200,
+        "none": 401,
+        "wrong": 403,
+        "prefixed": 403,
+        "twice": 403,
+        "other path": 404,
+        "query": 404,
+        "post": 405,
+        "huge header": "closed",
+        "127.0.0.2": "refused",
+    }
+    assert result.stderr == ""  # nothing logged per request
+
+
+def test_the_answer_is_what_the_sdks_read(simulator: Callable[..., Simulator]) -> None:
+    """AccessKeyId, SecretAccessKey, Token, Expiration and AccountId: the instance's current set."""
+    sim = simulator(account_in_credentials=True)
+    result = run_shim(["--serve", "--", *CLIENT, "poll", "0.05"], endpoint=sim.url)
+    answer = json.loads(result.stdout.splitlines()[0])
+    assert answer["status"] == 200
+    assert answer["fields"] == ["AccessKeyId", "AccountId", "Expiration", "SecretAccessKey", "Token"]
+    assert answer["key"] in issued_keys(sim)
+
+
+# -- renewal ---------------------------------------------------------------------------------------
+
+
+BOTOCORE_LOOP = """
+import json, sys, time, botocore.session
+credentials = botocore.session.get_session().get_credentials()
+ends = time.time() + float(sys.argv[1])
+while time.time() < ends:
+    frozen = credentials.get_frozen_credentials()
+    now = time.time()
+    print(json.dumps({"method": credentials.method, "key": frozen.access_key, "now": now,
+                      "expires": credentials._expiry_time.timestamp()}), flush=True)
+    time.sleep(0.2)
+"""
+
+
+def test_botocore_renews_from_the_endpoint_and_never_sees_an_expired_set(
+    simulator: Callable[..., Simulator],
+) -> None:
+    """A long-running botocore loop gets new keys after each renewal, every one unexpired."""
+    pytest.importorskip("botocore")
+    sim = simulator(expires_in=4)  # a new set every 2 s, each valid for 4 s
+    result = run_shim(["--serve", "--", sys.executable, "-c", BOTOCORE_LOOP, "9"], endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    readings = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {reading["method"] for reading in readings} == {"container-role"}
+    keys = [reading["key"] for reading in readings]
+    assert len(set(keys)) >= 4, "fewer than three renewals"
+    assert set(keys) <= issued_keys(sim)
+    assert all(reading["now"] < reading["expires"] for reading in readings)
+    # About one IMDS fetch per set, not one per SDK refresh (botocore refreshed at every reading):
+    # a renewal due a moment before the simulator rotates finds the old set and tries once more.
+    assert credentials_gets(sim) <= 2 * len(set(keys)) + 1 < len(readings)
+
+
+def test_many_processes_share_one_fetch(sim: Simulator) -> None:
+    """Twenty SDK processes in the command read the same set; IMDS is asked once."""
+    pytest.importorskip("botocore")
+    read = "import botocore.session as s; print(s.get_session().get_credentials().access_key)"
+    one = f"{sys.executable} -c '{read}'"
+    script = " & ".join([one] * 20) + " & wait"
+    result = run_shim(["--serve", "--", "sh", "-c", script], endpoint=sim.url, timeout=120)
+    assert result.returncode == 0, result.stderr
+    keys = result.stdout.split()
+    assert len(keys) == 20
+    assert len(set(keys)) == 1
+    assert credentials_gets(sim) == 1
+
+
+def test_aws_cli_v2_reads_the_endpoint(sim: Simulator) -> None:
+    """The AWS CLI v2 resolves the served set (export-credentials shows what it got)."""
+    exists = os.path.exists(AWS_CLI)
+    version = subprocess.run([AWS_CLI, "--version"], capture_output=True, text=True) if exists else None
+    if version is None or not version.stdout.startswith("aws-cli/2"):
+        pytest.skip(f"AWS CLI v2 not installed at {AWS_CLI} (Debian package awscli)")
+    result = run_shim(
+        ["--serve", "--", AWS_CLI, "configure", "export-credentials", "--format", "process"],
+        endpoint=sim.url,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    exported = json.loads(result.stdout)
+    issued = next(iter(sim.state.issued.values()))
+    assert (exported["AccessKeyId"], exported["SecretAccessKey"], exported["SessionToken"]) == (
+        issued.access_key_id,
+        issued.secret_access_key,
+        issued.token,
+    )
+
+
+JS_LOOP = """
+const { fromNodeProviderChain } = require("@aws-sdk/credential-providers");
+const provider = fromNodeProviderChain();
+const ends = Date.now() + Number(process.argv[2]) * 1000;
+(async () => {
+  while (Date.now() < ends) {
+    const credentials = await provider();
+    const now = Date.now();
+    console.log(JSON.stringify({ key: credentials.accessKeyId, now: now / 1000,
+                                 expires: credentials.expiration.getTime() / 1000 }));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+})();
+"""
+
+
+def test_the_javascript_sdk_v3_default_chain_renews_from_the_endpoint(
+    simulator: Callable[..., Simulator], tmp_path: Path
+) -> None:
+    """The JS SDK v3's default chain finds the endpoint and follows its renewals."""
+    node = shutil.which("node")
+    if node is None or not (JS_SDK / "node_modules" / "@aws-sdk" / "credential-providers").is_dir():
+        pytest.skip(f"node or @aws-sdk/credential-providers in {JS_SDK} missing (.ci/run installs them)")
+    script = tmp_path / "loop.js"
+    script.write_text(JS_LOOP)
+    sim = simulator(expires_in=4)
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, NODE_PATH=str(JS_SDK / "node_modules"))
+    result = run_shim(["--serve", "--", node, str(script), "7"], env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    readings = [json.loads(line) for line in result.stdout.splitlines()]
+    keys = {reading["key"] for reading in readings}
+    assert len(keys) >= 3
+    assert keys <= issued_keys(sim)
+    assert all(reading["now"] < reading["expires"] for reading in readings)
+
+
+def test_imds_going_away_serves_the_cached_set_until_it_expires_then_503(
+    simulator: Callable[..., Simulator],
+) -> None:
+    """IMDS stopped after start: the same set is served while valid, never after; then a 503."""
+    sim = simulator(expires_in=5)
+    process = subprocess.Popen(
+        [SHIM, "--serve", "--", *CLIENT, "poll", "6", "--wait-for-go"],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    lines = [process.stdout.readline()]
+    assert process.stdout.readline() == "ready\n", lines
+    sim.stop()
+    process.stdin.write("go\n")
+    process.stdin.flush()
+    output, stderr = process.communicate(timeout=30)
+    answers = [json.loads(line) for line in [*lines, *output.splitlines()]]
+    served = [answer for answer in answers if answer["status"] == 200]
+    assert {answer["key"] for answer in served} == {answers[0]["key"]}
+    assert all(answer["before"] < expiry(answer["expiration"]) for answer in served)
+    expired_at = expiry(answers[0]["expiration"])
+    after = [answer["status"] for answer in answers if answer["before"] > expired_at + 0.05]
+    assert after
+    assert set(after) == {503}
+    assert "could not renew the credentials" in stderr
+
+
+# -- the companion's life --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [["--serve"], ["--expiry-signal", "TERM"]], ids=["serve", "expiry-signal"])
+@pytest.mark.parametrize("ending", ["exits", "killed"])
+def test_the_companion_is_gone_soon_after_the_command(sim: Simulator, mode: list[str], ending: str) -> None:
+    """Exit or SIGKILL: the endpoint or watcher leaves within 2 s; nothing of the shim stays."""
+    then = ["--then-kill"] if ending == "killed" else []
+    process = subprocess.Popen(
+        [SHIM, *mode, "--", *CLIENT, "children", *then],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    report = json.loads(process.stdout.readline())
+    assert process.wait(timeout=30) == (-signal.SIGKILL if ending == "killed" else 0)
+    assert report["pid"] == process.pid
+    assert len(report["children"]) == 1, report  # the companion, the shim's own fork
+    assert seconds_until_gone(report["children"][0]) <= GONE_WITHIN
+
+
+def test_the_endpoint_stays_through_sigterm_to_the_group(sim: Simulator) -> None:
+    """A SIGTERM to the whole process group (a graceful stop) leaves the endpoint for the shutdown."""
+    script = (
+        f"trap 'sleep 0.5; {client_line('poll', '0.05')}; exit 0' TERM; "
+        f"{client_line('children')}; while :; do sleep 0.1; done"
+    )
+    process = subprocess.Popen(
+        [SHIM, "--serve", "--", "sh", "-c", script],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    json.loads(process.stdout.readline())
+    os.killpg(process.pid, signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert json.loads(output.splitlines()[0])["status"] == 200
+
+
+def test_expiry_signal_arrives_when_the_keys_are_due_for_renewal(simulator: Callable[..., Simulator]) -> None:
+    """--expiry-signal USR1: static keys, and SIGUSR1 at min(15 min, half the lifetime) before expiry."""
+    sim = simulator(expires_in=4)
+    script = (
+        "import json, os, signal, time\n"
+        "started = time.time()\n"
+        "got = []\n"
+        "signal.signal(signal.SIGUSR1, lambda *_: got.append(time.time()))\n"
+        "while not got and time.time() < started + 6: time.sleep(0.01)\n"
+        "print(json.dumps({'started': started, 'got': got,\n"
+        "                  'key': os.environ.get('AWS_ACCESS_KEY_ID'),\n"
+        "                  'expiration': os.environ['AWS_CREDENTIAL_EXPIRATION']}))\n"
+    )
+    result = run_shim(["--expiry-signal", "USR1", "--", sys.executable, "-c", script], endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["key"] in issued_keys(sim)
+    expires = expiry(report["expiration"])
+    due = expires - min(900, (expires - report["started"]) / 2)
+    assert len(report["got"]) == 1
+    assert due - 0.3 <= report["got"][0] <= due + 0.5 + START_SLACK
+
+
+def test_expiry_signal_term_ends_a_command_that_does_not_catch_it(
+    simulator: Callable[..., Simulator],
+) -> None:
+    """--expiry-signal TERM on a command that does not catch it: it ends by SIGTERM, for a restart."""
+    sim = simulator(expires_in=2)
+    result = run_shim(["--expiry-signal", "SIGTERM", "--", "sleep", "10"], endpoint=sim.url)
+    assert result.returncode == -signal.SIGTERM
+    assert result.seconds < 5 + START_SLACK
+
+
+# -- what is refused -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--serve", "--refresh"], {}, "--refresh and --serve"),
+        (["--serve", "--expiry-signal", "TERM"], {}, "--serve and --expiry-signal"),
+        (["--refresh"], {"IMDS_SHIM_EXPIRY_SIGNAL": "HUP"}, "--refresh and --expiry-signal"),
+        (["--expiry-signal", "NOPE"], {}, "--expiry-signal"),
+        (["--expiry-signal", "0"], {}, "--expiry-signal"),
+        ([], {"IMDS_SHIM_EXPIRY_SIGNAL": "65"}, "IMDS_SHIM_EXPIRY_SIGNAL"),
+        ([], {"IMDS_SHIM_SERVE": "maybe"}, "IMDS_SHIM_SERVE"),
+    ],
+)
+def test_modes_that_do_not_combine_are_refused(
+    sim: Simulator, args: list[str], env: dict[str, str], named: str
+) -> None:
+    """One line, exit 125, and no request to IMDS."""
+    environment = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, **env)
+    result = run_shim([*args, "--", "true"], env=environment)
+    assert result.returncode == 125
+    assert len(result.stderr.splitlines()) == 1
+    assert named in result.stderr
+    assert sim.requests == []
+
+
+def test_a_nested_imds_shim_steps_aside(sim: Simulator) -> None:
+    """An imds-shim inside a --serve command sees the endpoint and leaves the environment alone."""
+    # Through sh: an imds-shim that is the command itself runs without fetching at all.
+    inner = " ".join([SHIM, "-v", "--", *probe_command()])
+    result = run_shim(["--serve", "--", "sh", "-c", inner], endpoint=sim.url)
+    assert "stepping aside: AWS_CONTAINER_CREDENTIALS_FULL_URI is set" in result.stderr
+    assert "AWS_ACCESS_KEY_ID" not in result.probe()["env"]
+
+
+def test_works_against_moto(moto_endpoint: str) -> None:
+    """moto's IMDS behind the endpoint: its set is what the endpoint serves."""
+    result = run_shim(["--serve", "--", *CLIENT, "poll", "0.05"], endpoint=moto_endpoint)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[0])["key"] == "test-key"
+
+
+# -- secrets and size ------------------------------------------------------------------------------
+
+
+def test_no_secret_or_token_in_the_logs_across_renewals(simulator: Callable[..., Simulator]) -> None:
+    """At debug level, across renewals and refused requests: no secret, session token or either token."""
+    sim = simulator(expires_in=3)
+    script = (
+        f'echo "$AWS_CONTAINER_AUTHORIZATION_TOKEN"; {client_line("auth")} >/dev/null; '
+        f"{client_line('poll', '4')} >/dev/null"
+    )
+    result = run_shim(["-vv", "--serve", "--", "sh", "-c", script], endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    assert "--serve: renewed" in result.stderr
+    secrets = [result.stdout.strip(), *sim.state.tokens]
+    for issued in sim.state.issued.values():
+        secrets += [issued.secret_access_key, issued.token, issued.access_key_id]
+    for secret in secrets:
+        assert secret[4:-4] not in result.stderr
+
+
+def test_the_endpoint_stays_small(sim: Simulator) -> None:
+    """After 1000 answers to 8 concurrent clients, the endpoint's peak resident memory is at most 60 MB."""
+    command = [sys.executable, str(LOAD), "--requests", "1000", "--clients", "8"]
+    result = run_shim(["--serve", "--", *command], endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["statuses"] == {"200": 1000}
+    assert report["peak_rss_mib"] <= 60
