@@ -227,13 +227,13 @@ OPTIONS: tuple[Option, ...] = (
         "refresh",
         ("--refresh",),
         "give the command a credential_process profile that refreshes, not static keys",
-        verbs=frozenset({EXEC}),
+        verbs=frozenset({EXEC, DOCTOR}),  # doctor names the mode
     ),
     Option(
         "serve",
         ("--serve",),
         "serve renewing credentials on 127.0.0.1 while the command runs; it gets the URL, not static keys",
-        verbs=frozenset({EXEC}),
+        verbs=frozenset({EXEC, DOCTOR}),  # doctor names the mode
     ),
     Option(
         "expiry_signal",
@@ -242,7 +242,7 @@ OPTIONS: tuple[Option, ...] = (
         signal_number,
         None,
         "SIGNAL",
-        verbs=frozenset({EXEC}),
+        verbs=frozenset({EXEC, DOCTOR}),  # doctor names the mode
     ),
     Option(
         "error_exit_code",

@@ -124,6 +124,31 @@ def _environment(report: Report, config: Config, environ: Mapping[str, str]) -> 
         )
 
 
+def _mode(report: Report, config: Config) -> None:
+    """How the entrypoint would hand the credentials over, and what that means for a long run."""
+    if config.serve:
+        detail = (
+            "--serve: the command gets AWS_CONTAINER_CREDENTIALS_FULL_URI on 127.0.0.1 and a token, "
+            "renewed from IMDS while it runs; every AWS SDK and the CLI read it"
+        )
+    elif config.refresh:
+        detail = (
+            "--refresh: the command gets an AWS config file whose credential_process renews; "
+            "the Go, JavaScript and Java SDKs run it through sh, which the image must have"
+        )
+    elif config.expiry_signal is not None:
+        import signal
+
+        name = signal.Signals(config.expiry_signal).name
+        detail = f"static keys; --expiry-signal sends {name} to the command when they are due for renewal"
+    else:
+        detail = (
+            "static keys: they do not renew; for a command that runs longer than they live, "
+            "use --serve (or --refresh, or --expiry-signal)"
+        )
+    report.add("mode", "info", detail)
+
+
 def _tcp(report: Report, config: Config) -> bool:
     parts = urllib.parse.urlsplit(config.endpoint)
     host = parts.hostname or ""
@@ -243,6 +268,7 @@ def doctor(config: Config, environ: Mapping[str, str]) -> int:
         log.set_level("error")  # the report says it all; warnings would repeat it
     report = Report()
     _environment(report, config, environ)
+    _mode(report, config)
     report.add("endpoint", "info", config.endpoint)
     obtained = False
     if _tcp(report, config):

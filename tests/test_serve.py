@@ -421,3 +421,21 @@ def test_the_endpoint_stays_small(sim: Simulator) -> None:
     report = json.loads(result.stdout)
     assert report["statuses"] == {"200": 1000}
     assert report["peak_rss_mib"] <= 60
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        ([], {}, "static keys: they do not renew"),
+        ([], {"IMDS_SHIM_SERVE": "1"}, "--serve: the command gets AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+        (["--refresh"], {}, "--refresh: the command gets an AWS config file"),
+        (["--expiry-signal", "hup"], {}, "--expiry-signal sends SIGHUP"),
+    ],
+    ids=["keys", "serve", "refresh", "expiry-signal"],
+)
+def test_doctor_names_the_mode(sim: Simulator, args: list[str], env: dict[str, str], says: str) -> None:
+    """doctor says how the entrypoint would hand the credentials over, from flags or IMDS_SHIM_*."""
+    result = run_shim(["doctor", *args], env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, **env))
+    assert result.returncode == 0, result.stderr
+    mode = next(line for line in result.stdout.splitlines() if line.split()[1:2] == ["mode"])
+    assert says in mode

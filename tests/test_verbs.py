@@ -191,7 +191,7 @@ def test_doctor_hop_limit(simulator: Callable[..., Simulator]) -> None:
     steps = [
         (step["name"], step["status"])
         for step in report["steps"]
-        if step["name"] not in ("environment", "endpoint", "tcp")
+        if step["name"] not in ("environment", "mode", "endpoint", "tcp")
     ]
     assert steps == [
         ("imdsv2 token", "fail"),
