@@ -17,6 +17,7 @@ only on ``--check`` when a target is missed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -85,6 +86,7 @@ def start_simulator() -> tuple[subprocess.Popen[str], str]:
     return simulator, found.group(0)
 
 
+SERVE_CASE = "imds-shim --serve -- true"
 BUNDLE_CASE = "bundle: imds-shim -- true"
 BUNDLE_STEP_ASIDE_CASE = "bundle: step-aside (keys preset)"
 
@@ -96,6 +98,7 @@ def available_cases(others: dict[str, str]) -> tuple[list[Case], list[str]]:
         Case("floor: python -c 'import requests, tenacity'", [PYTHON, "-c", "import requests, tenacity"]),
         Case("python -c pass", [PYTHON, "-c", "pass"]),
         Case("imds-shim step-aside (keys preset)", [SHIM, "--", "true"], keys),
+        Case(SERVE_CASE, [SHIM, "--serve", "--", "true"]),
         Case("imds-shim export", [SHIM, "export"]),
         Case("imds-shim credential-process", [SHIM, "credential-process"]),
     ]
@@ -133,6 +136,16 @@ def requests_per_run(base_env: dict[str, str]) -> int:
         [SHIM, "-vv", "--", "true"], env=base_env, capture_output=True, text=True, check=True
     )
     return sum(": debug: " in line and " -> " in line for line in completed.stderr.splitlines())
+
+
+def endpoint_load(base_env: dict[str, str]) -> dict[str, float]:
+    """The --serve endpoint under 1000 requests from 8 concurrent clients (bench/endpoint_load.py)."""
+    load = [PYTHON, str(HERE / "endpoint_load.py"), "--requests", "1000", "--clients", "8"]
+    completed = subprocess.run(
+        [SHIM, "--serve", "--", *load], env=base_env, capture_output=True, text=True, check=True
+    )
+    measured: dict[str, float] = json.loads(completed.stdout)
+    return measured
 
 
 def labelled_executable(value: str) -> tuple[str, str]:
@@ -179,13 +192,16 @@ def main() -> int:
             for case in cases[shift:] + cases[:shift]:
                 run_once(case, base_env)
         requests = requests_per_run(base_env)
+        endpoint = endpoint_load(base_env)
     finally:
         simulator.terminate()
         simulator.wait()
-    return report(cases, skipped, requests, args)
+    return report(cases, skipped, requests, endpoint, args)
 
 
-def report(cases: list[Case], skipped: list[str], requests: int, args: argparse.Namespace) -> int:
+def report(
+    cases: list[Case], skipped: list[str], requests: int, endpoint: dict[str, float], args: argparse.Namespace
+) -> int:
     by_name = {case.name: case for case in cases}
     shim = by_name["imds-shim -- true"].median_ms
     floor = by_name["floor: python -c 'import requests, tenacity'"].median_ms
@@ -203,6 +219,10 @@ def report(cases: list[Case], skipped: list[str], requests: int, args: argparse.
     for reason in skipped:
         print(f"skipped: {reason}")
     print(f"IMDS requests per `imds-shim -- true`: {requests}")
+    print(
+        f"--serve endpoint, 1000 requests from 8 concurrent keep-alive clients: p50 {endpoint['p50_ms']} ms, "
+        f"p99 {endpoint['p99_ms']} ms, max {endpoint['max_ms']} ms; peak RSS {endpoint['peak_rss_mib']} MiB"
+    )
 
     targets = [
         ("imds-shim -- true <= 1.0 x floor", shim / floor, shim <= floor),
@@ -212,6 +232,13 @@ def report(cases: list[Case], skipped: list[str], requests: int, args: argparse.
             by_name["imds-shim step-aside (keys preset)"].median_ms <= 20,
         ),
         ("<= 4 IMDS requests per run", requests, requests <= 4),
+        (
+            "--serve adds <= 15 ms to imds-shim -- true",
+            by_name[SERVE_CASE].median_ms - shim,
+            by_name[SERVE_CASE].median_ms - shim <= 15,
+        ),
+        ("--serve endpoint p99 <= 5 ms", endpoint["p99_ms"], endpoint["p99_ms"] <= 5),
+        ("--serve endpoint peak RSS <= 60 MiB", endpoint["peak_rss_mib"], endpoint["peak_rss_mib"] <= 60),
     ]
     if BUNDLE_CASE in by_name:
         ratio = by_name[BUNDLE_CASE].median_ms / shim

@@ -47,7 +47,7 @@ def poll(seconds: float, wait_for_go: bool) -> None:
     while time.time() < ends:
         before = time.time()
         status, document = request([("Authorization", TOKEN)])
-        line = {"before": before, "status": status}
+        line: dict[str, object] = {"before": before, "status": status}
         if status == 200:
             line.update(
                 key=document["AccessKeyId"], expiration=document["Expiration"], fields=sorted(document)

@@ -87,7 +87,11 @@ def run_loop(
 
 def test_a_healthy_imds_is_asked_once_per_set_at_the_due_moment() -> None:
     """Six-hour sets: renewed 15 minutes before each expiry, one request each."""
-    fresh = [lambda now, n=n: credentials(f"AKIA{n}", now + 6 * HOUR) for n in range(1, 5)]
+
+    def fresh_set(number: int) -> Callable[[float], Credentials]:
+        return lambda now: credentials(f"AKIA{number}", now + 6 * HOUR)
+
+    fresh = [fresh_set(number) for number in range(1, 5)]
     asked, store = run_loop(fresh, first_expiry=6 * HOUR, dies_at=17 * HOUR)
     assert asked == [6 * HOUR - 900, 12 * HOUR - 1800]
     assert store.credentials.access_key_id == "AKIA2"
