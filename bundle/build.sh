@@ -50,3 +50,4 @@ gcc -static -Os -s -Wall -Wextra -Werror -DLOADER="\"$(basename "$loader")\"" \
 # A smoke run through the simulator, with one failed answer, so that the retry path's lazy
 # imports (tenacity) are exercised too: a module the analysis missed fails the build here.
 "$out/imds-shim/imds-shim" simulate --fail-first 1 -- "$out/imds-shim/imds-shim" -- true
+"$out/imds-shim/imds-shim" simulate -- "$out/imds-shim/imds-shim" --serve -- true
