@@ -220,3 +220,25 @@ def test_export_and_verdicts_in_a_minimal_root(minimal_root: tuple[Path, str], s
     )
     assert off.returncode == 125
     assert "unreachable" in off.stderr
+
+
+@pytest.mark.parametrize("user", [None, NOBODY], ids=["root", "nobody"])
+def test_serves_in_a_minimal_root_to_a_static_client(
+    minimal_root: tuple[Path, str], sim: Simulator, user: str | None
+) -> None:
+    """--serve needs nothing from the image: in scratch, distroless and musl-only roots, read-only,
+    a static client gets the instance's credentials from the endpoint, and no static keys."""
+    root, command = minimal_root
+    launch = {"PATH": "/usr/local/bin:/bin", "AWS_EC2_METADATA_SERVICE_ENDPOINT": sim.url}
+    completed = run_in_root(
+        root, ["/opt/imds-shim/imds-shim", "--serve", "--", command, "--get-credentials"], launch, user
+    )
+    assert completed.returncode == 0, completed.stderr
+    _, _, env = parse_envdump(completed.stdout)
+    assert "AWS_ACCESS_KEY_ID" not in env
+    assert env["AWS_CONTAINER_CREDENTIALS_FULL_URI"].startswith("http://127.0.0.1:")
+    answer = [line.split("=", 1)[1] for line in completed.stdout.splitlines() if line.startswith("answer=")]
+    assert answer[0] == "HTTP/1.1 200 OK"
+    assert json.loads(answer[1])["AccessKeyId"] in {
+        issued.access_key_id for issued in sim.state.issued.values()
+    }
