@@ -35,7 +35,7 @@ from typing import Callable
 from shim.companion import Companion, Parent
 from shim.config import Config
 from shim.credentials import Credentials, Fetched, format_duration, format_time
-from shim.errors import CredentialsUnavailable, ShimError
+from shim.errors import ShimError
 from shim.fetch import fresh_credentials
 from shim.log import log
 from shim.renewal import renewal_due, retry_delay
@@ -115,9 +115,15 @@ def keep_renewed(
             return
         try:
             fresh = renew()
-        except CredentialsUnavailable as error:
+        except ShimError as error:  # IMDS down, busy, garbled, the role gone: try again later
             failures += 1
             log.warning(f"--serve: could not renew the credentials: {error}; {_still_serving(store)}")
+            continue
+        except Exception as error:  # the endpoint outlives a bug in one renewal; only the type is safe
+            failures += 1
+            log.error(
+                f"--serve: internal error {type(error).__name__} while renewing; {_still_serving(store)}"
+            )
             continue
         if fresh.expiration > store.credentials.expiration:
             store.replace(fresh)

@@ -18,11 +18,19 @@ from shim.log import log
 from shim.renewal import renewal_due
 
 
-def signal_when_due(signum: int, credentials: Credentials) -> Companion:
-    """The companion that sends ``signum`` to the command when ``credentials`` are due for renewal."""
-    due_at = renewal_due(credentials.expiration.timestamp(), time.time())
+def signal_when_due(signum: int, credentials: Credentials) -> Companion | None:
+    """The companion that sends ``signum`` to the command when ``credentials`` are due for renewal.
+
+    Keys that have already expired (IMDS hands them out while it recovers) get no signal: a
+    restart now would only get them again.
+    """
+    now, expires_at = time.time(), credentials.expiration.timestamp()
+    due_at = renewal_due(expires_at, now)
+    if expires_at <= now:
+        log.warning("--expiry-signal: the keys have already expired; no signal will be sent")
+        return None
     log.info(
-        f"--expiry-signal: signal {signum} goes to the command in {format_duration(due_at - time.time())} "
+        f"--expiry-signal: signal {signum} goes to the command in {format_duration(due_at - now)} "
         f"({format_time(datetime.fromtimestamp(due_at, timezone.utc))}); the keys expire at "
         f"{format_time(credentials.expiration)}"
     )

@@ -245,11 +245,11 @@ def test_imds_going_away_serves_the_cached_set_until_it_expires_then_503(
     simulator: Callable[..., Simulator],
 ) -> None:
     """IMDS stopped after start: the same set is served while valid, never after; then a 503."""
-    # One set for the whole test, so that a renewal before IMDS stops (a slow start under load)
-    # brings nothing new either.
-    sim = simulator(expires_in=5, rotate_every=60)
+    # One set for the whole test, valid until 8 s after the simulator started, so that a renewal
+    # before IMDS stops (a slow start under load) brings nothing new either.
+    sim = simulator(expires_in=8, rotate_every=60)
     process = subprocess.Popen(
-        [SHIM, "--serve", "--", *CLIENT, "poll", "6", "--wait-for-go"],
+        [SHIM, "--serve", "--", *CLIENT, "poll", "9", "--wait-for-go"],
         env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -350,6 +350,17 @@ def test_expiry_signal_term_ends_a_command_that_does_not_catch_it(
     result = run_shim(["--expiry-signal", "SIGTERM", "--", "sleep", "10"], endpoint=sim.url)
     assert result.returncode == -signal.SIGTERM
     assert result.seconds < 5 + START_SLACK
+
+
+def test_expiry_signal_leaves_keys_that_have_already_expired_alone(
+    simulator: Callable[..., Simulator],
+) -> None:
+    """Expired keys from IMDS (it is recovering): a warning, the command runs, no watcher, no signal."""
+    sim = simulator(expires_in=-60)
+    result = run_shim(["--expiry-signal", "TERM", "--", *CLIENT, "children"], endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["children"] == []
+    assert "no signal will be sent" in result.stderr
 
 
 # -- what is refused -------------------------------------------------------------------------------

@@ -513,3 +513,64 @@ def test_bundle_alone_non_root_read_only(engine: Engine, minimal: str, imds: Sta
     _, completed = engine.run(minimal_image(minimal), ENVDUMP, flags=flags)
     assert completed.returncode == 0, completed.stderr
     assert parse_envdump(completed.stdout)[2]["AWS_ACCESS_KEY_ID"].startswith("ASIASIMULATED")
+
+
+SDK_IMAGE = "localhost/imds-shim-sdk:e2e"
+PIP_DOWNLOAD = (sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:")
+BOTOCORE_LOOP = """
+import json, sys, time, botocore.session
+credentials = botocore.session.get_session().get_credentials()
+ends = time.time() + float(sys.argv[1])
+while time.time() < ends:
+    frozen = credentials.get_frozen_credentials()
+    print(json.dumps({"method": credentials.method, "key": frozen.access_key, "now": time.time(),
+                      "expires": credentials._expiry_time.timestamp()}), flush=True)
+    time.sleep(0.2)
+"""
+
+
+@pytest.fixture(scope="module")
+def sdk_image(
+    engine: Engine, topology: Topology, roots: Roots, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """The pip-installed example with botocore beside it (the newest release for the image's
+    Python 3.9, from PyPI, served to the build on loopback): a service that uses an SDK."""
+    wheels = tmp_path_factory.mktemp(f"{engine.name}-sdk-wheels")
+    download = subprocess.run(
+        # pip evaluates botocore's markers with this interpreter's version, not 3.9: urllib3 by hand.
+        [*PIP_DOWNLOAD, "--python-version", "3.9", "-d", str(wheels), "botocore", "urllib3<1.27"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if download.returncode != 0:
+        pytest.skip(f"cannot download botocore for the image's Python: {download.stderr[-300:]}")
+    for pip_wheel in roots.wheels.glob("pip-*.whl"):  # bullseye's pip 20.3 predates their metadata
+        shutil.copy(pip_wheel, wheels)
+    context = tmp_path_factory.mktemp(f"{engine.name}-sdk")
+    with wheel_index(topology, wheels) as index:
+        pip = f"PIP_CONFIG_FILE=/dev/null /opt/sdk/bin/pip install --quiet --no-index --find-links {index}"
+        (context / "Dockerfile").write_text(
+            f"FROM {IMAGES['example']}\nUSER root\n"
+            f"RUN python3 -m venv /opt/sdk && {pip} --upgrade pip && {pip} botocore\nUSER app\n"
+        )
+        engine.build(context / "Dockerfile", context, SDK_IMAGE, network=engine.build_network)
+    return SDK_IMAGE
+
+
+def test_serve_keeps_a_long_running_sdk_loop_renewed(engine: Engine, sdk_image: str, imds: StartImds) -> None:
+    """IMDS_SHIM_SERVE=1 through the real ENTRYPOINT: botocore in a service that outlives its
+    credentials (4 s each) follows at least three renewals and never holds an expired set."""
+    server = imds("--hop-limit", "2", "--imds-v2-required", "--expires-in", "4")
+    seconds, completed = engine.run(
+        sdk_image, "/opt/sdk/bin/python", "-c", BOTOCORE_LOOP, "10", env={"IMDS_SHIM_SERVE": "1"}
+    )
+    record(f"{engine.name}: --serve, a botocore loop for 10 s (whole run)", seconds)
+    assert completed.returncode == 0, completed.stderr
+    readings = [json.loads(line) for line in completed.stdout.splitlines()]
+    assert {reading["method"] for reading in readings} == {"container-role"}
+    keys = {reading["key"] for reading in readings}
+    assert len(keys) >= 4, "fewer than three renewals"
+    assert all(reading["now"] < reading["expires"] for reading in readings)
+    fetches = [r for r in server.requests if r.startswith("GET /latest/meta-data/iam/security-credentials/")]
+    assert len(fetches) < len(readings) / 2  # the endpoint renewed; botocore did not reach IMDS
