@@ -131,3 +131,18 @@ def run_shim(
 def probe_command() -> list[str]:
     """A command that prints what it got (env, argv, pid, fds, signals) as JSON."""
     return [sys.executable, PROBE]
+
+
+class FakeTime:
+    """A clock that only moves when the policy sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds

@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 import pytest
+from helpers import FakeTime
 
 from shim.companion import Parent
 from shim.credentials import Credentials
@@ -42,26 +43,11 @@ def test_retry_delays_grow_to_a_cap_and_stay_inside_the_sets_life() -> None:
     assert retry_delay(6, left=-5.0, rng=lambda: 1.0) == 30.0  # expired: the plain backoff
 
 
-class Clock:
-    """A wall clock that moves only when something sleeps on it."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
 class LivingParent(Parent):
     """A parent that lives until the clock reaches ``dies_at``."""
 
-    def __init__(self, clock: Clock, dies_at: float) -> None:
-        super().__init__(pid=0, sleep=clock.sleep, clock=clock)
+    def __init__(self, time: FakeTime, dies_at: float) -> None:
+        super().__init__(pid=0, sleep=time.sleep, clock=time.clock)
         self.dies_at = dies_at
 
     def alive(self) -> bool:
@@ -72,16 +58,16 @@ def run_loop(
     answers: list[Callable[[float], Credentials]], first_expiry: float, dies_at: float
 ) -> tuple[list[float], CredentialStore]:
     """Run keep_renewed until the parent dies; return when each renewal was asked for."""
-    clock = Clock(0.0)
-    store = CredentialStore(credentials("AKIA0", first_expiry), None, clock=clock)
+    time = FakeTime()
+    store = CredentialStore(credentials("AKIA0", first_expiry), None, clock=time.clock)
     asked: list[float] = []
 
     def renew() -> Credentials:
-        asked.append(clock.now)
+        asked.append(time.now)
         answer = answers[min(len(asked), len(answers)) - 1]
-        return answer(clock.now)
+        return answer(time.now)
 
-    keep_renewed(store, renew, LivingParent(clock, dies_at), rng=lambda: 1.0)
+    keep_renewed(store, renew, LivingParent(time, dies_at), rng=lambda: 1.0)
     return asked, store
 
 

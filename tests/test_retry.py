@@ -6,26 +6,12 @@ from typing import Callable
 
 import pytest
 import tenacity
+from helpers import FakeTime
 
 from shim.deadline import Deadline
 from shim.errors import Throttled, Transient, Unreachable
 from shim.retry import with_retries
 from shim.retry_policy import BACKOFF_CAP, retry_policy
-
-
-class FakeTime:
-    """A clock that only moves when the policy sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def failing(times: int, error: Exception) -> Callable[[], str]:
