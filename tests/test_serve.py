@@ -298,6 +298,17 @@ def test_the_companion_is_gone_soon_after_the_command(sim: Simulator, mode: list
     assert seconds_until_gone(report["children"][0]) <= GONE_WITHIN
 
 
+@pytest.mark.parametrize("mode", [["--serve"], ["--expiry-signal", "TERM"]], ids=["serve", "expiry-signal"])
+def test_nothing_is_left_running_when_there_are_no_credentials(mode: list[str]) -> None:
+    """No IMDS: 125 and no companion; with --optional the command runs alone, without credentials."""
+    failed = run_shim([*mode, "--", *CLIENT, "children"])
+    assert failed.returncode == 125
+    assert failed.stdout == ""
+    optional = run_shim([*mode, "--optional", "--", *CLIENT, "children"])
+    assert optional.returncode == 0, optional.stderr
+    assert json.loads(optional.stdout)["children"] == []
+
+
 def test_the_endpoint_stays_through_sigterm_to_the_group(sim: Simulator) -> None:
     """A SIGTERM to the whole process group (a graceful stop) leaves the endpoint for the shutdown."""
     script = (
