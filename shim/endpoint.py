@@ -8,9 +8,9 @@ static keys, and needs no shell, config file or writable folder for it (``FROM s
 The shim binds the socket before the exec, so the URL is known and the first request waits in the
 listen queue, never refused; then a companion process (:mod:`shim.companion`) serves on it:
 
-- requests are answered from memory, by handler threads; IMDS is asked only by the main thread,
-  in the background, once the set is due for renewal (:mod:`shim.renewal`), so no request waits
-  for IMDS while the cached set is valid;
+- requests are answered from memory, by one thread with a selector (:class:`EndpointServer`);
+  IMDS is asked only by the main thread, in the background, once the set is due for renewal
+  (:mod:`shim.renewal`), so no request waits for IMDS while the cached set is valid;
 - while IMDS is down the cached set is served until it expires, and never after: a 503 instead;
 - only ``GET`` of the one path, with exactly the token in ``Authorization`` (compared in constant
   time), gets credentials: 401 without it, 403 with another; requests are bounded in size (8 KiB),
@@ -51,6 +51,7 @@ TOKEN_BYTES = 32  # 256 random bits, new at every start
 MAX_REQUEST_BYTES = 8 * 1024  # request line and headers; an SDK's request is a few hundred bytes
 REQUEST_TIMEOUT = 5.0
 MAX_CONNECTIONS = 64
+LISTEN_BACKLOG = 128
 REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -60,7 +61,6 @@ REASONS = {
     405: "Method Not Allowed",
     503: "Service Unavailable",
 }
-LISTEN_BACKLOG = 128
 
 
 class CredentialStore:
@@ -174,7 +174,12 @@ class EndpointServer:
                 if key.fileobj is self.listener:
                     self._accept(now)
                 else:
-                    self._receive(self.connections[key.fd], now)
+                    connection = self.connections[key.fd]
+                    try:
+                        self._receive(connection, now)
+                    except Exception:  # a bug met by one request ends its connection, not the endpoint
+                        if connection.sock.fileno() in self.connections:
+                            self._close(connection)
             for connection in [c for c in self.connections.values() if now - c.spoke_at > REQUEST_TIMEOUT]:
                 self._close(connection)
 
@@ -219,18 +224,20 @@ class EndpointServer:
         named = [(name.strip().lower(), value.strip()) for name, _, value in headers]
         if len(words) != 3 or not words[2].startswith(b"HTTP/1.") or any(not sep for _, sep, _ in headers):
             status, body, keep = 400, _error("BadRequest", "not an HTTP/1.x request"), False
-        elif any(name in (b"content-length", b"transfer-encoding") for name, _ in named):
+        elif any(
+            name == b"transfer-encoding" or (name == b"content-length" and value != b"0")
+            for name, value in named
+        ):
             status, body, keep = 400, _error("BadRequest", "a request with a body"), False
         else:
             authorization = [value for name, value in named if name == b"authorization"]
             status, body = self.answer(words[0], words[1], authorization)
             connection_words = b",".join(value.lower() for name, value in named if name == b"connection")
             keep = words[2] == b"HTTP/1.1" and b"close" not in connection_words
-        reason = REASONS[status]
+        closing = "" if keep else "Connection: close\r\n"
         response = (
-            f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n"
-            f"{'' if keep else 'Connection: close' + chr(13) + chr(10)}\r\n"
+            f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n{closing}\r\n"
         ).encode() + body
         try:
             sent = connection.sock.send(response)

@@ -72,6 +72,8 @@ def auth() -> None:
         "other path": request(right, path="/credentials/x")[0],
         "query": request(right, path=URI.path + "?x=1")[0],
         "post": request(right, method="POST")[0],
+        "length 0": request([*right, ("Content-Length", "0")])[0],
+        "a body": request([*right, ("Content-Length", "5")])[0],
         "huge header": _status_or_closed(lambda: request([*right, ("X-Pad", "x" * 20000)])[0]),
     }
     try:

@@ -119,6 +119,8 @@ def test_the_endpoint_answers_only_the_token_on_loopback(sim: Simulator) -> None
         "other path": 404,
         "query": 404,
         "post": 405,
+        "length 0": 200,
+        "a body": 400,
         "huge header": "closed",
         "127.0.0.2": "refused",
     }
