@@ -1,7 +1,8 @@
 """The IMDS client: IMDSv2 first, the SDKs' fallbacks, retries under a deadline, and diagnoses.
 
-One ``requests.Session`` (keep-alive, ``trust_env=False`` so no proxy or ``.netrc`` is ever used),
-redirects never followed, every body capped at 64 KiB, an explicit (connect, read) timeout on every
+One ``requests.Session`` (keep-alive, ``trust_env=False`` so no proxy or ``.netrc`` is ever used,
+no cookies kept), redirects never followed or even read, every body capped at 64 KiB and never
+decompressed, an explicit (connect, read) timeout on every
 call, both capped by the remaining deadline. Failures are classified by what the network did:
 
 - no TCP answer at all: not on EC2 (or firewalled); one retry, then :class:`ImdsUnreachable`;
@@ -22,6 +23,8 @@ codes and timings.
 
 from __future__ import annotations
 
+import http.client
+import http.cookiejar
 import random
 import threading
 import time
@@ -88,11 +91,28 @@ class TokenUnanswered(Exception):
     """The token PUT timed out after connecting: not retried, it is the hop-limit symptom."""
 
 
+class ImdsSession(requests.Session):
+    """A session that never consults the environment (proxies, ``.netrc``, CA bundles), keeps no
+    cookies, asks for answers as they are (no compression), and never looks at a redirect.
+
+    ``allow_redirects=False`` alone is not enough: requests still works out where a redirect
+    would go, and to free the connection it reads the redirect's whole body, decompressed, past
+    any cap (a 200 MiB body took 427 MB, a gzip bomb 1.4 GB), and it parses the ``Location``
+    header, whose errors would blame the user's endpoint. A redirect here has no target: its
+    status is the whole answer.
+    """
+
+    def get_redirect_target(self, response: requests.Response) -> None:
+        return None
+
+
 def new_session() -> requests.Session:
-    """A session that never consults the environment (proxies, ``.netrc``, CA bundles)."""
-    session = requests.Session()
+    session = ImdsSession()
     session.trust_env = False
     session.headers["User-Agent"] = USER_AGENT
+    session.headers["Accept-Encoding"] = "identity"
+    # Cookies an answer sets are not sent back (IMDS sets none; a stand-in could track us).
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     return session
 
 
@@ -221,6 +241,14 @@ class ImdsClient:
             # The endpoint passed validation but requests cannot use it: the user's to fix.
             status = "unusable URL"
             raise UsageError(f"the IMDS endpoint {self.config.endpoint!r} is not a usable URL") from None
+        except (
+            requests.exceptions.RequestException,
+            urllib3.exceptions.HTTPError,
+            http.client.HTTPException,
+        ):
+            # Not HTTP as it should be (Content-Length: 5, 6, a broken status line): an IMDS fault.
+            status = "malformed"
+            raise Transient(f"the answer to {method} {path} was not well-formed HTTP") from None
         finally:
             if log.enabled("debug"):
                 elapsed = (time.monotonic() - started) * 1000
@@ -380,7 +408,9 @@ class ImdsClient:
 def _read_capped(response: requests.Response, method: str, path: str) -> bytes:
     """The body, at most 64 KiB of it; the connection is dropped rather than drained."""
     try:
-        body = response.raw.read(MAX_BODY_BYTES + 1, decode_content=True)
+        # As sent: IMDS never compresses (and is asked not to); decompressing is how a small
+        # answer becomes a large one. An encoded answer reads as garbled, and is retried.
+        body = response.raw.read(MAX_BODY_BYTES + 1, decode_content=False)
     except (urllib3.exceptions.HTTPError, OSError):
         raise Transient(f"the answer to {method} {path} was cut off") from None
     finally:

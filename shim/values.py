@@ -46,8 +46,9 @@ def whole_number(value: str) -> int | None:
 
 
 def is_iam_name(value: str) -> bool:
-    """1 to 128 of letters, digits and ``_+=,.@-``: what IAM accepts in a role name."""
-    return 1 <= len(value) <= 128 and set(value) <= IAM_NAME_CHARACTERS
+    """1 to 128 of letters, digits and ``_+=,.@-``: what IAM accepts in a role name; but not ``.``
+    or ``..``, which as the last part of a URL path would name another folder of IMDS."""
+    return 1 <= len(value) <= 128 and set(value) <= IAM_NAME_CHARACTERS and value not in (".", "..")
 
 
 def _as_float(text: str) -> float:

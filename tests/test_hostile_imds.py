@@ -10,11 +10,13 @@ exit status is the documented one, and the run ends within its deadline.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -46,13 +48,15 @@ FAILED = 125
 
 
 class Reply(NamedTuple):
-    """One scripted answer. ``drip``: seconds between bytes, for a body (or headers) sent slowly."""
+    """One scripted answer. ``drip``: seconds between bytes, for a body (or headers) sent slowly;
+    ``repeat``: the body is sent that many times over (a huge answer, never held in memory)."""
 
     status: int = 200
     body: bytes = b""
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str | bytes], ...] = ()
     drip: float | None = None
     drip_headers: bool = False
+    repeat: int = 1
 
 
 def as_body(value: Any) -> bytes:
@@ -77,6 +81,7 @@ class HostileImds(ThreadingHTTPServer):
     def __init__(self, script: dict[str, Reply]) -> None:
         self.script = script
         self.paths: list[str] = []
+        self.cookies: list[str | None] = []  # the Cookie header of every request
         self.closing = threading.Event()
         super().__init__(("127.0.0.1", 0), HostileHandler)
 
@@ -100,18 +105,25 @@ class HostileHandler(BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         self.server.paths.append(self.path)
+        self.server.cookies.append(self.headers.get("Cookie"))
         reply = self.server.script.get(self.path, Reply(404, b"Not Found\n"))
-        head = f"HTTP/1.1 {reply.status} X\r\n"
-        head += "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
+        head = f"HTTP/1.1 {reply.status} X\r\n".encode()
+        for name, value in reply.headers:
+            head += name.encode() + b": " + (value if isinstance(value, bytes) else value.encode()) + b"\r\n"
         if reply.drip is None:
-            head += f"Content-Length: {len(reply.body)}\r\n\r\n"
-            self.wfile.write(head.encode() + reply.body)
+            head += f"Content-Length: {len(reply.body) * reply.repeat}\r\n\r\n".encode()
+            try:
+                self.wfile.write(head)
+                for _ in range(reply.repeat):
+                    self.wfile.write(reply.body)
+            except OSError:  # the shim hung up: what it should do with a huge answer
+                self.close_connection = True
             return
         # Declares far more than it will ever send, then sends it a byte at a time.
         if reply.drip_headers:
-            self._drip(head.encode() + b"X-Slow: " + b"a" * 100000, reply.drip)
+            self._drip(head + b"X-Slow: " + b"a" * 100000, reply.drip)
         else:
-            self.wfile.write((head + "Content-Length: 100000\r\n\r\n").encode())
+            self.wfile.write(head + b"Content-Length: 100000\r\n\r\n")
             self._drip(b"{" + b" " * 100000, reply.drip)
 
     def _drip(self, data: bytes, every: float) -> None:
@@ -557,3 +569,107 @@ def test_concurrent_refresh_starts_do_not_corrupt_each_other(
     contents = {out for out, _ in outputs}
     assert len(contents) == 1
     assert next(iter(contents)).startswith("[default]\ncredential_process = ")
+
+
+# -- 9. round two: redirect bodies, malformed HTTP, cookies, path-changing roles ------------------
+
+MIB = 1024 * 1024
+
+
+@functools.cache
+def gzip_bomb(mebibytes: int = 256) -> bytes:
+    """That many MiB of zeros, gzip'd to about a thousandth, made a MiB at a time (once a run)."""
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # 31: the gzip format
+    zeros = bytes(MIB)
+    return b"".join(packer.compress(zeros) for _ in range(mebibytes)) + packer.flush()
+
+
+def peak_rss_mib(args: list[str], endpoint: str) -> tuple[int, float]:
+    """Run the shim; its exit status and peak resident memory (kept by the kernel across exec)."""
+    process = subprocess.Popen(
+        [SHIM, *args], env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=endpoint), stderr=subprocess.DEVNULL
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, usage.ru_maxrss / 1024
+
+
+HUGE_ANSWERS: dict[str, Callable[[], Reply]] = {
+    "302 with 200 MiB": lambda: Reply(302, b"x" * MIB, (("Location", "/elsewhere"),), repeat=200),
+    "302 with a gzip bomb": lambda: Reply(
+        302, gzip_bomb(), (("Location", "/x"), ("Content-Encoding", "gzip"))
+    ),
+    "200 gzip bomb": lambda: Reply(200, gzip_bomb(), (("Content-Encoding", "gzip"),)),
+}
+
+
+@pytest.mark.parametrize("answer", HUGE_ANSWERS)
+@pytest.mark.parametrize("path", [TOKEN_PATH, CREDENTIALS])
+def test_no_answer_is_read_past_the_cap_whatever_its_status_or_encoding(
+    hostile: Callable[..., HostileImds], answer: str, path: str
+) -> None:
+    """Rows 1-2: a 3xx's body is never read in full, a body never inflated: peak RSS under 100 MB."""
+    server = hostile({path: HUGE_ANSWERS[answer]()})
+    status, peak = peak_rss_mib(["--optional", "--", "true"], server.url)
+    assert status == 0
+    assert peak < 100
+
+
+MALFORMED = {
+    "Content-Length: 5, 6": Reply(body=IMDS_TOKEN.encode(), headers=(("Content-Length", "5, 6"),)),
+    "302 to http://[::1/x": Reply(302, headers=(("Location", "http://[::1/x"),)),
+    "302 to non-UTF-8": Reply(302, headers=(("Location", b"/\xff\xfe/x"),)),
+    "302 to another host": Reply(302, headers=(("Location", "http://192.0.2.1/x"),)),
+}
+
+
+@pytest.mark.parametrize("reply", MALFORMED.values(), ids=MALFORMED.keys())
+@pytest.mark.parametrize("path", [TOKEN_PATH, CREDENTIALS])
+def test_malformed_http_is_an_imds_fault(
+    hostile: Callable[..., HostileImds], reply: Reply, path: str
+) -> None:
+    """Rows 3-5: told in the shim's own words, never an internal error nor the user's endpoint;
+    --optional runs the command."""
+    server = hostile({path: reply})
+    # --no-imds-v1: a token answer that is not HTTP would otherwise (rightly) fall back to IMDSv1.
+    failed = run_shim(["--attempts", "2", "--no-imds-v1", "--", "true"], endpoint=server.url)
+    assert failed.returncode == FAILED
+    assert len(failed.stderr.splitlines()) == 1
+    assert "internal error" not in failed.stderr
+    assert "not a usable URL" not in failed.stderr
+    optional = run_shim(
+        ["--attempts", "2", "--no-imds-v1", "--optional", "--", "sh", "-c", "echo ran"], endpoint=server.url
+    )
+    assert optional.returncode == 0, optional.stderr
+    assert optional.stdout == "ran\n"
+    assert "/x" not in server.paths
+
+
+def test_cookies_are_not_kept(hostile: Callable[..., HostileImds]) -> None:
+    """Row 15: a Set-Cookie on the token answer is never sent back."""
+    token = Reply(body=IMDS_TOKEN.encode(), headers=(("Set-Cookie", "tracker=1; Path=/"),))
+    server = hostile({TOKEN_PATH: token})
+    result = run_shim(["--", "true"], endpoint=server.url)
+    assert result.returncode == 0, result.stderr
+    assert len(server.paths) >= 3
+    assert server.cookies == [None] * len(server.paths)
+
+
+@pytest.mark.parametrize("role", [".", "..", "./", "../x"])
+def test_a_role_that_would_change_the_path_is_not_a_role(
+    hostile: Callable[..., HostileImds], role: str
+) -> None:
+    """Row 17: `.` and `..` are not roles; no other IMDS folder is asked for credentials."""
+    server = hostile({ROLE: Reply(body=role.encode())})
+    result = run_shim(["--attempts", "2", "--", "true"], endpoint=server.url)
+    assert result.returncode == FAILED
+    assert "not a role name" in result.stderr
+    assert [path for path in server.paths if path != TOKEN_PATH] == [ROLE, ROLE]
+
+
+@pytest.mark.parametrize("role", [".", ".."])
+def test_dot_roles_are_refused_on_the_command_line(role: str) -> None:
+    """--role . and --role ..: a usage error before any request."""
+    result = run_shim(["--role", role, "--", "true"])
+    assert result.returncode == FAILED
+    assert "not a valid IAM role name" in result.stderr
