@@ -58,7 +58,7 @@ bundle:
 # the arm64 bundle, run by qemu-user; its minimal roots are made with the arm64 root's compilers).
 BUNDLE_SUITES := tests/test_exec.py tests/test_imds.py tests/test_verbs.py tests/test_step_aside.py \
 	tests/test_redaction.py tests/test_cli.py tests/test_bad_input.py tests/test_third_party.py \
-	tests/test_hostile_imds.py tests/test_bundle.py tests/e2e/test_netns.py
+	tests/test_hostile_imds.py tests/test_serve.py tests/test_bundle.py tests/e2e/test_netns.py
 UNDER_TEST := build/under-test$(if $(ARCH),-$(ARCH))
 test-bundle: $(BIN)/python
 	$(DEVELOP)

@@ -15,7 +15,7 @@ from typing import Callable
 from shim.config import CREDENTIAL_PROCESS
 from shim.credentials import Fetched, format_time
 from shim.errors import ShimError
-from shim.variables import exported_variables
+from shim.variables import ACCOUNT_ID, exported_variables
 
 
 def _fish(value: str) -> str:
@@ -47,6 +47,18 @@ LINE_FORMATS: dict[str, Callable[[str, str], str]] = {
 }
 
 
+# How each format that can removes a variable. IMDS did not tell the account: an AWS_ACCOUNT_ID left
+# in the shell from another identity would sit next to the instance's keys (docker's --env-file
+# and JSON cannot say "unset"). First, so that the status of what evaluates it is the exports'.
+UNSET_FORMATS: dict[str, str] = {
+    "env": "unset {}",
+    "env-no-export": "unset {}",
+    "fish": "set -e {}",
+    "powershell": "Remove-Item Env:{} -ErrorAction SilentlyContinue",
+    "windows-cmd": 'set "{}="',
+}
+
+
 def credential_process_document(fetched: Fetched) -> dict[str, object]:
     """The JSON an AWS config ``credential_process`` must print (Version 1)."""
     credentials = fetched.credentials
@@ -72,5 +84,8 @@ def render(verb: str, format_name: str | None, fetched: Fetched, environ: Mappin
             raise ShimError(f"{name} from IMDS contains control characters; refusing to print it")
     if format_name == "json":
         return json.dumps(variables, indent=2) + "\n"
-    line = LINE_FORMATS[format_name or "env"]
-    return "".join(line(name, value) + "\n" for name, value in variables.items())
+    format_name = format_name or "env"
+    line = LINE_FORMATS[format_name]
+    unset = UNSET_FORMATS.get(format_name) if ACCOUNT_ID not in variables else None
+    removed = unset.format(ACCOUNT_ID) + "\n" if unset else ""
+    return removed + "".join(line(name, value) + "\n" for name, value in variables.items())

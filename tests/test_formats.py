@@ -187,3 +187,44 @@ def test_powershell_doubles_every_single_quote() -> None:
     line = rendered("powershell", ["k", "x\u2019;Start-Process calc;\u2019x", "t", "r", "a"])
     assert line is not None
     assert "$Env:AWS_SECRET_ACCESS_KEY='x\u2019\u2019;Start-Process calc;\u2019\u2019x'" in line
+
+
+def without_account() -> Fetched:
+    credentials = Credentials("ASIAKEY", "secret", "token", datetime(2099, 1, 1, tzinfo=timezone.utc))
+    return Fetched(credentials, "role", "eu-west-1", None, 2, 4)
+
+
+@pytest.mark.parametrize(("shell", "format_name"), SHELLS.values(), ids=SHELLS.keys())
+def test_a_stale_account_is_removed_when_imds_tells_none(shell: str, format_name: str) -> None:
+    """eval'd over a shell holding another identity's AWS_ACCOUNT_ID: the account is gone."""
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed (Debian package {shell})")
+    output = render("export", format_name, without_account(), {"AWS_ACCOUNT_ID": "111111111111"})
+    show = (
+        "set -q AWS_ACCOUNT_ID; and echo $AWS_ACCOUNT_ID; or echo unset"
+        if shell == "fish"
+        else ('echo "${AWS_ACCOUNT_ID-unset}"')
+    )
+    completed = subprocess.run(
+        [shell, "-c", output + show],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", "AWS_ACCOUNT_ID": "111111111111"},
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == "unset\n"
+
+
+WINDOWS_REMOVALS = {
+    "powershell": "Remove-Item Env:AWS_ACCOUNT_ID -ErrorAction SilentlyContinue",
+    "windows-cmd": 'set "AWS_ACCOUNT_ID="',
+}
+
+
+@pytest.mark.parametrize(("format_name", "removal"), WINDOWS_REMOVALS.items(), ids=WINDOWS_REMOVALS.keys())
+def test_windows_formats_remove_a_stale_account_too(format_name: str, removal: str) -> None:
+    """PowerShell and cmd remove the variable by their documented commands, only when IMDS told none."""
+    assert render("export", format_name, without_account(), {}).splitlines()[0] == removal
+    told = render("export", format_name, fetched_with(["k", "s", "t", "r", "123456789012"]), {})
+    assert removal not in told

@@ -673,3 +673,13 @@ def test_dot_roles_are_refused_on_the_command_line(role: str) -> None:
     result = run_shim(["--role", role, "--", "true"])
     assert result.returncode == FAILED
     assert "not a valid IAM role name" in result.stderr
+
+
+def test_export_removes_a_stale_account_when_imds_tells_none(hostile: Callable[..., HostileImds]) -> None:
+    """Row 11: eval "$(imds-shim export)" over another identity's AWS_ACCOUNT_ID leaves no account."""
+    server = hostile({IDENTITY: Reply(404, b"Not Found\n")})
+    script = f'eval "$({SHIM} export)" && echo "${{AWS_ACCOUNT_ID-unset}} $AWS_ACCESS_KEY_ID"'
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, AWS_ACCOUNT_ID="111111111111")
+    completed = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == "unset ASIAHOSTILEEXAMPLE\n"
