@@ -10,7 +10,7 @@ class Deadline:
     """An overall time budget that every request timeout and every sleep is measured against."""
 
     def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
+        self.clock, self.seconds = clock, seconds
         self.started = clock()
         self.ends = self.started + seconds
 

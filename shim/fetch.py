@@ -18,6 +18,10 @@ from shim.imds import IDENTITY_DOCUMENT_PATH, REGION_PATH, ROLE_PATH, ImdsClient
 from shim.log import log
 from shim.variables import REGION_VARIABLES
 
+# Seconds that region and account may take in all: a throttled retry or two, never the whole
+# deadline (an identity document trickling a byte at a time once held the command for 30 s).
+OPTIONAL_DATA_BUDGET = 5.0
+
 
 def discover_role(client: ImdsClient) -> str:
     """The attached role's name, from ``security-credentials/`` (with the slash, as SDKs ask)."""
@@ -53,15 +57,20 @@ def lookup_identity(client: ImdsClient, need_region: bool) -> Identity:
 
     A busy IMDS is retried as usual, but a missing (404) or unreadable document is not worth a
     retry storm: it costs one request, then the single-value fallback. Neither value is worth
-    failing the run for.
+    failing the run for, nor holding the command back: both together get at most
+    :data:`OPTIONAL_DATA_BUDGET` of what is left of the deadline.
     """
     identity = Identity(None, None)
+    overall = client.deadline
+    client.deadline = Deadline(min(OPTIONAL_DATA_BUDGET, overall.remaining()), overall.clock)
     try:
         identity = client.get(IDENTITY_DOCUMENT_PATH, parse_identity_document) or identity
         if need_region and identity.region is None:
             identity = Identity(client.get(REGION_PATH, parse_region), identity.account_id)
     except CredentialsUnavailable as error:
         log.warning(f"carrying on without region and account: {error}")
+    finally:
+        client.deadline = overall
     return identity
 
 

@@ -255,7 +255,7 @@ class ImdsClient:
                 log.debug(f"{method} {path} -> {status} in {elapsed:.1f} ms")
 
     def _past_deadline(self, method: str, path: str) -> str:
-        return f"gave up on IMDS after the {self.config.deadline:g} s deadline ({method} {path})"
+        return f"gave up on IMDS after the {self.deadline.seconds:g} s deadline ({method} {path})"
 
     # -- IMDSv2 token --------------------------------------------------------------------------
 

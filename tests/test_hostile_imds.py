@@ -683,3 +683,22 @@ def test_export_removes_a_stale_account_when_imds_tells_none(hostile: Callable[.
     completed = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout == "unset ASIAHOSTILEEXAMPLE\n"
+
+
+@pytest.mark.parametrize("path", [IDENTITY, REGION])
+def test_optional_data_never_holds_the_command_for_the_deadline(
+    hostile: Callable[..., HostileImds], path: str
+) -> None:
+    """Row 16: region and account trickling a byte at a time: the command starts within their own
+    5 s budget, not the 30 s deadline, with a warning and without them."""
+    script = {path: Reply(drip=0.3)}
+    if path == REGION:  # the identity document must be missing for the region's own path to be asked
+        script[IDENTITY] = Reply(404, b"Not Found\n")
+    server = hostile(script)
+    started = time.monotonic()
+    result = run_shim(["--", *probe_command()], endpoint=server.url)
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert "AWS_REGION" not in result.probe()["env"]
+    assert "carrying on without region and account" in result.stderr
+    assert took < 6.5 + START_SLACK
