@@ -41,6 +41,15 @@ if TYPE_CHECKING:
     from shim.companion import Companion
     from shim.credentials import Fetched
 
+KUBERNETES = "KUBERNETES_SERVICE_HOST"
+# What EKS injects into a pod that has an identity of its own (IRSA; EKS Pod Identity).
+POD_IDENTITY_VARIABLES = (
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+)
+
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
 EXIT_SIGNAL_BASE = 128
@@ -53,6 +62,16 @@ def fetch_credentials(config: Config, environ: Mapping[str, str]) -> Fetched:
     from shim.fetch import fetch
     from shim.imds import ImdsClient
 
+    if (
+        config.expect_role is None
+        and environ.get(KUBERNETES)
+        and not any(environ.get(name) for name in POD_IDENTITY_VARIABLES)
+    ):
+        log.warning(
+            "in Kubernetes with no IRSA or EKS Pod Identity variable: handing out the node's instance "
+            "role, which every pod on the node shares (an injection race can leave them out); "
+            "pass --expect-role NAME (IMDS_SHIM_EXPECT_ROLE) to fail instead"
+        )
     client = ImdsClient(config, Deadline(config.deadline))
     try:
         fetched = fetch(client, config, environ)

@@ -177,6 +177,14 @@ OPTIONS: tuple[Option, ...] = (
         ("AWS_EC2_INSTANCE_PROFILE_NAME",),
     ),
     Option(
+        "expect_role",
+        ("--expect-role",),
+        "fail (exit 125, nothing exported) unless the instance's role is NAME",
+        role_name,
+        None,
+        "NAME",
+    ),
+    Option(
         "timeout",
         ("--timeout",),
         "seconds to wait for an IMDS answer to start (decimals allowed); a whole answer may take 4x this",
@@ -296,6 +304,7 @@ class Config:
         self,
         endpoint: str = IPV4_ENDPOINT,
         role: str | None = None,
+        expect_role: str | None = None,
         timeout: float = 1.0,
         attempts: int = 10,
         deadline: float = DEFAULT_DEADLINE,
@@ -310,6 +319,7 @@ class Config:
         format: str | None = None,
     ) -> None:
         self.endpoint, self.role, self.timeout, self.attempts = endpoint, role, timeout, attempts
+        self.expect_role = expect_role
         self.deadline, self.allow_imds_v1, self.override = deadline, allow_imds_v1, override
         self.optional, self.refresh, self.error_exit_code = optional, refresh, error_exit_code
         self.serve, self.expiry_signal = serve, expiry_signal
@@ -332,6 +342,7 @@ class Config:
         return cls(
             endpoint=settings.text("endpoint") or settings.text("endpoint_mode") or IPV4_ENDPOINT,
             role=settings.text("role"),
+            expect_role=settings.text("expect_role"),
             timeout=settings.number("timeout"),
             attempts=settings.whole("attempts"),
             deadline=settings.number("deadline"),
@@ -362,6 +373,8 @@ class Config:
         ]
         if self.role:
             flags += ["--role", self.role]
+        if self.expect_role:
+            flags += ["--expect-role", self.expect_role]
         if not self.allow_imds_v1:
             flags.append("--no-imds-v1")
         if self.override:

@@ -42,6 +42,11 @@ class RoleNotFound(CredentialsUnavailable):
     """IMDS does not know the role that was asked for."""
 
 
+class UnexpectedRole(ShimError):
+    """The instance's role is not the one ``--expect-role`` names. Not a :class:`CredentialsUnavailable`:
+    ``--optional`` must not turn failing closed into running the command anyway."""
+
+
 class ImdsGaveUp(CredentialsUnavailable):
     """IMDS stayed busy or answered garbage until the attempts or the deadline ran out."""
 

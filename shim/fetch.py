@@ -13,7 +13,7 @@ from shim.answers import Identity, parse_credentials, parse_identity_document, p
 from shim.config import Config
 from shim.credentials import Credentials, Fetched, format_duration, format_time, seconds_left
 from shim.deadline import Deadline
-from shim.errors import CredentialsUnavailable, NoRoleAttached, RoleNotFound
+from shim.errors import CredentialsUnavailable, NoRoleAttached, RoleNotFound, UnexpectedRole
 from shim.imds import IDENTITY_DOCUMENT_PATH, REGION_PATH, ROLE_PATH, ImdsClient
 from shim.log import log
 from shim.variables import REGION_VARIABLES
@@ -75,8 +75,14 @@ def lookup_identity(client: ImdsClient, need_region: bool) -> Identity:
 
 
 def current_credentials(client: ImdsClient, config: Config) -> tuple[str, Credentials]:
-    """The role (given, or discovered anew: an instance profile can be swapped) and its credentials."""
+    """The role (given, or discovered anew: an instance profile can be swapped) and its credentials,
+    refused before they are fetched if the role is not the one --expect-role names."""
     role = config.role or discover_role(client)
+    if config.expect_role is not None and role != config.expect_role:
+        given = "--role names" if config.role else "this instance's role is"
+        raise UnexpectedRole(
+            f"--expect-role {config.expect_role}: {given} {role}; refusing to hand out its credentials"
+        )
     return role, role_credentials(client, role)
 
 

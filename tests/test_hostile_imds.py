@@ -702,3 +702,63 @@ def test_optional_data_never_holds_the_command_for_the_deadline(
     assert "AWS_REGION" not in result.probe()["env"]
     assert "carrying on without region and account" in result.stderr
     assert took < 6.5 + START_SLACK
+
+
+# -- 10. an identity the operator didn't mean ----------------------------------------------------
+
+
+@pytest.mark.parametrize("optional", [[], ["--optional"]], ids=["plain", "optional"])
+@pytest.mark.parametrize("how", ["flag", "variable"])
+def test_expect_role_fails_closed_on_another_role(
+    hostile: Callable[..., HostileImds], optional: list[str], how: str
+) -> None:
+    """--expect-role: another role is 125 with one line naming both, before its credentials are
+    asked for, the command not run, --optional or not."""
+    server = hostile()
+    flag = ["--expect-role", "app-role"] if how == "flag" else []
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url)
+    if how == "variable":
+        env["IMDS_SHIM_EXPECT_ROLE"] = "app-role"
+    result = run_shim([*flag, *optional, "--", "sh", "-c", "echo ran"], env=env)
+    assert result.returncode == FAILED
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "imds-shim: error: --expect-role app-role: this instance's role is hostile-role; "
+        "refusing to hand out its credentials"
+    ]
+    assert CREDENTIALS not in server.paths
+
+
+def test_expect_role_lets_the_expected_role_through(hostile: Callable[..., HostileImds]) -> None:
+    """The expected role: credentials as usual, in every verb, with no warning even in Kubernetes."""
+    server = hostile()
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, KUBERNETES_SERVICE_HOST="10.0.0.1")
+    result = run_shim(["--expect-role", "hostile-role", "--", *probe_command()], env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.probe()["env"]["AWS_ACCESS_KEY_ID"] == "ASIAHOSTILEEXAMPLE"
+    assert result.stderr == ""
+    exported = run_shim(["--expect-role", "hostile-role", "export"], env=env)
+    assert exported.returncode == 0, exported.stderr
+    assert run_shim(["--expect-role", "other", "credential-process"], env=env).returncode == FAILED
+
+
+KUBERNETES_CASES = {
+    "node role": ({}, True),
+    "IRSA": ({"AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/app"}, False),
+    "Pod Identity": ({"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": "/var/run/token"}, False),
+}
+
+
+@pytest.mark.parametrize(("preset", "warns"), KUBERNETES_CASES.values(), ids=KUBERNETES_CASES.keys())
+def test_kubernetes_without_a_pod_identity_warns_once(
+    hostile: Callable[..., HostileImds], preset: dict[str, str], warns: bool
+) -> None:
+    """In a pod with no IRSA or Pod Identity variable, handing out the node's role is said, once."""
+    server = hostile()
+    env = clean_env(
+        AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, KUBERNETES_SERVICE_HOST="10.0.0.1", **preset
+    )
+    result = run_shim(["export"], env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("--expect-role") == (1 if warns else 0)
+    assert ("the node's instance role" in result.stderr) is warns
