@@ -25,6 +25,7 @@ from shim.credentials import Fetched
 from shim.errors import ShimError
 from shim.log import log
 from shim.runtime import this_program
+from shim.values import shown
 from shim.variables import REGION_VARIABLES, identity_without_keys
 
 
@@ -47,10 +48,41 @@ def config_text(config: Config, region: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _unsafe_part(folder: str) -> str | None:
+    """Why ``folder`` (absolute, no symlinks) could be changed under us by another user, or None.
+
+    Every folder from / down must belong to root or to us; one that others may write to must have
+    the sticky bit, so that they cannot rename or replace what is ours in it. A 1777 folder of
+    another user fails: its owner may rename anything in it, our private folder included.
+    """
+    part = folder
+    while True:
+        info = os.stat(part)
+        if info.st_uid not in (0, os.getuid()):
+            return f"{part} belongs to another user"
+        if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+            return f"{part} is open to others for writing"
+        if part == "/":
+            return None
+        part = os.path.dirname(part)
+
+
 def private_folder(environ: Mapping[str, str]) -> tuple[str, int]:
     """This user's folder for config files, and a descriptor of it; created 0700 when missing."""
+    # An absolute path without symlinks (a relative TMPDIR would be lost at the command's first
+    # `cd`), checked to be in folders no other user can change.
+    base = os.path.realpath(environ.get("TMPDIR") or "/tmp")  # noqa: S108
+    try:
+        unsafe = _unsafe_part(base)
+    except OSError as error:
+        raise ShimError(f"--refresh: cannot use TMPDIR {shown(base)}: {error.strerror}") from None
+    if unsafe:
+        raise ShimError(
+            f"--refresh: TMPDIR {shown(base)} is not safe for the config file ({unsafe}): "
+            "set TMPDIR to a folder only you or root can change"
+        )
     # A known name on purpose: it is checked below (ours, 0700, no symlink), and reused.
-    path = os.path.join(environ.get("TMPDIR") or "/tmp", f"imds-shim-{os.getuid()}")  # noqa: S108
+    path = os.path.join(base, f"imds-shim-{os.getuid()}")
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:

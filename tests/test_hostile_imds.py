@@ -762,3 +762,51 @@ def test_kubernetes_without_a_pod_identity_warns_once(
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("--expect-role") == (1 if warns else 0)
     assert ("the node's instance role" in result.stderr) is warns
+
+
+# -- 11. --refresh and a TMPDIR someone else can change ------------------------------------------
+
+
+TMPDIR_KINDS = {
+    "1777, another user's": (0o1777, "belongs to another user"),
+    "0777 without the sticky bit": (0o777, "open to others for writing"),
+}
+
+
+@pytest.mark.parametrize(("mode", "named"), TMPDIR_KINDS.values(), ids=TMPDIR_KINDS.keys())
+def test_refresh_refuses_a_tmpdir_another_user_can_change(
+    hostile: Callable[..., HostileImds], tmp_path: Path, mode: int, named: str
+) -> None:
+    """Rows 9: a TMPDIR whose entries another user may rename is refused in one line naming it;
+    nothing is written there."""
+    if mode == 0o1777 and os.geteuid() != 0:
+        pytest.skip("giving a folder to another user needs root")
+    server = hostile()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    if mode == 0o1777:
+        os.chown(shared, 65534, 65534)
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, TMPDIR=str(shared))
+    result = run_shim(["--refresh", "--", "sh", "-c", "echo ran"], env=env)
+    assert result.returncode == FAILED
+    (line,) = result.stderr.splitlines()
+    assert f"TMPDIR '{shared}'" in line
+    assert named in line
+    assert result.stdout == ""
+    assert list(shared.iterdir()) == []
+
+
+def test_refresh_with_a_relative_tmpdir_gives_an_absolute_path(
+    hostile: Callable[..., HostileImds], tmp_path: Path
+) -> None:
+    """Row 10: a relative TMPDIR still gives the command an absolute AWS_CONFIG_FILE."""
+    server = hostile()
+    (tmp_path / "relative").mkdir()
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, TMPDIR="relative")
+    result = run_shim(["--refresh", "--", *probe_command()], env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    path = Path(result.probe()["env"]["AWS_CONFIG_FILE"])
+    assert path.is_absolute()
+    assert path.parent == tmp_path / "relative" / f"imds-shim-{os.getuid()}"
+    assert "credential_process" in path.read_text()
