@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import http.client
 import http.cookiejar
+import os
 import random
 import threading
 import time
@@ -135,8 +136,9 @@ class time_limit:
     the poll, and CPython runs the handlers that are due before it polls again.
 
     Only the main thread receives signals; elsewhere (a helper thread) the socket timeouts alone
-    apply. The previous handler and any timer already running are put back afterwards: interval
-    timers survive exec, and the command must inherit exactly what the shim inherited.
+    apply. The previous handler, any timer already running and the signal mask are put back
+    afterwards, and no SIGALRM of ours is left pending: interval timers, masks and pending signals
+    survive exec, and the command must inherit exactly what the shim inherited.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -151,6 +153,13 @@ class time_limit:
             self.ends = self.started + self.seconds
             self.active = True
             self.inherited = signals.setitimer(signals.ITIMER_REAL, _next_tick(self.seconds))
+            # A caller that blocks SIGALRM would stop every tick (and the limit with them) and
+            # leave one pending for the command: unblocked while the limit holds, blocked again
+            # after, with the caller's own pending one (if it had one) made pending again.
+            self.unblocked = signals.SIGALRM in signals.pthread_sigmask(signals.SIG_BLOCK, ())
+            if self.unblocked:
+                self.was_pending = signals.SIGALRM in signals.sigpending()
+                signals.pthread_sigmask(signals.SIG_UNBLOCK, (signals.SIGALRM,))
 
     def _tick(self, signum: int, frame: object) -> None:
         if not self.active:  # a tick that was already on its way when the limit was lifted
@@ -164,11 +173,16 @@ class time_limit:
         if not self.armed:
             return
         self.active = False  # first: a late tick must not arm the timer again
+        signals.setitimer(signals.ITIMER_REAL, 0)
+        if self.unblocked:  # no tick of ours can come any more, nor be left pending
+            signals.pthread_sigmask(signals.SIG_BLOCK, (signals.SIGALRM,))
+            if self.was_pending:
+                os.kill(os.getpid(), signals.SIGALRM)
+        signals.signal(signals.SIGALRM, signals.SIG_DFL if self.previous is None else self.previous)
         delay, interval = self.inherited
         if delay:
             delay = max(delay - (time.monotonic() - self.started), 0.001)
         signals.setitimer(signals.ITIMER_REAL, delay, interval)
-        signals.signal(signals.SIGALRM, signals.SIG_DFL if self.previous is None else self.previous)
 
 
 class ImdsClient:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -810,3 +811,52 @@ def test_refresh_with_a_relative_tmpdir_gives_an_absolute_path(
     assert path.is_absolute()
     assert path.parent == tmp_path / "relative" / f"imds-shim-{os.getuid()}"
     assert "credential_process" in path.read_text()
+
+
+# -- 12. inherited signal state: a blocked SIGALRM -----------------------------------------------
+
+
+def _block_sigalrm() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+
+
+def test_the_answer_limit_holds_with_sigalrm_blocked(hostile: Callable[..., HostileImds]) -> None:
+    """Row 6: a caller that blocks SIGALRM, and a body trickling forever: 125 within 6 s of a 3 s deadline."""
+    server = hostile({CREDENTIALS: Reply(drip=0.2)})
+    result = run_shim(
+        ["--deadline", "3", "--", "true"], endpoint=server.url, preexec_fn=_block_sigalrm, timeout=30
+    )
+    assert result.returncode == FAILED
+    assert result.seconds < 6 + START_SLACK
+
+
+def pending_and_blocked(status: str) -> tuple[int, int]:
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    pending = int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
+    return pending, int(fields["SigBlk"], 16)
+
+
+def test_no_sigalrm_of_ours_is_left_pending_for_the_command(simulator: Callable[..., Any]) -> None:
+    """Row 7: SIGALRM blocked by the caller, answers slow enough for the timer to tick: the command
+    gets SIGALRM still blocked and nothing pending."""
+    sim = simulator(latency=0.6)
+    result = run_shim(["--", "cat", "/proc/self/status"], endpoint=sim.url, preexec_fn=_block_sigalrm)
+    assert result.returncode == 0, result.stderr
+    pending, blocked = pending_and_blocked(result.stdout)
+    alarm = 1 << (signal.SIGALRM - 1)
+    assert blocked & alarm
+    assert not pending & alarm
+
+
+def test_a_pending_sigalrm_of_the_callers_stays_pending(simulator: Callable[..., Any]) -> None:
+    """The caller's own SIGALRM, blocked and pending at the start, is still pending for the command."""
+
+    def block_and_raise() -> None:
+        _block_sigalrm()
+        os.kill(os.getpid(), signal.SIGALRM)
+
+    sim = simulator(latency=0.6)
+    result = run_shim(["--", "cat", "/proc/self/status"], endpoint=sim.url, preexec_fn=block_and_raise)
+    assert result.returncode == 0, result.stderr
+    pending, _ = pending_and_blocked(result.stdout)
+    assert pending & (1 << (signal.SIGALRM - 1))
