@@ -14,6 +14,7 @@ import stat
 
 from shim.errors import CommandNotExecutable, CommandNotFound, Interrupted, ShimError
 from shim.log import flush_standard_streams
+from shim.runtime import inherited_ignored_signals
 from shim.values import shown
 
 TYPE_CHECKING = False  # no typing import at run time: this is the step-aside path
@@ -65,9 +66,15 @@ class interruptible:
 
 
 def restore_inherited_dispositions() -> None:
-    """Undo what CPython did to signal dispositions at start-up."""
+    """Undo what CPython did to signal dispositions at start-up.
+
+    SIGPIPE and SIGXFSZ go back to the default unless they were ignored before Python started,
+    which only the bundle's launcher can see; the pip-installed shim gives them the default.
+    """
+    already_ignored = inherited_ignored_signals()
     for signum in PYTHON_IGNORED_SIGNALS:
-        signals.signal(signum, signals.SIG_DFL)
+        if signum not in already_ignored:
+            signals.signal(signum, signals.SIG_DFL)
     # CPython installs default_int_handler only where SIGINT was inherited as SIG_DFL.
     if signals.getsignal(signals.SIGINT) is signals.default_int_handler:
         signals.signal(signals.SIGINT, signals.SIG_DFL)

@@ -31,6 +31,16 @@ FROZEN = bool(getattr(sys, "frozen", False))
 LIBRARY_PATH = "LD_LIBRARY_PATH"
 SAVED_LIBRARY_PATH = "LD_LIBRARY_PATH_ORIG"
 BOOTLOADER_PREFIX = "_PYI_"
+# Set by bundle/launcher.c, which has copies of these names.
+SAVED_PREFIX = "_IMDS_SHIM_CALLER_"
+INHERITED_SIG_IGN = "_IMDS_SHIM_INHERITED_SIG_IGN"
+
+
+def inherited_ignored_signals() -> frozenset[int]:
+    """The signals CPython ignores at start-up that were ignored before it started, where that can be
+    known: the bundle's launcher looks before Python does. The pip-installed shim cannot tell."""
+    listed = os.environ.get(INHERITED_SIG_IGN, "")
+    return frozenset(int(number) for number in listed.split(",") if number.isdigit())
 
 
 def started_with(environ: Mapping[str, str]) -> dict[str, str]:
@@ -55,8 +65,10 @@ def started_with(environ: Mapping[str, str]) -> dict[str, str]:
 def launch_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The environment this imds-shim was started with, before Python or a bootloader touched it.
 
-    Through the launcher, only its ``_PYI_*`` variables are to remove. A bootloader started
-    directly prepends its folder to ``LD_LIBRARY_PATH``; only when the value is exactly what it
+    Through the launcher, the caller's own loader and packager variables come renamed behind
+    :data:`SAVED_PREFIX` (so that they did not reach this runtime): they get their names back, and
+    what the launcher and the bootloader set goes. A bootloader started directly prepends its
+    folder to ``LD_LIBRARY_PATH``; only when the value is exactly what it
     would have made is it undone, so a variable the user set is never lost. Then two cases are
     beyond repair, because the bootloader overwrote them before any Python ran: an empty
     ``LD_LIBRARY_PATH`` comes back unset (the same to the loader), and a user's own
@@ -65,6 +77,14 @@ def launch_environment(environ: Mapping[str, str]) -> dict[str, str]:
     environment = started_with(environ)
     if not FROZEN:
         return environment
+    if INHERITED_SIG_IGN in environment:  # through the launcher: see bundle/launcher.c
+        restored = {}
+        for name, value in environment.items():
+            if name.startswith(SAVED_PREFIX):
+                restored[name[len(SAVED_PREFIX) :]] = value
+            elif not name.startswith(BOOTLOADER_PREFIX) and name != INHERITED_SIG_IGN:
+                restored[name] = value
+        return restored
     for name in [name for name in environment if name.startswith(BOOTLOADER_PREFIX)]:
         del environment[name]
     ours = str(getattr(sys, "_MEIPASS", ""))
