@@ -242,3 +242,68 @@ def test_serves_in_a_minimal_root_to_a_static_client(
     assert json.loads(answer[1])["AccessKeyId"] in {
         issued.access_key_id for issued in sim.state.issued.values()
     }
+
+
+# -- the caller's loader and packager variables, the launcher's edge cases -------------------------
+
+NEWER_GLIBC_PRELOAD = "#include <stdlib.h>\nunsigned int imds_shim_test(void) { return arc4random(); }\n"
+
+
+def test_the_callers_loader_and_packager_variables_reach_the_command_not_the_runtime(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Rows 12-14: LD_PRELOAD built for the image's newer glibc, LD_AUDIT-free LD_* settings,
+    PYINSTALLER_RESET_ENVIRONMENT and the caller's own _PYI_*: the bundle runs, and the command
+    gets every one of them unchanged."""
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler to build a preload library (Debian package gcc)")
+    preload = tmp_path / "libnewer.so"
+    source = tmp_path / "newer.c"
+    source.write_text(NEWER_GLIBC_PRELOAD)  # arc4random: glibc 2.36, newer than the bundle's 2.31
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(preload), str(source)], check=True)
+    callers = {
+        "LD_PRELOAD": str(preload),
+        "LD_LIBRARY_PATH": "/opt/app/lib",
+        "LD_BIND_NOW": "1",
+        "PYINSTALLER_RESET_ENVIRONMENT": "1",
+        "_PYI_APPLICATION_HOME_DIR": "/callers/own",
+    }
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, **callers)
+    result = run_shim(["-v", "--", *probe_command()], env=env)
+    assert result.returncode == 0, result.stderr
+    child = result.probe()["env"]
+    assert {name: child.get(name) for name in callers} == callers
+    assert not [name for name in child if name.startswith("_IMDS_SHIM")]
+    assert child["AWS_ACCESS_KEY_ID"].startswith("ASIASIMULATED")
+
+
+def test_a_folder_with_a_colon_is_refused_clearly(tmp_path: Path) -> None:
+    """A bundle under a path with ':' (which the loader's library path cannot hold): one line, 125."""
+    moved = tmp_path / "a:b" / "imds-shim"
+    shutil.copytree(BUNDLE, moved, symlinks=True)
+    result = run_shim(["--", "true"], env=clean_env(), executable=str(moved / "imds-shim"))
+    assert result.returncode == 125
+    (line,) = result.stderr.splitlines()
+    assert f"the bundle's folder {moved} has a ':' in its path" in line
+
+
+def test_an_empty_argv_still_runs(sim: Simulator) -> None:
+    """Row 18: started with an empty argv[0] (what Linux 5.18+ makes of no argv at all), it works."""
+    completed = subprocess.run(
+        ["", "--", "sh", "-c", "echo ran"],
+        executable=SHIM,
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == "ran\n"
+
+
+def test_the_launchers_exit_status_is_the_shims() -> None:
+    """bundle/launcher.c keeps a copy of the shim's failure status: the two agree."""
+    from shim.config import DEFAULT_ERROR_EXIT_CODE
+
+    source = (Path(__file__).parent.parent / "bundle" / "launcher.c").read_text()
+    assert f"#define FAILED {DEFAULT_ERROR_EXIT_CODE}\n" in source

@@ -16,6 +16,7 @@ from helpers import (
     EMULATOR_LOSES_IGNORED_SIGNALS,
     EXPORTED_VARIABLES,
     SHIM,
+    UNDER_TEST_IS_BUNDLE,
     clean_env,
     probe_command,
     run_shim,
@@ -320,3 +321,17 @@ def test_doctor_under_the_entrypoint_sees_what_doctor_alone_sees(sim: Simulator)
     assert under.returncode == alone.returncode == 0, under.stderr
     assert "would step aside" not in under.stdout
     assert len(sim.requests) == 2 * requests_alone
+
+
+@pytest.mark.skipif(EMULATED, reason=EMULATOR_LOSES_IGNORED_SIGNALS)
+def test_sigpipe_and_sigxfsz_ignored_by_the_caller(sim: Simulator) -> None:
+    """The bundle's launcher sees them ignored before Python starts, and they stay ignored; the
+    pip-installed shim cannot see past CPython's own start-up, and gives them the default (README)."""
+
+    def ignore_both() -> None:
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    ignored = signal_state(ignore_both, sim.url)[0]
+    both = signal_bit(signal.SIGPIPE) | signal_bit(signal.SIGXFSZ)
+    assert ignored & both == (both if UNDER_TEST_IS_BUNDLE else 0)
