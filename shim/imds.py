@@ -2,8 +2,8 @@
 
 One ``requests.Session`` (keep-alive, ``trust_env=False`` so no proxy or ``.netrc`` is ever used,
 no cookies kept), redirects never followed or even read, every body capped at 64 KiB and never
-decompressed, an explicit (connect, read) timeout on every
-call, both capped by the remaining deadline. Failures are classified by what the network did:
+decompressed, an explicit (connect, read) timeout on every call, both capped by the remaining
+deadline. Failures are classified by what the network did:
 
 - no TCP answer at all: not on EC2 (or firewalled); one retry, then :class:`ImdsUnreachable`;
 - token PUT connected but silent: the IMDSv2 hop-limit symptom; IMDSv1 fallback with a warning, or
