@@ -38,6 +38,9 @@ REPO = HERE.parent
 LOAD = REPO / "bench" / "endpoint_load.py"
 JS_SDK = Path(os.environ.get("JS_SDK_DIR", REPO / "build" / "js-sdk"))
 AWS_CLI = "/usr/bin/aws"  # Debian's awscli is v2; a pip-installed `aws` may be v1
+# Seconds-long SDK loops and loads, or a moment measured to a fraction of a second: run apart from
+# the parallel suites, whose own time budgets they would eat into (under qemu-user above all).
+HEAVY = pytest.mark.serial
 
 
 def credentials_gets(sim: Simulator) -> int:
@@ -153,6 +156,7 @@ while time.time() < ends:
 """
 
 
+@HEAVY
 def test_botocore_renews_from_the_endpoint_and_never_sees_an_expired_set(
     simulator: Callable[..., Simulator],
 ) -> None:
@@ -172,6 +176,7 @@ def test_botocore_renews_from_the_endpoint_and_never_sees_an_expired_set(
     assert credentials_gets(sim) <= 2 * len(set(keys)) + 1 < len(readings)
 
 
+@HEAVY
 def test_many_processes_share_one_fetch(sim: Simulator) -> None:
     """Twenty SDK processes in the command read the same set; IMDS is asked once."""
     pytest.importorskip("botocore")
@@ -186,6 +191,7 @@ def test_many_processes_share_one_fetch(sim: Simulator) -> None:
     assert credentials_gets(sim) == 1
 
 
+@HEAVY
 def test_aws_cli_v2_reads_the_endpoint(sim: Simulator) -> None:
     """The AWS CLI v2 resolves the served set (export-credentials shows what it got)."""
     exists = os.path.exists(AWS_CLI)
@@ -223,6 +229,7 @@ const ends = Date.now() + Number(process.argv[2]) * 1000;
 """
 
 
+@HEAVY
 def test_the_javascript_sdk_v3_default_chain_renews_from_the_endpoint(
     simulator: Callable[..., Simulator], tmp_path: Path
 ) -> None:
@@ -243,6 +250,7 @@ def test_the_javascript_sdk_v3_default_chain_renews_from_the_endpoint(
     assert all(reading["now"] < reading["expires"] for reading in readings)
 
 
+@HEAVY
 def test_imds_going_away_serves_the_cached_set_until_it_expires_then_503(
     simulator: Callable[..., Simulator],
 ) -> None:
@@ -332,6 +340,7 @@ def test_the_endpoint_stays_through_sigterm_to_the_group(sim: Simulator) -> None
     assert json.loads(output.splitlines()[0])["status"] == 200
 
 
+@HEAVY
 def test_expiry_signal_arrives_when_the_keys_are_due_for_renewal(simulator: Callable[..., Simulator]) -> None:
     """--expiry-signal USR1: static keys, and SIGUSR1 at min(15 min, half the lifetime) before expiry."""
     sim = simulator(expires_in=4)
@@ -422,6 +431,7 @@ def test_works_against_moto(moto_endpoint: str) -> None:
 # -- secrets and size ------------------------------------------------------------------------------
 
 
+@HEAVY
 def test_no_secret_or_token_in_the_logs_across_renewals(simulator: Callable[..., Simulator]) -> None:
     """At debug level, across renewals and refused requests: no secret, session token or either token."""
     sim = simulator(expires_in=3)
@@ -439,6 +449,7 @@ def test_no_secret_or_token_in_the_logs_across_renewals(simulator: Callable[...,
         assert secret[4:-4] not in result.stderr
 
 
+@HEAVY
 def test_the_endpoint_stays_small(sim: Simulator) -> None:
     """After 1000 answers to 8 concurrent clients, the endpoint's peak resident memory is at most 60 MB."""
     command = [sys.executable, str(LOAD), "--requests", "1000", "--clients", "8"]
