@@ -393,7 +393,9 @@ def test_a_slow_answer_cannot_outlast_the_deadline(
     started = time.monotonic()
     result = run_shim(["--deadline", "1", *verb], endpoint=server.url, timeout=30)
     seconds = time.monotonic() - started
-    assert seconds < 2.5 + START_SLACK, f"took {seconds:.1f} s"  # the 1 s deadline, plus starting and exiting
+    # The 1 s deadline, plus starting and exiting: 2.6 s once on a machine half as fast as the one
+    # this was set on (Python 3.9, four workers); a trickle that were not cut would take minutes.
+    assert seconds < 3.5 + START_SLACK, f"took {seconds:.1f} s"
     assert_clean_output(result.stderr + result.stdout)
     assert result.returncode == FAILED, result.stderr + result.stdout
 
