@@ -75,6 +75,21 @@ START_SLACK = 3.0 if EMULATED else 0.0
 EMULATOR_LOSES_IGNORED_SIGNALS = "qemu-user does not carry an inherited SIG_IGN through exec"
 
 
+# A long-running botocore service as the command: every 0.2 s for argv[1] seconds, the method,
+# key and expiry it holds and when it read them, as JSON lines (the --serve judges, loopback and e2e).
+BOTOCORE_LOOP = """
+import json, sys, time, botocore.session
+credentials = botocore.session.get_session().get_credentials()
+ends = time.time() + float(sys.argv[1])
+while time.time() < ends:
+    frozen = credentials.get_frozen_credentials()
+    now = time.time()
+    print(json.dumps({"method": credentials.method, "key": frozen.access_key, "now": now,
+                      "expires": credentials._expiry_time.timestamp()}), flush=True)
+    time.sleep(0.2)
+"""
+
+
 def closed_port() -> int:
     """A loopback port with nothing listening: a connection there is refused at once."""
     with socket.socket() as sock:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from helpers import HERE, SHIM, START_SLACK, clean_env, probe_command, run_shim
+from helpers import BOTOCORE_LOOP, HERE, SHIM, START_SLACK, clean_env, probe_command, run_shim
 
 from shim.simulator import Simulator
 
@@ -141,19 +141,6 @@ def test_the_answer_is_what_the_sdks_read(simulator: Callable[..., Simulator]) -
 
 
 # -- renewal ---------------------------------------------------------------------------------------
-
-
-BOTOCORE_LOOP = """
-import json, sys, time, botocore.session
-credentials = botocore.session.get_session().get_credentials()
-ends = time.time() + float(sys.argv[1])
-while time.time() < ends:
-    frozen = credentials.get_frozen_credentials()
-    now = time.time()
-    print(json.dumps({"method": credentials.method, "key": frozen.access_key, "now": now,
-                      "expires": credentials._expiry_time.timestamp()}), flush=True)
-    time.sleep(0.2)
-"""
 
 
 @HEAVY

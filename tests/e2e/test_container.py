@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from helpers import BOTOCORE_LOOP
 from roots import NATIVE, NOBODY, elf_machine, make_root, parse_envdump, why_not
 
 from shim import __version__
@@ -517,16 +518,6 @@ def test_bundle_alone_non_root_read_only(engine: Engine, minimal: str, imds: Sta
 
 SDK_IMAGE = "localhost/imds-shim-sdk:e2e"
 PIP_DOWNLOAD = (sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:")
-BOTOCORE_LOOP = """
-import json, sys, time, botocore.session
-credentials = botocore.session.get_session().get_credentials()
-ends = time.time() + float(sys.argv[1])
-while time.time() < ends:
-    frozen = credentials.get_frozen_credentials()
-    print(json.dumps({"method": credentials.method, "key": frozen.access_key, "now": time.time(),
-                      "expires": credentials._expiry_time.timestamp()}), flush=True)
-    time.sleep(0.2)
-"""
 
 
 @pytest.fixture(scope="module")
