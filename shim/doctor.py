@@ -152,7 +152,7 @@ def _mode(report: Report, config: Config) -> None:
 def _tcp(report: Report, config: Config) -> bool:
     parts = urllib.parse.urlsplit(config.endpoint)
     host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    port = parts.port or 80
     watch = Stopwatch()
     try:
         socket.create_connection((host, port), timeout=config.connect_timeout).close()

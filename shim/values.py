@@ -119,14 +119,20 @@ def _is_host(host: str) -> bool:
 
 
 def endpoint(value: str, what: str) -> str:
-    """An ``http://`` or ``https://`` base URL with a host and an optional port, nothing else."""
+    """An ``http://`` base URL with a host and an optional port, nothing else.
+
+    ``https://`` is refused by name: IMDS speaks plain HTTP on a link-local address, and the
+    self-contained bundle carries no TLS stack at all, so both builds answer alike.
+    """
     scheme, _, rest = value.partition("://")
+    if scheme.lower() == "https":
+        raise UsageError(f"{what}: IMDS speaks plain HTTP, not HTTPS: use http://, got {shown(value)}")
     authority = rest[:-1] if rest.endswith("/") else rest
     host, port_text = authority, ""
     if authority.rfind(":") > authority.rfind("]"):
         host, _, port_text = authority.rpartition(":")
     port_ok = not port_text or 1 <= (whole_number(port_text) or 0) <= 65535
-    if scheme not in ("http", "https") or not _is_host(host) or not port_ok:
+    if scheme != "http" or not _is_host(host) or not port_ok:
         raise UsageError(f"{what}: expected a URL such as http://169.254.169.254, got {shown(value)}")
     return value.rstrip("/")
 

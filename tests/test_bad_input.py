@@ -145,6 +145,13 @@ ROWS: dict[str, Row] = {
     "port not a number": Row(["--endpoint", "http://a:b", "--", "true"], FAILED, "--endpoint"),
     "ipv6 endpoint of colons": Row(["--endpoint", "http://[:]", "--", "true"], FAILED, "not a usable URL"),
     "endpoint with user": Row(["--endpoint", "http://user@127.0.0.1", "--", "true"], FAILED, "--endpoint"),
+    "https endpoint": Row(["--endpoint", "https://127.0.0.1", "--", "true"], FAILED, "plain HTTP, not HTTPS"),
+    "https endpoint twin": Row(
+        ["--optional", "--", "true"],
+        FAILED,
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT: IMDS speaks plain HTTP, not HTTPS",
+        {"AWS_EC2_METADATA_SERVICE_ENDPOINT": "HTTPS://127.0.0.1:9"},
+    ),
     "twin superscript": Row(["--", "true"], FAILED, "IMDS_SHIM_ATTEMPTS", {"IMDS_SHIM_ATTEMPTS": "²"}),
     "twin bad exit code": Row(
         ["--", "true"], FAILED, "IMDS_SHIM_ERROR_EXIT_CODE", {"IMDS_SHIM_ERROR_EXIT_CODE": "²"}
