@@ -173,7 +173,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             write_stdout(_help(invocation))
             return 0
         if invocation.show_version:
-            write_stdout(f"imds-shim {__version__}\n")
+            # The interpreter too: in the self-contained bundle it is the frozen one, a fact
+            # a security review asks for (the bundle's SBOM names the same version).
+            write_stdout(f"imds-shim {__version__} (CPython {'.'.join(map(str, sys.version_info[:3]))})\n")
             return 0
         log.set_level(invocation.settings.text("log_level") or "warning")
         if "error_exit_code" in invocation.settings:  # the simulator has no such option

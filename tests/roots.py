@@ -14,7 +14,7 @@ still serves the command.
 
 Each root is made for one architecture. This machine's own takes musl-gcc, musl's loader and
 busybox from the machine; another (arm64 on an x86-64 host) takes them from that architecture's
-bullseye root, which ``make bundle ARCH=arm64`` leaves in build/ with musl-tools and busybox-static,
+trixie root, which ``make bundle ARCH=arm64`` leaves in build/ with musl-tools and busybox-static,
 and compiles there under qemu-user.
 """
 
@@ -45,12 +45,12 @@ def elf_machine(executable: Path | str | bytes) -> str:
 
 class Toolchain:
     """Where one architecture's musl compiler, musl loader and static busybox come from: this
-    machine for its own architecture, else that architecture's bullseye root from make bundle."""
+    machine for its own architecture, else that architecture's trixie root from make bundle."""
 
     def __init__(self, machine: str = NATIVE) -> None:
         self.machine = machine
         arch = DEBIAN_ARCHITECTURES.get(machine, machine)
-        self.root = None if machine == NATIVE else HERE.parent / "build" / f"bullseye-{arch}"
+        self.root = None if machine == NATIVE else HERE.parent / "build" / f"trixie-{arch}"
 
     def path(self, inside: str) -> Path:
         """``inside`` (absolute, in the toolchain's system) on this machine, symlinks resolved

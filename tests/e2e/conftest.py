@@ -105,10 +105,11 @@ def _why_no_roots() -> str | None:
 
 @pytest.fixture(scope="session")
 def roots() -> Roots:
-    """Debian bullseye roots, shared by every engine: the bundle's builder and a bare one.
+    """Debian roots, shared by every engine: the bundle's builder and a bare one.
 
-    The builder is `make bundle`'s own root (python3-venv, libpython3.9, binutils), which also
-    leaves the wheels an offline image build needs. The bare root has no Python at all.
+    The builder is `make bundle`'s own trixie root (python3-venv, libpython3.13, binutils), which
+    also leaves the wheels an offline image build needs. The bare root is an older Debian,
+    bullseye, with no Python at all: the bundle brings its own C library, so age does not matter.
     """
     reason = _why_no_roots()
     if reason:
@@ -139,7 +140,7 @@ def roots() -> Roots:
     if bundle.returncode != 0:
         pytest.skip(f"make bundle failed: {bundle.stderr[-500:]}")
     return Roots(
-        builder=ROOT / "build" / f"bullseye-{arch}",
+        builder=ROOT / "build" / f"trixie-{arch}",
         bare=bare,
         wheels=ROOT / "build" / f"wheels-{arch}",
     )

@@ -1,0 +1,33 @@
+# Sourced by scripts/make-bundle, make-image and make-release, from the project's top folder: the
+# facts every build script needs, said once.
+
+# The version being built, from shim/__init__.py.
+imds_shim_version() {
+    sed -n 's/^__version__ = "\(.*\)"$/\1/p' shim/__init__.py
+}
+
+# An architecture as Debian names it (amd64, arm64), from either naming; fails for any other.
+debian_arch() {
+    case "$1" in
+        amd64 | x86_64) echo amd64 ;;
+        arm64 | aarch64) echo arm64 ;;
+        *) return 1 ;;
+    esac
+}
+
+# An architecture as the kernel and the tarballs name it (x86_64, aarch64).
+machine_name() {
+    case "$(debian_arch "$1")" in
+        amd64) echo x86_64 ;;
+        arm64) echo aarch64 ;;
+    esac
+}
+
+# This machine's, from uname: not every Linux has dpkg.
+native_arch=$(debian_arch "$(uname -m)")
+
+# The commit's time, for reproducible builds (https://reproducible-builds.org/docs/source-date-epoch/);
+# an exported SOURCE_DATE_EPOCH wins, and a tree without git history builds at the epoch.
+source_date_epoch() {
+    echo "${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
+}
