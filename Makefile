@@ -10,7 +10,7 @@ DEVELOP := $(PIP) --config-settings editable_mode=compat -e '.[test]'
 # The loopback suites wait on timeouts far more than they compute: four workers on two cores.
 JOBS ?= 4
 
-.PHONY: demo test lint bench bundle test-bundle image
+.PHONY: demo test lint bench bundle test-bundle image release
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,11 +48,12 @@ bench:
 		$(if $(BUNDLE_TARBALL),--other bundle=build/bench-bundle/imds-shim/imds-shim) $(BENCH_ARGS)
 
 # The self-contained imds-shim for images without Python (see README, "In an image without Python").
-# Needs root and debootstrap; builds in a Debian bullseye root so that it runs on glibc >= 2.31.
+# Needs root and debootstrap; builds in a Debian trixie root (CPython 3.13, glibc 2.41), reproducibly.
 # ARCH=arm64 (or amd64) builds for that architecture, under qemu-user when it is not this machine's.
+# FRESH_ROOT=1 bootstraps the root anew, with the latest Debian security fixes.
 ARCH ?=
 bundle:
-	ARCH=$(ARCH) PYTHON=$(PYTHON) scripts/make-bundle
+	ARCH=$(ARCH) PYTHON=$(PYTHON) FRESH_ROOT=$(FRESH_ROOT) scripts/make-bundle
 
 # The behaviour suites once more, against the bundle instead of the pip-installed shim (ARCH=arm64:
 # the arm64 bundle, run by qemu-user; its minimal roots are made with the arm64 root's compilers).
@@ -80,3 +81,9 @@ test-bundle: $(BIN)/python
 # docker. See README, "In an image without Python".
 image:
 	scripts/make-image
+
+# Everything a release publishes, in dist/: the wheel and sdist, both architectures' bundles with
+# their SBOMs, and SHA256SUMS (scripts/make-release). From a committed tree with a CHANGELOG entry.
+release: $(BIN)/python
+	$(PIP) build
+	PYTHON=$(BIN)/python scripts/make-release

@@ -31,3 +31,18 @@ native_arch=$(debian_arch "$(uname -m)")
 source_date_epoch() {
     echo "${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
 }
+
+# The commit being built (with -dirty when the tree has uncommitted changes), for OCI labels.
+source_revision() {
+    local revision
+    revision=$(git rev-parse HEAD 2>/dev/null) || { echo unknown; return; }
+    if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+        revision=$revision-dirty
+    fi
+    echo "$revision"
+}
+
+# Where the sources live: IMDS_SHIM_SOURCE_URL if set, else the clone's origin, else this folder.
+source_url() {
+    echo "${IMDS_SHIM_SOURCE_URL:-$(git remote get-url origin 2>/dev/null || echo "file://$PWD")}"
+}

@@ -296,6 +296,16 @@ def test_make_image_holds_the_bundle_and_nothing_else(engine: Engine) -> None:
         assert completed.stdout.startswith(f"imds-shim {__version__} (CPython 3.")
 
 
+def test_make_image_labels_version_revision_and_source(engine: Engine) -> None:
+    """Each image made by make image carries the OCI labels version, revision (this commit) and source."""
+    revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    for tag in engine.tags[1:]:
+        labels = json.loads(engine("image", "inspect", "--format", "{{json .Labels}}", tag).stdout)
+        assert labels["org.opencontainers.image.version"] == __version__
+        assert labels["org.opencontainers.image.revision"].startswith(revision)
+        assert labels["org.opencontainers.image.source"] not in ("", "unknown")
+
+
 def test_arm64_recipe_gets_credentials_under_emulation(engine: Engine, imds: StartImds) -> None:
     """--platform linux/arm64: the recipe copies the arm64 imds-shim into scratch, and it fetches
     credentials through the real ENTRYPOINT (qemu-user runs it here; a Graviton host natively)."""
