@@ -66,9 +66,12 @@ UNDER_TEST := build/under-test$(if $(ARCH),-$(ARCH))
 # and passed with two, in no more time.
 EMULATED_JOBS ?= 2
 BUNDLE_JOBS := $(if $(filter arm64 aarch64,$(ARCH)),$(EMULATED_JOBS),$(JOBS))
+# TARBALL=dist/….tar.gz: test that tarball as it is (say, the one make release made) instead of
+# building one.
+TARBALL ?=
 test-bundle: $(BIN)/python
 	$(DEVELOP)
-	tarball=$$(ARCH=$(ARCH) PYTHON=$(BIN)/python scripts/make-bundle) && rm -rf $(UNDER_TEST) \
+	tarball=$(or $(TARBALL),$$(ARCH=$(ARCH) PYTHON=$(BIN)/python scripts/make-bundle)) && rm -rf $(UNDER_TEST) \
 	&& mkdir -p $(UNDER_TEST) && tar -xzf "$$tarball" -C $(UNDER_TEST) \
 	&& SHIM_UNDER_TEST=$(UNDER_TEST)/imds-shim/imds-shim BUNDLE_TARBALL="$$tarball" \
 		$(BIN)/python -m pytest -n $(BUNDLE_JOBS) -m "not serial" $(BUNDLE_SUITES) $(PYTEST_ARGS) \

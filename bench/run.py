@@ -257,6 +257,9 @@ def report(
     if "curl + jq recipe" in by_name:
         ratio = shim / by_name["curl + jq recipe"].median_ms
         targets.append(("imds-shim <= 1.35 x curl + jq", ratio, ratio <= 1.35))
+        if BUNDLE_CASE in by_name:
+            ratio = by_name[BUNDLE_CASE].median_ms / by_name["curl + jq recipe"].median_ms
+            targets.append(("bundle fetch + exec <= 1.0 x curl + jq", ratio, ratio <= 1.0))
     missed = 0
     for label, value, met in targets:
         missed += not met

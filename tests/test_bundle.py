@@ -13,11 +13,13 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import (
+    EMULATED,
     FAIL_FAST_ENDPOINT,
     SHIM,
     UNDER_TEST_IS_BUNDLE,
@@ -35,6 +37,7 @@ pytestmark = pytest.mark.skipif(
     not UNDER_TEST_IS_BUNDLE, reason="no bundle under test: run make test-bundle (needs root)"
 )
 BUNDLE = Path(SHIM).parent
+REPOSITORY = Path(__file__).resolve().parent.parent
 MACHINE = elf_machine(SHIM)  # arm64 bundles run here under qemu-user, in arm64 roots
 MAX_UNPACKED_BYTES = 25 * 1000 * 1000
 MAX_TARBALL_BYTES = 10 * 1000 * 1000
@@ -132,7 +135,8 @@ def test_an_https_endpoint_is_one_line_and_125() -> None:
     """The bundle, like the pip-installed shim, refuses https:// up front, before any request."""
     result = run_shim(["--optional", "--endpoint", "https://127.0.0.1:9", "--", "true"])
     assert result.returncode == 125
-    assert result.stderr.count("\n") == 1 and "plain HTTP, not HTTPS" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "plain HTTP, not HTTPS" in result.stderr
 
 
 def shipped_glibc() -> tuple[str, str]:
@@ -201,11 +205,14 @@ def test_the_sbom_names_what_is_shipped() -> None:
     components = sbom_components()
     first = json.loads(SBOM.read_text())["components"][0]
     upstream, debian = shipped_glibc()
-    assert first["name"] == "libc6" and first["version"] == debian and debian.startswith(upstream + "-")
+    assert (first["name"], first["version"]) == ("libc6", debian)
+    assert debian.startswith(upstream + "-")
     assert first["purl"].startswith(f"pkg:deb/debian/libc6@{debian}?arch=")
     frozen = run_shim(["--version"]).stdout
     assert f"(CPython {components['cpython']['version']})" in frozen
-    python_packages = {c["name"]: c["version"] for c in components.values() if c["purl"].startswith("pkg:pypi/")}
+    python_packages = {
+        c["name"]: c["version"] for c in components.values() if c["purl"].startswith("pkg:pypi/")
+    }
     bootloader = python_packages.pop("pyinstaller-bootloader")
     assert python_packages == shipped_distributions()
     assert re.fullmatch(r"\d+\.\d+(\.\d+)?", bootloader)
@@ -241,6 +248,44 @@ def test_trivy_sees_the_bundled_python_packages(tmp_path: Path) -> None:
     assert report.returncode == 0, report.stderr[-500:]
     seen = {c["name"]: c.get("version") for c in json.loads(report.stdout).get("components", [])}
     assert {name: seen.get(name) for name in BUNDLED_DISTRIBUTIONS} == shipped_distributions()
+
+
+def git(*args: str, cwd: Path = REPOSITORY) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+
+def build_from_a_fresh_clone(into: Path) -> Path:
+    """make bundle in a fresh clone of this commit, in the same Debian root: the tarball's path."""
+    git("clone", "--quiet", "--no-local", str(REPOSITORY), str(into))
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}[MACHINE]
+    built = subprocess.run(
+        [str(into / "scripts" / "make-bundle")],
+        env=dict(
+            os.environ,
+            ARCH=arch,
+            PYTHON=sys.executable,
+            BUNDLE_ROOT=str(REPOSITORY / "build" / f"trixie-{arch}"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    return into / built.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.serial
+@pytest.mark.skipif(os.geteuid() != 0, reason="make bundle needs root")
+@pytest.mark.skipif(EMULATED, reason="an emulated build takes minutes: checked on the native architecture")
+def test_two_builds_of_one_commit_give_the_same_bytes(tmp_path: Path) -> None:
+    """make bundle in a fresh clone of this commit gives the tarball under test byte for byte (or,
+    with uncommitted changes here, two fresh clones give each other's)."""
+    tarball = os.environ.get("BUNDLE_TARBALL")
+    if tarball is None or git("status", "--porcelain", "--untracked-files=no"):
+        tarball = str(build_from_a_fresh_clone(tmp_path / "first"))
+    again = build_from_a_fresh_clone(tmp_path / "second")
+    digests = {hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in (tarball, again)}
+    assert len(digests) == 1
 
 
 def run_in_root(

@@ -298,7 +298,8 @@ def test_make_image_holds_the_bundle_and_nothing_else(engine: Engine) -> None:
 
 def test_make_image_labels_version_revision_and_source(engine: Engine) -> None:
     """Each image made by make image carries the OCI labels version, revision (this commit) and source."""
-    revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True)
+    revision = head.stdout.strip()
     for tag in engine.tags[1:]:
         labels = json.loads(engine("image", "inspect", "--format", "{{json .Labels}}", tag).stdout)
         assert labels["org.opencontainers.image.version"] == __version__
