@@ -408,7 +408,7 @@ class ImdsClient:
     def _verdict(self, error: Transient) -> CredentialsUnavailable:
         """What retrying ended in: IMDS was never reached, or it never answered usefully."""
         if isinstance(error, Unreachable):
-            return ImdsUnreachable(unreachable_message(self.config.endpoint, str(error)))
+            return ImdsUnreachable(unreachable_message(self.config.endpoint, str(error), self.config.optional))
         return ImdsGaveUp(self._gave_up(error))
 
     def _gave_up(self, error: Transient) -> str:
@@ -449,12 +449,15 @@ def _never_connected(error: requests.exceptions.ConnectionError) -> bool:
     return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
-def unreachable_message(endpoint: str, detail: str) -> str:
-    return (
+def unreachable_message(endpoint: str, detail: str, optional: bool = False) -> str:
+    """Why IMDS is unreachable, with the --optional advice unless --optional was given."""
+    verdict = (
         f"IMDS at {endpoint} is unreachable ({detail}): this does not look like an EC2 instance, "
-        "or a firewall blocks the metadata address. Off EC2, pass --optional "
-        "(IMDS_SHIM_OPTIONAL=1) to run the command without credentials"
+        "or a firewall blocks the metadata address"
     )
+    if optional:
+        return verdict
+    return f"{verdict}. Off EC2, pass --optional (IMDS_SHIM_OPTIONAL=1) to run the command without credentials"
 
 
 def _hop_limit_message(endpoint: str, waited: str, why_no_v1: str) -> str:
