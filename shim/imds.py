@@ -408,7 +408,9 @@ class ImdsClient:
     def _verdict(self, error: Transient) -> CredentialsUnavailable:
         """What retrying ended in: IMDS was never reached, or it never answered usefully."""
         if isinstance(error, Unreachable):
-            return ImdsUnreachable(unreachable_message(self.config.endpoint, str(error), self.config.optional))
+            return ImdsUnreachable(
+                unreachable_message(self.config.endpoint, str(error), self.config.optional)
+            )
         return ImdsGaveUp(self._gave_up(error))
 
     def _gave_up(self, error: Transient) -> str:
@@ -457,7 +459,9 @@ def unreachable_message(endpoint: str, detail: str, optional: bool = False) -> s
     )
     if optional:
         return verdict
-    return f"{verdict}. Off EC2, pass --optional (IMDS_SHIM_OPTIONAL=1) to run the command without credentials"
+    return (
+        f"{verdict}. Off EC2, pass --optional (IMDS_SHIM_OPTIONAL=1) to run the command without credentials"
+    )
 
 
 def _hop_limit_message(endpoint: str, waited: str, why_no_v1: str) -> str:
