@@ -26,19 +26,23 @@ trap 'rm -rf "$work"' EXIT
 # The same bytes from the same sources: hash seeds fixed, no .pyc timestamps of the moment.
 export PYTHONHASHSEED=0 SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-0}"
 
-python3 -m venv "$work/venv"
-pip="$work/venv/bin/pip --quiet --disable-pip-version-check --no-cache-dir"
-# The pip a venv starts with lags behind the metadata that current wheels carry.
-$pip install ${PIP_ARGS:-} --upgrade pip
+# pip runs from Debian's own wheel, into a venv made without one, and compiles nothing it installs:
+# under qemu-user every Python start and every compiled file costs many times its native price,
+# and PyInstaller compiles what it bundles itself.
+pip="python3 $(ls /usr/share/python-wheels/pip-*.whl | sort -V | tail -n 1)/pip"
+pip="$pip --quiet --disable-pip-version-check --no-cache-dir"
 
 if [ "$1" = --download ]; then
+    # pip too: the end-to-end tests' images upgrade theirs from these wheels.
     $pip download ${PIP_ARGS:-} -d "$2" pip -r "$here/requirements.txt" "${IMDS_SHIM:-$here/..}"
     exit 0
 fi
 
 out=$1
+python3 -m venv --without-pip "$work/venv"
 # pip's report names every distribution installed, with its version: the SBOM's Python half.
-$pip install ${PIP_ARGS:-} --report "$work/pip-report.json" -r "$here/requirements.txt" "${IMDS_SHIM:-$here/..}"
+$pip --python "$work/venv/bin/python" install --no-compile ${PIP_ARGS:-} --report "$work/pip-report.json" \
+    -r "$here/requirements.txt" "${IMDS_SHIM:-$here/..}"
 "$work/venv/bin/pyinstaller" --noconfirm --log-level WARN --distpath "$out" \
     --workpath "$work/build" "$here/imds-shim.spec"
 bundle=$out/imds-shim

@@ -31,8 +31,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, TypeVar
 
-import urllib3
-
 from shim import __version__
 from shim.answers import parse_retry_after, parse_token
 from shim.config import Config
@@ -49,7 +47,7 @@ from shim.errors import (
     Unreachable,
     UsageError,
 )
-from shim.lean_requests import requests
+from shim.lean_requests import requests, urllib3
 from shim.log import log
 from shim.retry import with_retries
 
@@ -105,6 +103,13 @@ class ImdsSession(requests.Session):
 
     def get_redirect_target(self, response: requests.Response) -> None:
         return None
+
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
+        # IMDS requests carry no query and no body. Said as empty strings rather than requests'
+        # empty dicts, they skip an isinstance check against a runtime Protocol, which makes
+        # typing import inspect (with ast, dis and tokenize: about 10 ms a start on Python 3.12+).
+        request.params, request.data = "", ""
+        return super().prepare_request(request)
 
 
 def new_session() -> requests.Session:

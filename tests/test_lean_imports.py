@@ -1,0 +1,74 @@
+"""What the fetch path imports: requests without the parts imds-shim never uses (shim/lean_requests.py).
+
+Every import is paid at every container start. Each test runs a fresh interpreter, so that nothing
+this test process imported hides a cost.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import clean_env
+
+from shim.simulator import Simulator
+
+SOURCE = str(Path(__file__).resolve().parents[1])
+
+
+def python(code: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args, "-c", code],
+        env=clean_env(PYTHONPATH=SOURCE, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_fetch_imports_no_detector_and_no_importlib_metadata(sim: Simulator) -> None:
+    """A whole fetch and exec never imports charset_normalizer, chardet, importlib.metadata or inspect."""
+    completed = python(
+        "import sys; from shim.cli import run; sys.argv[1:] = ['--', 'true']; run()",
+        "-X",
+        "importtime",
+        AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url,
+    )
+    assert completed.returncode == 0, completed.stderr
+    # A blocked import is listed too, at a few microseconds: only what took real work counts.
+    imported = {
+        line.split("|")[-1].strip()
+        for line in completed.stderr.splitlines()
+        if "|" in line and line.split("|")[1].strip().isdigit() and int(line.split("|")[1]) >= 50
+    }
+    assert {"requests", "urllib3"} <= imported  # the measurement works
+    assert imported & {"charset_normalizer", "chardet", "importlib.metadata", "inspect"} == set()
+
+
+def test_the_metadata_stand_in_forwards_and_leaves() -> None:
+    """After the lean import, importlib.metadata is the real module again, and urllib3's version()
+    (taken from the stand-in) answers as the real one does."""
+    completed = python(
+        "import sys, shim.lean_requests, urllib3.http2 as h2\n"
+        "assert 'importlib.metadata' not in sys.modules\n"
+        "import importlib.metadata as real\n"
+        "assert real.version('requests') == h2.version('requests'), h2.version\n"
+        "print(h2.version('urllib3'))"
+    )
+    assert completed.returncode == 0, completed.stderr
+    from importlib.metadata import version
+
+    assert completed.stdout.strip() == version("urllib3")
+
+
+def test_without_certifi_requests_still_loads_and_fetches(sim: Simulator) -> None:
+    """As in the bundle (no ssl, no certifi): requests loads through the stand-in, and a fetch works."""
+    completed = python(
+        "import sys\n"
+        "for name in ('ssl', '_ssl', '_hashlib', 'certifi'): sys.modules[name] = None\n"
+        "from shim.cli import run; sys.argv[1:] = ['export', '--format', 'env']; run()",
+        AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "AWS_ACCESS_KEY_ID=ASIA" in completed.stdout
