@@ -125,6 +125,19 @@ def test_layout_and_size() -> None:
         assert Path(tarball).stat().st_size <= MAX_TARBALL_BYTES
 
 
+@pytest.mark.parametrize(
+    "verb", [[], ["simulate"], ["doctor"], ["export"]], ids=["exec", "simulate", "doctor", "export"]
+)
+def test_help_is_the_pip_installed_shims(verb: list[str]) -> None:
+    """--help reads the same from the bundle (compiled at -OO, without docstrings) as pip-installed."""
+    bundled, installed = (
+        subprocess.run([shim, *verb, "--help"], capture_output=True, text=True, timeout=60, env=clean_env())
+        for shim in (SHIM, installed_shim())
+    )
+    assert (bundled.returncode, bundled.stdout) == (installed.returncode, installed.stdout)
+    assert bundled.stdout
+
+
 def test_ships_no_tls_stack() -> None:
     """No OpenSSL, libcrypto, ssl, _ssl, _hashlib or certifi: IMDS speaks plain HTTP."""
     tls = re.compile(r"(^|/)(libssl|libcrypto|_ssl\.|ssl\.pyc$|_hashlib\.|certifi)")
