@@ -301,7 +301,7 @@ def test_make_image_labels_version_revision_and_source(engine: Engine) -> None:
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True)
     revision = head.stdout.strip()
     for tag in engine.tags[1:]:
-        labels = json.loads(engine("image", "inspect", "--format", "{{json .Labels}}", tag).stdout)
+        labels = json.loads(engine("image", "inspect", "--format", "{{json .Config.Labels}}", tag).stdout)
         assert labels["org.opencontainers.image.version"] == __version__
         assert labels["org.opencontainers.image.revision"].startswith(revision)
         assert labels["org.opencontainers.image.source"] not in ("", "unknown")
