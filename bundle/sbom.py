@@ -30,8 +30,8 @@ from importlib.metadata import distribution
 from pathlib import Path
 
 DPKG = Path("/var/lib/dpkg")
-# Files the build makes itself rather than copies: the SBOM and PyInstaller's archive of the
-# standard library's start-up modules (traced member by member below).
+# Made by the build itself, not copied from anywhere: the SBOM. (PyInstaller's base_library.zip
+# is traced member by member below; the launcher and bootloader are components of their own.)
 MADE_HERE = {"sbom.cdx.json"}
 
 
@@ -183,11 +183,12 @@ def main(bundle: Path, pip_report: Path, launcher_source: Path) -> None:
     ]
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
     machine = platform.machine()
+    serial_name = f"imds-shim/{own_version}/{machine}/{epoch}"
     sbom = {
         "bomFormat": "CycloneDX",
         "specVersion": "1.5",
         # The same build gives the same serial number: reproducible, yet unique per release.
-        "serialNumber": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'imds-shim/{own_version}/{machine}/{epoch}')}",
+        "serialNumber": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, serial_name)}",
         "version": 1,
         "metadata": {
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)),
