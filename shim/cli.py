@@ -11,17 +11,8 @@ import os
 import sys
 
 from shim import __version__
-from shim.config import (
-    DOCTOR,
-    EXEC,
-    SIMULATE,
-    Config,
-    Invocation,
-    Option,
-    error_exit_code_from,
-    help_text,
-    parse_command_line,
-)
+from shim.command_line import Invocation, error_exit_code_from, help_text, parse_command_line
+from shim.config import DOCTOR, EXEC, SIMULATE, Config, Option
 from shim.errors import (
     CommandNotExecutable,
     CommandNotFound,
@@ -30,6 +21,7 @@ from shim.errors import (
     ShimError,
 )
 from shim.execute import interruptible, replace_process
+from shim.exit_codes import COMMAND_NOT_EXECUTABLE, COMMAND_NOT_FOUND, SIGNAL_BASE
 from shim.log import flush_standard_streams, log, write_stdout
 from shim.runtime import as_this_program, is_imds_shim, launch_environment
 from shim.step_aside import clear_identity, reason_to_step_aside
@@ -49,10 +41,6 @@ POD_IDENTITY_VARIABLES = (
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
     "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
 )
-
-EXIT_NOT_EXECUTABLE = 126
-EXIT_NOT_FOUND = 127
-EXIT_SIGNAL_BASE = 128
 
 
 def fetch_credentials(config: Config, environ: Mapping[str, str]) -> Fetched:
@@ -182,13 +170,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             error_exit_code = invocation.settings.whole("error_exit_code")
         return _dispatch(invocation, env)
     except Interrupted as interruption:
-        return EXIT_SIGNAL_BASE + interruption.signum
+        return SIGNAL_BASE + interruption.signum
     except CommandNotFound as error:
         log.error(str(error))
-        return EXIT_NOT_FOUND
+        return COMMAND_NOT_FOUND
     except CommandNotExecutable as error:
         log.error(str(error))
-        return EXIT_NOT_EXECUTABLE
+        return COMMAND_NOT_EXECUTABLE
     except ShimError as error:
         log.error(str(error))
         return error_exit_code

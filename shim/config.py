@@ -1,39 +1,32 @@
-"""Configuration: the command line, its ``IMDS_SHIM_*`` twins and the AWS SDKs' own variables.
+"""Configuration: the table of options, and the :class:`Config` resolved from it.
 
-Precedence for every setting: flag > ``IMDS_SHIM_*`` > the SDK-wide variable > default. Everything
-after the first ``--`` is the command, taken verbatim: never parsed, re-quoted or given to a shell.
-
-One table of :class:`Option` drives parsing, validation and ``--help``, so the help text cannot
-forget an environment twin. This module must stay cheap to import, because the step-aside path
-runs it: no ``re``, ``typing``, ``dataclasses`` or ``enum`` at run time (each costs milliseconds
-at every container start; together they would double the cost of stepping aside).
+Every option is one :class:`Option` row: its flags, its ``IMDS_SHIM_*`` twin, the AWS SDKs' own
+variables, its parser, its default and its help. :mod:`shim.command_line` reads argv and the
+environment through this table, and makes ``--help`` from it, so neither can forget a twin or
+restate a default. This module must stay cheap to import, because the step-aside path runs it: no
+``re``, ``typing``, ``dataclasses`` or ``enum`` at run time (each costs milliseconds at every
+container start; together they would double the cost of stepping aside).
 """
 
 from __future__ import annotations
 
-from shim import __version__
-from shim.errors import UsageError
-from shim.values import (
-    IPV4_ENDPOINT,
+from shim.exit_codes import SHIM_FAILED
+from shim.setting_values import (
     count,
     endpoint,
     endpoint_mode,
     exit_code,
-    flag_word,
     log_level,
     role_name,
     sdk_true,
     seconds,
-    shown,
     signal_number,
     text,
-    whole_number,
 )
 
 # typing costs ~15 ms to import: the annotations here are strings, checked by mypy only.
 TYPE_CHECKING = False
 
-DEFAULT_ERROR_EXIT_CODE = 125
 # Generous on purpose: only a busy or throttling IMDS is waited for this long (a herd of 100
 # containers against an IMDS throttling at 50 req/s needs ~15 s). The verdicts that matter (not on
 # EC2, hop limit, no role) are decided by what the network did, in about a second.
@@ -69,9 +62,9 @@ EXPORT_FORMATS = (
 DOCTOR_FORMATS = ("text", "json")
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Sequence
 
-    from shim.values import Parser, Value
+    from shim.setting_values import Parser, Value
 
     # Options that only one verb has (the simulator's), asked for by verb name: the caller
     # knows the verbs' modules, this one does not.
@@ -104,10 +97,6 @@ class Settings(SettingsBase):
 
     def flag(self, name: str) -> bool:
         return bool(self.get(name))
-
-
-def no_verb_options(verb: str) -> Sequence[Option]:
-    return ()
 
 
 class Option:
@@ -257,7 +246,7 @@ OPTIONS: tuple[Option, ...] = (
         ("--error-exit-code",),
         "exit status for the shim's own failures",
         exit_code,
-        DEFAULT_ERROR_EXIT_CODE,
+        SHIM_FAILED,
         "N",
     ),
     Option(
@@ -272,7 +261,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "format",
         ("--format",),
-        "export: " + ", ".join(EXPORT_FORMATS) + "; doctor: text, json",
+        f"export: {', '.join(EXPORT_FORMATS)}; doctor: {', '.join(DOCTOR_FORMATS)}",
         text,
         None,
         "FORMAT",
@@ -283,44 +272,35 @@ OPTIONS: tuple[Option, ...] = (
 # The ways of handing over credentials other than plain static keys; at most one per run.
 MODE_FLAGS = (("--refresh", "refresh"), ("--serve", "serve"), ("--expiry-signal", "expiry_signal"))
 
-VERBOSITY_FLAGS = {"-v": "info", "--verbose": "info", "-vv": "debug", "-q": "error", "--quiet": "error"}
-
-
-class Invocation:
-    """What the command line asks for: a verb, its settings and (for exec and simulate) a command."""
-
-    def __init__(self, verb: str, settings: Settings) -> None:
-        self.verb = verb
-        self.settings = settings
-        self.command: list[str] = []
-        self.show_help = False
-        self.show_version = False
-
 
 class Config:
-    """The settings the IMDS client, the exporter and the exec path need, fully resolved."""
+    """The settings the IMDS client, the exporter and the exec path need, fully resolved.
+
+    Made only by :meth:`from_settings`, from values the table resolved: the defaults live in
+    :data:`OPTIONS` and nowhere else."""
 
     def __init__(
         self,
-        endpoint: str = IPV4_ENDPOINT,
-        role: str | None = None,
-        expect_role: str | None = None,
-        timeout: float = 1.0,
-        attempts: int = 10,
-        deadline: float = DEFAULT_DEADLINE,
-        allow_imds_v1: bool = True,
-        override: bool = False,
-        optional: bool = False,
-        refresh: bool = False,
-        serve: bool = False,
-        expiry_signal: int | None = None,
-        error_exit_code: int = DEFAULT_ERROR_EXIT_CODE,
-        log_level: str = "warning",
-        format: str | None = None,
+        *,
+        endpoint: str,
+        role: str | None,
+        expect_role: str | None,
+        timeout: float,
+        attempts: int,
+        deadline: float,
+        no_imds_v1: bool,
+        override: bool,
+        optional: bool,
+        refresh: bool,
+        serve: bool,
+        expiry_signal: int | None,
+        error_exit_code: int,
+        log_level: str,
+        format: str | None,
     ) -> None:
         self.endpoint, self.role, self.timeout, self.attempts = endpoint, role, timeout, attempts
         self.expect_role = expect_role
-        self.deadline, self.allow_imds_v1, self.override = deadline, allow_imds_v1, override
+        self.deadline, self.no_imds_v1, self.override = deadline, no_imds_v1, override
         self.optional, self.refresh, self.error_exit_code = optional, refresh, error_exit_code
         self.serve, self.expiry_signal = serve, expiry_signal
         self.log_level, self.format = log_level, format
@@ -340,20 +320,20 @@ class Config:
     @classmethod
     def from_settings(cls, settings: Settings) -> Config:
         return cls(
-            endpoint=settings.text("endpoint") or settings.text("endpoint_mode") or IPV4_ENDPOINT,
+            endpoint=settings.text("endpoint") or str(settings["endpoint_mode"]),
             role=settings.text("role"),
             expect_role=settings.text("expect_role"),
             timeout=settings.number("timeout"),
             attempts=settings.whole("attempts"),
             deadline=settings.number("deadline"),
-            allow_imds_v1=not settings.flag("no_imds_v1"),
+            no_imds_v1=settings.flag("no_imds_v1"),
             override=settings.flag("override"),
             optional=settings.flag("optional"),
             refresh=settings.flag("refresh"),
             serve=settings.flag("serve"),
             expiry_signal=None if settings.get("expiry_signal") is None else settings.whole("expiry_signal"),
             error_exit_code=settings.whole("error_exit_code"),
-            log_level=settings.text("log_level") or "warning",
+            log_level=str(settings["log_level"]),
             format=settings.text("format"),
         )
 
@@ -375,193 +355,8 @@ class Config:
             flags += ["--role", self.role]
         if self.expect_role:
             flags += ["--expect-role", self.expect_role]
-        if not self.allow_imds_v1:
+        if self.no_imds_v1:
             flags.append("--no-imds-v1")
         if self.override:
             flags.append("--override")
         return flags
-
-
-def _resolve(option: Option, given: Mapping[str, str | bool], environ: Mapping[str, str]) -> Value:
-    """Apply the precedence flag > IMDS_SHIM_* > SDK variable > default to one option."""
-    parse = option.parse or flag_word
-    if option.dest in given:
-        raw = given[option.dest]
-        return raw if isinstance(raw, bool) else parse(raw, option.flags[0])
-    if environ.get(option.env, "") != "":
-        return parse(environ[option.env], option.env)
-    for name in option.sdk_env:
-        if environ.get(name, "") != "":
-            return (option.env_parse or parse)(environ[name], name)
-    if isinstance(option.default, str) and option.parse is not None:
-        return option.parse(option.default, "default")  # defaults are written as users write them
-    return option.default
-
-
-def parse_options(
-    tokens: Sequence[str],
-    options: Sequence[Option],
-    verb: str,
-    environ: Mapping[str, str],
-) -> Settings:
-    """Parse option tokens for ``verb`` and resolve every option's value."""
-    by_flag = {flag: option for option in options for flag in option.flags}
-    given: dict[str, str | bool] = {}
-    index = 0
-    while index < len(tokens):
-        token = tokens[index]
-        index += 1
-        name, has_value, inline = token.partition("=")
-        option = by_flag.get(name)
-        if option is None or verb not in option.verbs:
-            where = "" if option is None else f" with {verb}"
-            raise UsageError(f"unknown option {name!r}{where} (see imds-shim --help)")
-        if option.parse is None:
-            if has_value:
-                raise UsageError(f"{name} takes no value")
-            given[option.dest] = True
-        elif has_value:
-            given[option.dest] = inline
-        elif index < len(tokens):
-            given[option.dest] = tokens[index]
-            index += 1
-        else:
-            raise UsageError(f"{name} needs a value ({option.metavar})")
-    return Settings(
-        (option.dest, _resolve(option, given, environ)) for option in options if verb in option.verbs
-    )
-
-
-def parse_command_line(
-    argv: Sequence[str], environ: Mapping[str, str], verb_options: VerbOptions = no_verb_options
-) -> Invocation:
-    """Split ``argv`` into verb, options and the verbatim command after the first ``--``."""
-    if "--" in argv:
-        split = list(argv).index("--")
-        head, command, has_command = list(argv[:split]), list(argv[split + 1 :]), True
-    else:
-        head, command, has_command = list(argv), [], False
-
-    verb: str | None = None
-    option_tokens: list[str] = []
-    invocation = Invocation(verb="", settings=Settings())
-    value_due = False
-    for token in head:
-        if value_due:
-            option_tokens.append(token)
-            value_due = False
-        elif token in ("-h", "--help"):
-            invocation.show_help = True
-        elif token == "--version":
-            invocation.show_version = True
-        elif token in VERBOSITY_FLAGS:
-            option_tokens += ["--log-level", VERBOSITY_FLAGS[token]]
-        elif token.startswith("-") and len(token) > 1:
-            option_tokens.append(token)
-            value_due = _expects_value(token, (*OPTIONS, *verb_options(verb or EXEC)))
-        elif verb is None and token in VERBS:
-            verb = token
-        elif verb is None:
-            raise UsageError(
-                f"unknown verb {token!r}: to run a command, put it after '--' (imds-shim -- {token} ...)"
-            )
-        else:
-            raise UsageError(f"unexpected argument {token!r} (see imds-shim --help)")
-    invocation.verb = verb or EXEC
-    invocation.command = command
-    if invocation.show_help or invocation.show_version:
-        return invocation
-
-    options = (*OPTIONS, *verb_options(invocation.verb))
-    invocation.settings = parse_options(option_tokens, options, invocation.verb, environ)
-    _check_format(invocation)
-    _check_modes(invocation.settings)
-    if invocation.verb == EXEC and not command:
-        reason = "no command after '--'" if has_command else "no command given"
-        raise UsageError(f"{reason}: usage is imds-shim [OPTIONS] -- COMMAND [ARGS...]")
-    if command and not command[0]:
-        # CMD [""] or an unset variable in a wrapper: refused before any IMDS request is made.
-        raise UsageError("the command after '--' is an empty string")
-    if invocation.verb not in (EXEC, SIMULATE) and has_command:
-        raise UsageError(f"{invocation.verb} runs no command; remove everything from '--' on")
-    return invocation
-
-
-def _expects_value(token: str, options: Sequence[Option]) -> bool:
-    """Whether ``token`` is a flag whose value is the next word (``--role NAME``)."""
-    if "=" in token:
-        return False
-    from_table = [option for option in options if token in option.flags]
-    return bool(from_table) and from_table[0].parse is not None
-
-
-def _check_format(invocation: Invocation) -> None:
-    verb, value = invocation.verb, invocation.settings.get("format")
-    choices = {EXPORT: EXPORT_FORMATS, DOCTOR: DOCTOR_FORMATS}.get(verb)
-    if choices is None:
-        return
-    if value is None:
-        invocation.settings["format"] = choices[0]
-    elif value not in choices:
-        expected = ", ".join(choices)
-        raise UsageError(f"--format for {verb}: expected one of {expected}, got {shown(str(value))}")
-
-
-def _check_modes(settings: Settings) -> None:
-    """At most one way of handing over credentials: static keys (optionally with a signal before
-    they expire), --refresh's profile, or --serve's endpoint."""
-    chosen = [flag for flag, name in MODE_FLAGS if settings.get(name) not in (None, False)]
-    if len(chosen) > 1:
-        raise UsageError(
-            f"{' and '.join(chosen)} cannot be combined: choose one way to hand over credentials"
-        )
-
-
-def error_exit_code_from(environ: Mapping[str, str], argv: Sequence[str]) -> int:
-    """Best effort: the exit code for a usage error found before the settings could be resolved."""
-    head = list(argv[: list(argv).index("--")]) if "--" in argv else list(argv)
-    candidates = [t.partition("=")[2] for t in head if t.startswith("--error-exit-code=")]
-    if "--error-exit-code" in head:
-        position = head.index("--error-exit-code") + 1
-        candidates += head[position : position + 1]
-    candidates.append(environ.get("IMDS_SHIM_ERROR_EXIT_CODE", ""))
-    for candidate in candidates:
-        number = whole_number(candidate)
-        if number is not None and 1 <= number <= 255:
-            return number
-    return DEFAULT_ERROR_EXIT_CODE
-
-
-def help_text(options: Sequence[Option] = OPTIONS) -> str:
-    """``--help``: usage, verbs, and every option with its environment twin and SDK variables."""
-    lines = [
-        f"imds-shim {__version__}: export the EC2 instance role's credentials, then exec a command.",
-        "",
-        "usage: imds-shim [OPTIONS] -- COMMAND [ARGS...]",
-        "       imds-shim [OPTIONS] export [--format FORMAT]",
-        "       imds-shim [OPTIONS] credential-process",
-        "       imds-shim [OPTIONS] doctor [--format text|json]",
-        "       imds-shim simulate [SIMULATOR OPTIONS] [-- COMMAND [ARGS...]]",
-        "",
-        "Everything after '--' is the command, passed to exec unchanged.",
-        "Precedence: flag > IMDS_SHIM_* variable > AWS SDK variable > default.",
-        "",
-        "options:",
-    ]
-    for option in options:
-        flag = " ".join(option.flags) + (f" {option.metavar}" if option.metavar else "")
-        lines.append(f"  {flag}")
-        details = [option.help]
-        if option.default not in (None, False):
-            details.append(f"default {option.default}")
-        twins = ", ".join((option.env, *option.sdk_env))
-        lines.append(f"      {'; '.join(details)}  [env: {twins}]")
-    lines += [
-        "  -v, -vv, -q    shorthand for --log-level info, debug, error",
-        "  -h, --help     show this help;  --version  show the version",
-        "",
-        "exit status: the command's own; 125 the shim failed (--error-exit-code);",
-        "126 command not executable; 127 command not found; 128+N interrupted by signal N.",
-        "Run 'imds-shim simulate --help' for the built-in IMDS simulator.",
-    ]
-    return "\n".join(lines) + "\n"

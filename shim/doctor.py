@@ -22,9 +22,10 @@ from shim.credentials import format_duration, format_time, seconds_left
 from shim.deadline import Deadline
 from shim.errors import ShimError, Transient
 from shim.fetch import discover_role, lookup_identity, role_credentials
-from shim.imds import HOP_LIMIT_FIX, ROLE_PATH, ImdsClient, unreachable_message
+from shim.imds import ImdsClient, unreachable_message
+from shim.imds_protocol import HOP_LIMIT_CAUSE, HOP_LIMIT_FIX, ROLE_PATH
 from shim.log import log, printable, write_stdout
-from shim.step_aside import MORE_SPECIFIC, reason_to_step_aside
+from shim.step_aside import more_specific_identities, step_aside_cause
 
 T = TypeVar("T")
 PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY")
@@ -97,10 +98,11 @@ class Report:
 
 def _environment(report: Report, config: Config, environ: Mapping[str, str]) -> None:
     try:
-        reason = reason_to_step_aside(environ)
+        cause = step_aside_cause(environ)
     except ShimError as error:
         report.add("environment", "fail", str(error))
         return
+    reason = None if cause is None else cause[1]
     if reason is None:
         report.add("environment", "ok", "nothing configured that outranks the instance role")
     elif config.override:
@@ -111,7 +113,8 @@ def _environment(report: Report, config: Config, environ: Mapping[str, str]) -> 
             "warn",
             f"the entrypoint would step aside: {reason} (pass --override to fetch anyway)",
         )
-    others = [name for name, _ in MORE_SPECIFIC if environ.get(name) and name not in str(reason)]
+    deciding = None if cause is None else cause[0]
+    others = [name for name in more_specific_identities(environ) if name != deciding]
     if others:
         report.add("environment", "info", "also set: " + ", ".join(others))
     proxies = [name for name in PROXY_VARIABLES if environ.get(name)]
@@ -218,8 +221,7 @@ def _token_steps(report: Report, config: Config, client: ImdsClient) -> bool:
         report.add("imdsv2 token", "ok", "issued", elapsed)
     elif v1_enabled is False:
         why = (
-            "connected but no answer: the metadata hop limit is probably 1 and this container "
-            "is one hop further"
+            f"connected but no answer: {HOP_LIMIT_CAUSE}"
             if client.hop_limit_suspected
             else "IMDS refused to issue one"
         )
@@ -235,9 +237,7 @@ def _token_steps(report: Report, config: Config, client: ImdsClient) -> bool:
         report.add(
             "imdsv2 token",
             "warn",
-            "connected but no answer: the metadata hop limit is "
-            f"probably 1 and this container is one hop further; IMDSv1 is used instead. "
-            f"Fix: {HOP_LIMIT_FIX}",
+            f"connected but no answer: {HOP_LIMIT_CAUSE}; IMDSv1 is used instead. Fix: {HOP_LIMIT_FIX}",
             elapsed,
         )
     else:
@@ -245,7 +245,7 @@ def _token_steps(report: Report, config: Config, client: ImdsClient) -> bool:
     if probe_failure is not None:
         report.add("imdsv1", "info", f"probe failed: {probe_failure}", probe_ms)
     elif v1_enabled:
-        allowed = "allowed by imds-shim" if config.allow_imds_v1 else "not used (--no-imds-v1)"
+        allowed = "not used (--no-imds-v1)" if config.no_imds_v1 else "allowed by imds-shim"
         report.add("imdsv1", "info", f"enabled on this instance; {allowed}", probe_ms)
     else:
         report.add("imdsv1", "info", "disabled on this instance (IMDSv2 required)", probe_ms)

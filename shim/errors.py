@@ -86,5 +86,6 @@ class Throttled(Transient):
     """IMDS answered 429: it wants fewer requests, so the backoff starts higher."""
 
 
-class Unreachable(Transient):
-    """No TCP connection to IMDS (timed out, refused or no route)."""
+class ConnectFailed(Transient):
+    """No TCP connection to IMDS (timed out, refused or no route). Retried once only: a second
+    silence means there is no IMDS here (:class:`ImdsUnreachable`), not a busy one."""

@@ -16,7 +16,7 @@ second would keep a reader waiting for hours. So every answer also runs under a 
 own (connecting, then four times ``--timeout``), never past the overall deadline, enforced by an interval
 timer: the one way to interrupt a read that keeps making progress, in headers and body alike.
 
-Every answer goes through :mod:`shim.answers` before anything uses it. The token and every
+Every answer goes through :mod:`shim.imds_answers` before anything uses it. The token and every
 response body stay inside this module: exceptions and log lines carry only methods, paths, status
 codes and timings.
 """
@@ -32,10 +32,10 @@ import time
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 from shim import __version__
-from shim.answers import parse_retry_after, parse_token
 from shim.config import Config
 from shim.deadline import Deadline
 from shim.errors import (
+    ConnectFailed,
     CredentialsUnavailable,
     HopLimitExceeded,
     ImdsGaveUp,
@@ -44,19 +44,20 @@ from shim.errors import (
     ImdsUnusable,
     Throttled,
     Transient,
-    Unreachable,
     UsageError,
+)
+from shim.imds_answers import parse_retry_after, parse_token
+from shim.imds_protocol import (
+    HOP_LIMIT_CAUSE,
+    HOP_LIMIT_FIX,
+    TOKEN_HEADER,
+    TOKEN_PATH,
+    TOKEN_TTL_HEADER,
 )
 from shim.lean_requests import requests, urllib3
 from shim.log import log
-from shim.retry import with_retries
+from shim.try_first import with_retries
 
-TOKEN_PATH = "/latest/api/token"
-ROLE_PATH = "/latest/meta-data/iam/security-credentials/"
-IDENTITY_DOCUMENT_PATH = "/latest/dynamic/instance-identity/document"
-REGION_PATH = "/latest/meta-data/placement/region"
-TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
-TOKEN_HEADER = "X-aws-ec2-metadata-token"
 # The shim lives for seconds; a short-lived token is worth less to anyone who might see it.
 TOKEN_TTL_SECONDS = 60
 MAX_BODY_BYTES = 64 * 1024
@@ -76,10 +77,6 @@ else:  # the C module: `signal` wraps it in enums, about half a millisecond at e
 
 T = TypeVar("T")
 V1_STATUSES = (403, 404, 405)  # the token PUT answers these where IMDSv2 is not available
-HOP_LIMIT_FIX = (
-    "aws ec2 modify-instance-metadata-options --instance-id <id> "
-    "--http-put-response-hop-limit 2 (or use host networking, or an ECS task role)"
-)
 
 
 class ReadTimedOut(Transient):
@@ -246,14 +243,14 @@ class ImdsClient:
             raise Transient(f"the answer to {method} {path} took longer than {limit:g} s") from None
         except requests.exceptions.ConnectTimeout:
             status = "connect timeout"
-            raise Unreachable(f"no TCP answer within {timeout[0]:g} s") from None
+            raise ConnectFailed(f"no TCP answer within {timeout[0]:g} s") from None
         except requests.exceptions.ReadTimeout:
             status = "read timeout"
             raise ReadTimedOut(f"no answer to {method} {path} within {timeout[1]:g} s") from None
         except requests.exceptions.ConnectionError as error:
             if _never_connected(error):
                 status = "connection failed"
-                raise Unreachable("the connection was refused or there is no route") from None
+                raise ConnectFailed("the connection was refused or there is no route") from None
             status = "connection broken"
             raise Transient(f"the connection broke during {method} {path}") from None
         except (requests.exceptions.InvalidURL, urllib3.exceptions.LocationParseError, UnicodeError):
@@ -306,7 +303,7 @@ class ImdsClient:
 
     def obtain_token(self) -> None:
         """Get a token, or settle on IMDSv1 where that is allowed and IMDSv2 is not to be had."""
-        allow_v1 = self.config.allow_imds_v1
+        allow_v1 = not self.config.no_imds_v1
         try:
             token = self._with_retries(self._put_token, self.config.attempts)
         except TokenUnanswered:
@@ -322,13 +319,12 @@ class ImdsClient:
                 ) from None
             # Said once IMDSv1 has worked: if it is refused too, the error says it all.
             self.fallback_warning = (
-                f"the IMDSv2 token request connected but got no answer within {waited}: the "
-                "instance's metadata hop limit is probably 1 and this container is one hop "
-                f"further; fell back to IMDSv1. Fix: {HOP_LIMIT_FIX}"
+                f"the IMDSv2 token request connected but got no answer within {waited}: "
+                f"{HOP_LIMIT_CAUSE}; fell back to IMDSv1. Fix: {HOP_LIMIT_FIX}"
             )
             self._use_v1()
             return
-        except Unreachable as error:
+        except ConnectFailed as error:
             raise self._verdict(error) from None
         except Transient as error:
             if not allow_v1:
@@ -397,7 +393,7 @@ class ImdsClient:
     def get(self, path: str, parse: Callable[[bytes], T], attempts: int | None = None) -> T | None:
         """GET ``path`` under the retry policy: what ``parse`` makes of the body, None on 404.
 
-        ``parse`` (from :mod:`shim.answers`) runs inside the retry loop: a body it rejects by
+        ``parse`` (from :mod:`shim.imds_answers`) runs inside the retry loop: a body it rejects by
         raising :class:`Transient` is fetched again, like a 5xx.
         """
 
@@ -412,7 +408,7 @@ class ImdsClient:
 
     def _verdict(self, error: Transient) -> CredentialsUnavailable:
         """What retrying ended in: IMDS was never reached, or it never answered usefully."""
-        if isinstance(error, Unreachable):
+        if isinstance(error, ConnectFailed):
             return ImdsUnreachable(
                 unreachable_message(self.config.endpoint, str(error), self.config.optional)
             )
@@ -472,6 +468,5 @@ def unreachable_message(endpoint: str, detail: str, optional: bool = False) -> s
 def _hop_limit_message(endpoint: str, waited: str, why_no_v1: str) -> str:
     return (
         f"the IMDSv2 token request to {endpoint} connected but got no answer within {waited}, "
-        f"and {why_no_v1}: the instance's metadata hop limit is probably 1, and a container on a "
-        f"bridge network is one hop further, so the token never arrives. Fix: {HOP_LIMIT_FIX}"
+        f"and {why_no_v1}: {HOP_LIMIT_CAUSE}. Fix: {HOP_LIMIT_FIX}"
     )

@@ -25,22 +25,26 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
-from shim.config import SIMULATE, Option, help_text
+from shim.command_line import option_lines
+from shim.config import SIMULATE, Option
 from shim.errors import UsageError
 from shim.execute import command_error, locate
+from shim.exit_codes import COMMAND_NOT_EXECUTABLE, COMMAND_NOT_FOUND, SIGNAL_BASE
+from shim.imds_protocol import (
+    IDENTITY_DOCUMENT_PATH,
+    REGION_PATH,
+    ROLE_PATH,
+    TOKEN_HEADER,
+    TOKEN_PATH,
+    TOKEN_TTL_HEADER,
+)
 from shim.log import log, write_stdout
 from shim.runtime import as_this_program
-from shim.values import natural, port, role_name, seconds, shown, signed_seconds, text
+from shim.setting_values import natural, port, role_name, seconds, shown, signed_seconds, text
 
 if TYPE_CHECKING:
-    from shim.values import Parser, Value
+    from shim.setting_values import Parser, Value
 
-# Its own copies of the paths, not shim.imds's: the simulator is an independent implementation
-# of the server side, and importing the client would pull requests into every simulator start.
-TOKEN_PATH = "/latest/api/token"
-ROLE_PATH = "/latest/meta-data/iam/security-credentials/"
-IDENTITY_DOCUMENT_PATH = "/latest/dynamic/instance-identity/document"
-REGION_PATH = "/latest/meta-data/placement/region"
 INSTANCE_ID = "i-0123456789abcdef0"
 REDIRECT_TARGET = "/latest/meta-data/redirected"  # a client that follows redirects asks for it
 CREDENTIALS_FAULTS = ("malformed", "oversized", "redirect", "error-code", "missing-token")
@@ -163,37 +167,44 @@ SIMULATOR_OPTIONS: tuple[Option, ...] = (
 )
 
 
-@dataclass
-class Settings:
-    """The simulator's knobs; see ``imds-shim simulate --help``."""
+class Knobs:
+    """The simulator's knobs by name (see ``imds-shim simulate --help``); each one not given
+    takes its default from :data:`SIMULATOR_OPTIONS`, the only place defaults are written."""
 
-    host: str = "127.0.0.1"
-    port: int = 0
-    role_name: str = "imds-shim-simulated-role"
-    region: str = "eu-west-1"
-    account: str = "123456789012"
-    imds_v2_required: bool = False
-    hop_limit: int = 0
-    token_hang: bool = False
-    token_status: int = 0
-    fail_first: int = 0
-    fail_status: int = 500
-    retry_after: int | None = None
-    revoke_first_token: bool = False
-    throttle: float | None = None
-    latency: float | None = None
-    no_role: bool = False
-    expires_in: float = 21600.0
-    rotate_every: float | None = None
-    no_identity_document: bool = False
-    account_in_credentials: bool = False
-    credentials_fault: str | None = None
-    fault_times: int = 0
+    host: str
+    port: int
+    role_name: str
+    region: str
+    account: str
+    imds_v2_required: bool
+    hop_limit: int
+    token_hang: bool
+    token_status: int
+    fail_first: int
+    fail_status: int
+    retry_after: int | None
+    revoke_first_token: bool
+    throttle: float | None
+    latency: float | None
+    no_role: bool
+    expires_in: float
+    rotate_every: float | None
+    no_identity_document: bool
+    account_in_credentials: bool
+    credentials_fault: str | None
+    fault_times: int
+
+    def __init__(self, **given: Value) -> None:
+        unknown = set(given) - {option.dest for option in SIMULATOR_OPTIONS}
+        if unknown:
+            raise TypeError(f"unknown simulator knobs: {', '.join(sorted(unknown))}")
+        for option in SIMULATOR_OPTIONS:
+            setattr(self, option.dest, given.get(option.dest, option.default))
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Value]) -> Settings:
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in settings.items() if k in known})  # type: ignore[arg-type]
+    def from_settings(cls, settings: Mapping[str, Value]) -> Knobs:
+        """The knobs among the resolved settings of ``imds-shim simulate`` (which has a log level too)."""
+        return cls(**{option.dest: settings[option.dest] for option in SIMULATOR_OPTIONS})
 
 
 @dataclass(frozen=True)
@@ -219,7 +230,7 @@ class IssuedCredentials:
 class State:
     """Everything the request handlers share; guarded by ``lock``."""
 
-    settings: Settings
+    settings: Knobs
     started: float = field(default_factory=time.time)
     lock: threading.Lock = field(default_factory=threading.Lock)
     requests: list[Recorded] = field(default_factory=list)
@@ -326,7 +337,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._token(method, state)
         if method != "GET":
             return 405, b"Method Not Allowed\n", {}
-        token = self.headers.get("X-aws-ec2-metadata-token")
+        token = self.headers.get(TOKEN_HEADER)
         if token is not None and state.tokens.get(token, 0) < time.monotonic():
             return 401, b"Unauthorized\n", {}
         if token is not None and settings.revoke_first_token and token == next(iter(state.tokens)):
@@ -345,12 +356,12 @@ class Handler(BaseHTTPRequestHandler):
             return settings.token_status, b"simulated token answer\n", {}
         if "X-Forwarded-For" in self.headers:
             return 403, b"Forbidden\n", {}
-        ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
+        ttl = self.headers.get(TOKEN_TTL_HEADER, "")
         if not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
             return 400, b"Bad Request\n", {}
         token = "SIMTOKEN-" + secrets.token_urlsafe(32)
         state.tokens[token] = time.monotonic() + int(ttl)
-        return 200, token.encode(), {"X-aws-ec2-metadata-token-ttl-seconds": ttl}
+        return 200, token.encode(), {TOKEN_TTL_HEADER: ttl}
 
     def _metadata(self, path: str, state: State) -> tuple[int, bytes, dict[str, str]]:
         settings = state.settings
@@ -427,7 +438,7 @@ def _faulty(fault: str, document: dict[str, str]) -> tuple[int, bytes, dict[str,
     return 200, json.dumps({k: v for k, v in document.items() if k != "Token"}).encode(), {}
 
 
-def _identity_document(settings: Settings) -> dict[str, object]:
+def _identity_document(settings: Knobs) -> dict[str, object]:
     return {
         "accountId": settings.account,
         "architecture": "x86_64",
@@ -454,17 +465,17 @@ class SimulatorServer(ThreadingHTTPServer):
     # rightly reads as "no IMDS here"; the real IMDS does not do that.
     request_queue_size = 1024
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Knobs) -> None:
         self.address_family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
         self.state = State(settings)
         super().__init__((settings.host, settings.port), Handler)
 
 
 class Simulator:
-    """Run the simulator in a background thread: ``with Simulator(Settings()) as sim: sim.url``."""
+    """Run the simulator in a background thread: ``with Simulator(Knobs()) as sim: sim.url``."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
-        self.server = SimulatorServer(settings or Settings())
+    def __init__(self, knobs: Knobs | None = None) -> None:
+        self.server = SimulatorServer(knobs or Knobs())
         # Polled often: stopping waits for the next poll, and every simulate run stops one.
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
 
@@ -502,7 +513,7 @@ class Simulator:
 def simulate(settings: Mapping[str, Value], command: Sequence[str], environ: Mapping[str, str]) -> int:
     """``imds-shim simulate``: serve until interrupted, or run ``command`` against the simulator."""
     try:
-        simulator = Simulator(Settings.from_settings(settings))
+        simulator = Simulator(Knobs.from_settings(settings))
     except OSError as error:
         raise UsageError(
             f"cannot listen on {settings['host']}:{settings['port']}: {error.strerror}"
@@ -528,29 +539,26 @@ def simulate(settings: Mapping[str, Value], command: Sequence[str], environ: Map
         except KeyboardInterrupt:
             child.terminate()
             status = child.wait()
-        return 128 - status if status < 0 else status
+        return SIGNAL_BASE - status if status < 0 else status
 
 
 def simulator_help() -> str:
-    lines = help_text(SIMULATOR_OPTIONS).splitlines()
-    start = lines.index("options:")
-    return (
-        "\n".join(
-            [
-                "usage: imds-shim simulate [OPTIONS] [-- COMMAND [ARGS...]]",
-                "",
-                "Serve a local IMDS look-alike with fake, rotating credentials. With a command, run it with",
-                "AWS_EC2_METADATA_SERVICE_ENDPOINT pointing here and exit with its status:",
-                "  imds-shim simulate -- imds-shim -v -- env",
-                "  imds-shim simulate --imds-v2-required --token-hang -- imds-shim doctor",
-                "",
-                "A bare 'imds-shim' as the command is this same imds-shim, installed on PATH or not.",
-                "The exit status is the command's; 127 and 126 when it cannot be found or executed.",
-                "",
-                *lines[start : start + 1 + 2 * len(SIMULATOR_OPTIONS)],
-                "  -v, -vv        log every request as it arrives (--log-level info, debug)",
-                "  -h, --help     show this help",
-            ]
-        )
-        + "\n"
-    )
+    """``imds-shim simulate --help``, its options made from :data:`SIMULATOR_OPTIONS`."""
+    lines = [
+        "usage: imds-shim simulate [OPTIONS] [-- COMMAND [ARGS...]]",
+        "",
+        "Serve a local IMDS look-alike with fake, rotating credentials. With a command, run it with",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT pointing here and exit with its status:",
+        "  imds-shim simulate -- imds-shim -v -- env",
+        "  imds-shim simulate --imds-v2-required --token-hang -- imds-shim doctor",
+        "",
+        "A bare 'imds-shim' as the command is this same imds-shim, installed on PATH or not.",
+        f"The exit status is the command's; {COMMAND_NOT_FOUND} and {COMMAND_NOT_EXECUTABLE} when it "
+        "cannot be found or executed.",
+        "",
+        "options:",
+        *option_lines(SIMULATOR_OPTIONS),
+        "  -v, -vv        log every request as it arrives (--log-level info, debug)",
+        "  -h, --help     show this help",
+    ]
+    return "\n".join(lines) + "\n"

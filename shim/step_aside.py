@@ -46,24 +46,35 @@ def _is_set(environ: Mapping[str, str], name: str) -> bool:
     return environ.get(name, "") != ""
 
 
-def reason_to_step_aside(environ: Mapping[str, str]) -> str | None:
-    """Why the shim must leave the environment alone, or None when it should fetch.
+def more_specific_identities(environ: Mapping[str, str]) -> list[str]:
+    """The variables of :data:`MORE_SPECIFIC` that are set, in the order the SDKs consult them."""
+    return [name for name, _ in MORE_SPECIFIC if _is_set(environ, name)]
+
+
+def step_aside_cause(environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """The variable that makes the shim leave the environment alone, and why; None to fetch.
 
     Raises :class:`UsageError` for a half-set key pair: exporting over it would hide a mistake, and
     stepping aside would hand the command credentials that cannot work.
     """
     has_key, has_secret = _is_set(environ, ACCESS_KEY), _is_set(environ, SECRET_KEY)
     if has_key and has_secret:
-        return f"{ACCESS_KEY} and {SECRET_KEY} are already set"
+        return ACCESS_KEY, f"{ACCESS_KEY} and {SECRET_KEY} are already set"
     if has_key != has_secret:
         present, missing = (ACCESS_KEY, SECRET_KEY) if has_key else (SECRET_KEY, ACCESS_KEY)
         raise UsageError(f"{present} is set but {missing} is not: set both, unset both, or pass --override")
-    for name, meaning in MORE_SPECIFIC:
-        if _is_set(environ, name):
-            return f"{name} is set ({meaning})"
+    named = more_specific_identities(environ)
+    if named:
+        return named[0], f"{named[0]} is set ({dict(MORE_SPECIFIC)[named[0]]})"
     if environ.get("AWS_EC2_METADATA_DISABLED", "").strip().lower() == "true":
-        return "AWS_EC2_METADATA_DISABLED=true"
+        return "AWS_EC2_METADATA_DISABLED", "AWS_EC2_METADATA_DISABLED=true"
     return None
+
+
+def reason_to_step_aside(environ: Mapping[str, str]) -> str | None:
+    """Why the shim must leave the environment alone (see :func:`step_aside_cause`), or None."""
+    cause = step_aside_cause(environ)
+    return None if cause is None else cause[1]
 
 
 def clear_identity(environ: MutableMapping[str, str]) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import pytest
 from helpers import FAIL_FAST_ENDPOINT, METADATA_ADDRESSES
 
-from shim.simulator import Settings, Simulator
+from shim.simulator import Knobs, Simulator
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -48,7 +48,7 @@ def simulator() -> Iterator[Callable[..., Simulator]]:
     started: list[Simulator] = []
 
     def start(**knobs: Any) -> Simulator:
-        sim = Simulator(Settings(**knobs)).start()
+        sim = Simulator(Knobs(**knobs)).start()
         started.append(sim)
         return sim
 

@@ -19,6 +19,11 @@ from typing import Any, Callable
 import pytest
 from helpers import SHIM, clean_env, probe_command
 
+from shim.exit_codes import COMMAND_NOT_EXECUTABLE as NOT_EXECUTABLE
+from shim.exit_codes import COMMAND_NOT_FOUND as NOT_FOUND
+from shim.exit_codes import SHIM_FAILED as FAILED
+from shim.imds_protocol import IDENTITY_DOCUMENT_PATH as IDENTITY
+from shim.imds_protocol import ROLE_PATH as ROLE
 from shim.simulator import Simulator
 
 SECRET = "stub-secret-access-key-value"
@@ -31,7 +36,6 @@ GOOD_CREDENTIALS = {
     "Token": TOKEN,
     "Expiration": "2099-01-01T00:00:00Z",
 }
-FAILED, NOT_EXECUTABLE, NOT_FOUND = 125, 126, 127
 
 Answers = dict[str, bytes]  # path -> body of a 200 answer; anything else answers 404
 
@@ -86,10 +90,6 @@ def stub_imds() -> Iterator[Callable[[Answers], str]]:
     for server in servers:
         server.shutdown()
         server.server_close()
-
-
-ROLE = "/latest/meta-data/iam/security-credentials/"
-IDENTITY = "/latest/dynamic/instance-identity/document"
 
 
 def imds_answers(

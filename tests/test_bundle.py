@@ -462,7 +462,7 @@ def test_an_empty_argv_still_runs(sim: Simulator) -> None:
 
 def test_the_launchers_exit_status_is_the_shims() -> None:
     """bundle/launcher.c keeps a copy of the shim's failure status: the two agree."""
-    from shim.config import DEFAULT_ERROR_EXIT_CODE
+    from shim.exit_codes import SHIM_FAILED
 
     source = (Path(__file__).parent.parent / "bundle" / "launcher.c").read_text()
-    assert f"#define FAILED {DEFAULT_ERROR_EXIT_CODE}\n" in source
+    assert f"#define FAILED {SHIM_FAILED}\n" in source

@@ -10,7 +10,10 @@ import pytest
 from helpers import SHIM, clean_env, closed_port, run_shim
 
 from shim import __version__
-from shim.config import OPTIONS, Config, parse_command_line
+from shim.command_line import parse_command_line
+from shim.config import DOCTOR_FORMATS, EXPORT_FORMATS, OPTIONS, Config
+from shim.exit_codes import MEANINGS
+from shim.imds_protocol import REGION_PATH
 from shim.simulator import SIMULATOR_OPTIONS, Simulator
 
 
@@ -20,11 +23,20 @@ def test_help_lists_every_option_with_its_environment_twin() -> None:
     assert result.returncode == 0
     for option in OPTIONS:
         assert option.flags[0] in result.stdout
+        assert option.help in result.stdout
         assert option.env in result.stdout
         for name in option.sdk_env:
             assert name in result.stdout
-    assert "125" in result.stdout
-    assert "127" in result.stdout
+
+
+def test_help_is_made_from_the_definitions_of_formats_and_exit_statuses() -> None:
+    """--help names every export and doctor format, and every exit status with its meaning."""
+    lines = run_shim(["--help"]).stdout.splitlines()
+    assert f"doctor [--format {'|'.join(DOCTOR_FORMATS)}]" in "\n".join(lines)
+    format_help = next(line for line in lines if line.strip().startswith("export:"))
+    assert all(name in format_help for name in (*EXPORT_FORMATS, *DOCTOR_FORMATS))
+    for status, meaning in MEANINGS:
+        assert f"  {status:<8}{meaning}" in lines
 
 
 def test_simulate_help_lists_every_knob() -> None:
@@ -33,6 +45,7 @@ def test_simulate_help_lists_every_knob() -> None:
     assert result.returncode == 0
     for option in SIMULATOR_OPTIONS:
         assert option.flags[0] in result.stdout
+        assert option.help in result.stdout
         assert option.env in result.stdout
     assert "-v, -vv" in result.stdout
     assert "imds-shim simulate -- imds-shim -v -- env" in result.stdout
@@ -182,11 +195,11 @@ def test_endpoint_mode_and_override(environ: dict[str, str], endpoint: str) -> N
 
 
 @pytest.mark.parametrize(
-    ("value", "allowed"), [("true", False), ("TRUE", False), ("false", True), ("1", True), ("", True)]
+    ("value", "disabled"), [("true", True), ("TRUE", True), ("false", False), ("1", False), ("", False)]
 )
-def test_imdsv1_disabled_switch_follows_the_sdks(value: str, allowed: bool) -> None:
+def test_imdsv1_disabled_switch_follows_the_sdks(value: str, disabled: bool) -> None:
     """AWS_EC2_METADATA_V1_DISABLED counts only the word true."""
-    assert config_for([], AWS_EC2_METADATA_V1_DISABLED=value).allow_imds_v1 is allowed
+    assert config_for([], AWS_EC2_METADATA_V1_DISABLED=value).no_imds_v1 is disabled
 
 
 def test_decimal_timeout_and_connect_timeout_cap() -> None:
@@ -211,7 +224,7 @@ def test_simulate_without_a_command_prints_where_it_serves() -> None:
         line = server.stdout.readline()
         url = line.split()[4]
         assert line.startswith(f"IMDS simulator serving on {url}")
-        with urllib.request.urlopen(url + "/latest/meta-data/placement/region", timeout=5) as answer:
+        with urllib.request.urlopen(url + REGION_PATH, timeout=5) as answer:
             assert answer.read() == b"eu-west-1"
     finally:
         server.terminate()

@@ -26,11 +26,12 @@ from typing import Any, Callable, NamedTuple
 import pytest
 from helpers import EXPORTED_VARIABLES, SHIM, START_SLACK, clean_env, probe_command, run_shim
 
-ROLE = "/latest/meta-data/iam/security-credentials/"
+from shim.imds_protocol import IDENTITY_DOCUMENT_PATH as IDENTITY
+from shim.imds_protocol import REGION_PATH as REGION
+from shim.imds_protocol import ROLE_PATH as ROLE
+from shim.imds_protocol import TOKEN_PATH
+
 CREDENTIALS = ROLE + "hostile-role"
-IDENTITY = "/latest/dynamic/instance-identity/document"
-REGION = "/latest/meta-data/placement/region"
-TOKEN_PATH = "/latest/api/token"
 IMDS_TOKEN = "hostile-imds-token-value"
 SECRET = "hostile-secret-access-key-value"
 SESSION_TOKEN = "hostile-session-token-value"

@@ -10,11 +10,11 @@ from typing import Callable
 import pytest
 from helpers import START_SLACK, clean_env, closed_port, probe_command, run_shim
 
+from shim.imds_protocol import IDENTITY_DOCUMENT_PATH, REGION_PATH, ROLE_PATH, TOKEN_PATH
 from shim.simulator import REDIRECT_TARGET, Simulator
 
 StartSimulator = Callable[..., Simulator]
 VERDICT_SECONDS = 1.5 + START_SLACK
-ROLE_DISCOVERY = "/latest/meta-data/iam/security-credentials/"
 
 
 def paths(sim: Simulator) -> list[tuple[str, str, int]]:
@@ -33,10 +33,10 @@ def test_imdsv2_flow_is_four_requests_with_token(sim: Simulator) -> None:
     result = run_shim(["--", "true"], endpoint=sim.url)
     assert result.returncode == 0, result.stderr
     assert [(m, p) for m, p, _ in paths(sim)] == [
-        ("PUT", "/latest/api/token"),
-        ("GET", ROLE_DISCOVERY),
-        ("GET", ROLE_DISCOVERY + "imds-shim-simulated-role"),
-        ("GET", "/latest/dynamic/instance-identity/document"),
+        ("PUT", TOKEN_PATH),
+        ("GET", ROLE_PATH),
+        ("GET", ROLE_PATH + "imds-shim-simulated-role"),
+        ("GET", IDENTITY_DOCUMENT_PATH),
     ]
     put, *gets = sim.requests
     assert 1 <= int(put.headers["X-aws-ec2-metadata-token-ttl-seconds"]) <= 300
@@ -188,7 +188,7 @@ def test_named_role_skips_discovery(sim: Simulator, how: str) -> None:
     env = clean_env() if how == "flag" else clean_env(**{how: role})
     result = run_shim([*args, "--", "true"], env=env, endpoint=sim.url)
     assert result.returncode == 0, result.stderr
-    assert ROLE_DISCOVERY not in [r.path for r in sim.requests]
+    assert ROLE_PATH not in [r.path for r in sim.requests]
 
 
 def test_unknown_named_role_fails_naming_it(sim: Simulator) -> None:
@@ -327,8 +327,8 @@ def test_region_falls_back_to_placement_when_no_identity_document(
     assert result.probe()["env"]["AWS_REGION"] == "ap-southeast-2"
     assert "AWS_ACCOUNT_ID" not in result.probe()["env"]
     assert [p for _, p, _ in paths(sim)][-2:] == [
-        "/latest/dynamic/instance-identity/document",
-        "/latest/meta-data/placement/region",
+        IDENTITY_DOCUMENT_PATH,
+        REGION_PATH,
     ]
 
 
@@ -367,7 +367,7 @@ def test_very_verbose_prints_every_request(sim: Simulator) -> None:
     result = run_shim(["-vv", "--", "true"], endpoint=sim.url)
     debug = [line for line in result.stderr.splitlines() if ": debug: " in line]
     assert len(debug) == len(sim.requests) == 4
-    assert "PUT /latest/api/token -> 200 in" in debug[0]
+    assert f"PUT {TOKEN_PATH} -> 200 in" in debug[0]
 
 
 def test_log_level_variable(sim: Simulator) -> None:

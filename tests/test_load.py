@@ -10,7 +10,7 @@ from typing import Callable
 import pytest
 from helpers import SHIM, clean_env
 
-from shim.imds import IDENTITY_DOCUMENT_PATH, ROLE_PATH, TOKEN_PATH
+from shim.imds_protocol import IDENTITY_DOCUMENT_PATH, ROLE_PATH, TOKEN_PATH
 from shim.simulator import Simulator
 
 SHIMS = 100

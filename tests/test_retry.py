@@ -9,9 +9,9 @@ import tenacity
 from helpers import FakeTime
 
 from shim.deadline import Deadline
-from shim.errors import Throttled, Transient, Unreachable
-from shim.retry import with_retries
-from shim.retry_policy import BACKOFF_CAP, retry_policy
+from shim.errors import ConnectFailed, Throttled, Transient
+from shim.tenacity_policy import BACKOFF_CAP, retry_policy
+from shim.try_first import with_retries
 
 
 def failing(times: int, error: Exception) -> Callable[[], str]:
@@ -79,8 +79,8 @@ def test_retry_after_past_the_deadline_stops_at_once() -> None:
 def test_unreachable_is_tried_twice_only() -> None:
     """No TCP answer: one retry, then the verdict."""
     fake = FakeTime()
-    attempt = failing(10, Unreachable("no answer"))
-    with pytest.raises(Unreachable):
+    attempt = failing(10, ConnectFailed("no answer"))
+    with pytest.raises(ConnectFailed):
         policy(fake)(attempt)
     assert attempt.calls["n"] == 2  # type: ignore[attr-defined]
     assert len(fake.sleeps) == 1

@@ -22,6 +22,7 @@ from typing import Callable
 import pytest
 from helpers import BOTOCORE_LOOP, HERE, SHIM, START_SLACK, clean_env, probe_command, run_shim
 
+from shim.imds_protocol import ROLE_PATH
 from shim.simulator import Simulator
 
 CLIENT = [sys.executable, str(HERE / "endpoint_client.py")]
@@ -45,8 +46,7 @@ HEAVY = pytest.mark.serial
 
 def credentials_gets(sim: Simulator) -> int:
     """How many requests for a role's credentials (not role discovery) reached the simulator."""
-    role_path = "/latest/meta-data/iam/security-credentials/"
-    return sum(r.path.startswith(role_path) and r.path != role_path for r in sim.requests)
+    return sum(r.path.startswith(ROLE_PATH) and r.path != ROLE_PATH for r in sim.requests)
 
 
 def process_state(pid: int) -> str | None:

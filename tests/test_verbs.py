@@ -246,6 +246,31 @@ def test_doctor_reports_step_aside_and_proxy(sim: Simulator) -> None:
     assert "HTTP_PROXY" in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("variables", "also_set"),
+    [
+        ({"AWS_PROFILE": "prod", "AWS_DEFAULT_PROFILE": "old"}, "AWS_DEFAULT_PROFILE"),
+        (
+            {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "x", "AWS_PROFILE": "prod"},
+            "AWS_PROFILE",
+        ),
+        (
+            {"AWS_WEB_IDENTITY_TOKEN_FILE": "/t", "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://x/"},
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+        ),
+    ],
+    ids=["profile and its older name", "keys and a profile", "pod identity outranks IRSA"],
+)
+def test_doctor_lists_the_other_identities_set(
+    sim: Simulator, variables: dict[str, str], also_set: str
+) -> None:
+    """doctor lists every other identity variable set beside the one that decides, and only those."""
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, **variables)
+    lines = [line for line in run_shim(["doctor"], env=env).stdout.splitlines() if "also set:" in line]
+    assert len(lines) == 1
+    assert lines[0].endswith(f"also set: {also_set}")
+
+
 def test_export_does_not_step_aside(sim: Simulator) -> None:
     """export prints the instance role's credentials even where the entrypoint would step aside."""
     env = clean_env(

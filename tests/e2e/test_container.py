@@ -37,6 +37,7 @@ from helpers import BOTOCORE_LOOP
 from roots import NATIVE, NOBODY, elf_machine, make_root, parse_envdump, why_not
 
 from shim import __version__
+from shim.imds_protocol import ROLE_PATH, TOKEN_PATH
 
 from .conftest import ROOT, Roots
 from .engines import DOCKER_CLIENT, OFF_EC2, Docker, Engine, Podman
@@ -452,7 +453,7 @@ def test_imds_shim_doctor_as_the_command(engine: Engine, image: str, imds: Start
     assert "would step aside" not in completed.stdout
     assert "ASIA…" in completed.stdout
     requests = server.settled_requests()
-    assert requests[0] == "PUT /latest/api/token"
+    assert requests[0] == f"PUT {TOKEN_PATH}"
     credentials = [r for r in requests if r.endswith("security-credentials/imds-shim-simulated-role")]
     assert len(credentials) == 1
 
@@ -573,5 +574,5 @@ def test_serve_keeps_a_long_running_sdk_loop_renewed(engine: Engine, sdk_image: 
     keys = {reading["key"] for reading in readings}
     assert len(keys) >= 4, "fewer than three renewals"
     assert all(reading["now"] < reading["expires"] for reading in readings)
-    fetches = [r for r in server.requests if r.startswith("GET /latest/meta-data/iam/security-credentials/")]
+    fetches = [r for r in server.requests if r.startswith(f"GET {ROLE_PATH}")]
     assert len(fetches) < len(readings) / 2  # the endpoint renewed; botocore did not reach IMDS

@@ -1,7 +1,7 @@
 """The retry policy, composed from tenacity's ``stop``, ``wait`` and ``retry`` parts.
 
 - ``retry``: only :class:`Transient` failures (5xx, 429, garbled bodies, read timeouts, a rejected
-  token). An :class:`Unreachable` IMDS (no TCP answer) gets one more try and no more: on a machine
+  token). A :class:`ConnectFailed` (no TCP answer from IMDS) gets one more try and no more: on a machine
   that is not on EC2 every further try only delays the verdict.
 - ``wait``: exponential backoff with full jitter, so a herd of containers starting together spreads
   out instead of hammering IMDS in lockstep; a ``Retry-After`` is honoured as a floor. Throttling
@@ -14,7 +14,7 @@
 - ``stop``: the attempt budget, or the overall :class:`Deadline`, whichever comes first; a sleep
   that would end past the deadline is not taken.
 
-Imported only once a request has failed (see :func:`shim.retry.with_retries`).
+Imported only once a request has failed (see :func:`shim.try_first.with_retries`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from shim.deadline import Deadline
-from shim.errors import Throttled, Transient, Unreachable
+from shim.errors import ConnectFailed, Throttled, Transient
 
 # The lower-case class names below follow tenacity's own (stop_after_attempt, wait_random, ...).
 BACKOFF_BASE = 0.05
@@ -40,12 +40,12 @@ UNREACHABLE_TRIES = 2
 
 
 class retry_transient(retry_base):
-    """Retry :class:`Transient` failures; an :class:`Unreachable` IMDS only once."""
+    """Retry :class:`Transient` failures; a :class:`ConnectFailed` only once."""
 
     def __call__(self, retry_state: RetryCallState) -> bool:
         outcome = retry_state.outcome
         error = outcome.exception() if outcome is not None and outcome.failed else None
-        if isinstance(error, Unreachable):
+        if isinstance(error, ConnectFailed):
             return retry_state.attempt_number < UNREACHABLE_TRIES
         return isinstance(error, Transient)
 

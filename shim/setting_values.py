@@ -9,6 +9,7 @@ message instead of reaching ``int()``. Cheap to import: the step-aside path reso
 from __future__ import annotations
 
 from shim.errors import UsageError
+from shim.imds_protocol import IPV4_ENDPOINT, IPV6_ENDPOINT
 from shim.log import LEVELS
 
 TYPE_CHECKING = False  # no typing import at run time: this is the step-aside path
@@ -19,8 +20,6 @@ if TYPE_CHECKING:
     Value = Union[str, int, float, bool, None]
     Parser = Callable[[str, str], Value]
 
-IPV4_ENDPOINT = "http://169.254.169.254"
-IPV6_ENDPOINT = "http://[fd00:ec2::254]"
 ENDPOINT_MODES = {"ipv4": IPV4_ENDPOINT, "ipv6": IPV6_ENDPOINT}
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta, timezone
 from shim.credentials import Credentials
 from shim.errors import Transient
 from shim.log import log
-from shim.values import DIGITS, is_iam_name, whole_number
+from shim.setting_values import DIGITS, is_iam_name, whole_number
 
 MAX_TOKEN_BYTES = 1024
 MAX_REGION_LENGTH = 40

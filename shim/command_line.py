@@ -1,0 +1,242 @@
+"""The command line: argv split into verb, options and command, and ``--help`` made from the table.
+
+Precedence for every setting: flag > ``IMDS_SHIM_*`` > the SDK-wide variable > default (the rows
+of :data:`shim.config.OPTIONS`). Everything after the first ``--`` is the command, taken verbatim:
+never parsed, re-quoted or given to a shell. Cheap to import, like :mod:`shim.config`: the
+step-aside path runs it.
+"""
+
+from __future__ import annotations
+
+from shim import __version__
+from shim.config import (
+    CREDENTIAL_PROCESS,
+    DOCTOR,
+    DOCTOR_FORMATS,
+    EXEC,
+    EXPORT,
+    EXPORT_FORMATS,
+    MODE_FLAGS,
+    OPTIONS,
+    SIMULATE,
+    VERBS,
+    Option,
+    Settings,
+)
+from shim.errors import UsageError
+from shim.exit_codes import MEANINGS, SHIM_FAILED
+from shim.setting_values import flag_word, shown, whole_number
+
+TYPE_CHECKING = False  # no typing import at run time: this is the step-aside path
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from shim.config import VerbOptions
+    from shim.setting_values import Value
+
+
+def no_verb_options(verb: str) -> Sequence[Option]:
+    return ()
+
+
+VERBOSITY_FLAGS = {"-v": "info", "--verbose": "info", "-vv": "debug", "-q": "error", "--quiet": "error"}
+
+
+class Invocation:
+    """What the command line asks for: a verb, its settings and (for exec and simulate) a command."""
+
+    def __init__(self, verb: str, settings: Settings) -> None:
+        self.verb = verb
+        self.settings = settings
+        self.command: list[str] = []
+        self.show_help = False
+        self.show_version = False
+
+
+def _resolve(option: Option, given: Mapping[str, str | bool], environ: Mapping[str, str]) -> Value:
+    """Apply the precedence flag > IMDS_SHIM_* > SDK variable > default to one option."""
+    parse = option.parse or flag_word
+    if option.dest in given:
+        raw = given[option.dest]
+        return raw if isinstance(raw, bool) else parse(raw, option.flags[0])
+    if environ.get(option.env, "") != "":
+        return parse(environ[option.env], option.env)
+    for name in option.sdk_env:
+        if environ.get(name, "") != "":
+            return (option.env_parse or parse)(environ[name], name)
+    if isinstance(option.default, str) and option.parse is not None:
+        return option.parse(option.default, "default")  # defaults are written as users write them
+    return option.default
+
+
+def parse_options(
+    tokens: Sequence[str],
+    options: Sequence[Option],
+    verb: str,
+    environ: Mapping[str, str],
+) -> Settings:
+    """Parse option tokens for ``verb`` and resolve every option's value."""
+    by_flag = {flag: option for option in options for flag in option.flags}
+    given: dict[str, str | bool] = {}
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        index += 1
+        name, has_value, inline = token.partition("=")
+        option = by_flag.get(name)
+        if option is None or verb not in option.verbs:
+            where = "" if option is None else f" with {verb}"
+            raise UsageError(f"unknown option {name!r}{where} (see imds-shim --help)")
+        if option.parse is None:
+            if has_value:
+                raise UsageError(f"{name} takes no value")
+            given[option.dest] = True
+        elif has_value:
+            given[option.dest] = inline
+        elif index < len(tokens):
+            given[option.dest] = tokens[index]
+            index += 1
+        else:
+            raise UsageError(f"{name} needs a value ({option.metavar})")
+    return Settings(
+        (option.dest, _resolve(option, given, environ)) for option in options if verb in option.verbs
+    )
+
+
+def parse_command_line(
+    argv: Sequence[str], environ: Mapping[str, str], verb_options: VerbOptions = no_verb_options
+) -> Invocation:
+    """Split ``argv`` into verb, options and the verbatim command after the first ``--``."""
+    if "--" in argv:
+        split = list(argv).index("--")
+        head, command, has_command = list(argv[:split]), list(argv[split + 1 :]), True
+    else:
+        head, command, has_command = list(argv), [], False
+
+    verb: str | None = None
+    option_tokens: list[str] = []
+    invocation = Invocation(verb="", settings=Settings())
+    value_due = False
+    for token in head:
+        if value_due:
+            option_tokens.append(token)
+            value_due = False
+        elif token in ("-h", "--help"):
+            invocation.show_help = True
+        elif token == "--version":
+            invocation.show_version = True
+        elif token in VERBOSITY_FLAGS:
+            option_tokens += ["--log-level", VERBOSITY_FLAGS[token]]
+        elif token.startswith("-") and len(token) > 1:
+            option_tokens.append(token)
+            value_due = _expects_value(token, (*OPTIONS, *verb_options(verb or EXEC)))
+        elif verb is None and token in VERBS:
+            verb = token
+        elif verb is None:
+            raise UsageError(
+                f"unknown verb {token!r}: to run a command, put it after '--' (imds-shim -- {token} ...)"
+            )
+        else:
+            raise UsageError(f"unexpected argument {token!r} (see imds-shim --help)")
+    invocation.verb = verb or EXEC
+    invocation.command = command
+    if invocation.show_help or invocation.show_version:
+        return invocation
+
+    options = (*OPTIONS, *verb_options(invocation.verb))
+    invocation.settings = parse_options(option_tokens, options, invocation.verb, environ)
+    _check_format(invocation)
+    _check_modes(invocation.settings)
+    if invocation.verb == EXEC and not command:
+        reason = "no command after '--'" if has_command else "no command given"
+        raise UsageError(f"{reason}: usage is imds-shim [OPTIONS] -- COMMAND [ARGS...]")
+    if command and not command[0]:
+        # CMD [""] or an unset variable in a wrapper: refused before any IMDS request is made.
+        raise UsageError("the command after '--' is an empty string")
+    if invocation.verb not in (EXEC, SIMULATE) and has_command:
+        raise UsageError(f"{invocation.verb} runs no command; remove everything from '--' on")
+    return invocation
+
+
+def _expects_value(token: str, options: Sequence[Option]) -> bool:
+    """Whether ``token`` is a flag whose value is the next word (``--role NAME``)."""
+    if "=" in token:
+        return False
+    from_table = [option for option in options if token in option.flags]
+    return bool(from_table) and from_table[0].parse is not None
+
+
+def _check_format(invocation: Invocation) -> None:
+    verb, value = invocation.verb, invocation.settings.get("format")
+    choices = {EXPORT: EXPORT_FORMATS, DOCTOR: DOCTOR_FORMATS}.get(verb)
+    if choices is None:
+        return
+    if value is None:
+        invocation.settings["format"] = choices[0]
+    elif value not in choices:
+        expected = ", ".join(choices)
+        raise UsageError(f"--format for {verb}: expected one of {expected}, got {shown(str(value))}")
+
+
+def _check_modes(settings: Settings) -> None:
+    """At most one way of handing over credentials: static keys (optionally with a signal before
+    they expire), --refresh's profile, or --serve's endpoint."""
+    chosen = [flag for flag, name in MODE_FLAGS if settings.get(name) not in (None, False)]
+    if len(chosen) > 1:
+        raise UsageError(
+            f"{' and '.join(chosen)} cannot be combined: choose one way to hand over credentials"
+        )
+
+
+def error_exit_code_from(environ: Mapping[str, str], argv: Sequence[str]) -> int:
+    """Best effort: the exit code for a usage error found before the settings could be resolved."""
+    head = list(argv[: list(argv).index("--")]) if "--" in argv else list(argv)
+    candidates = [t.partition("=")[2] for t in head if t.startswith("--error-exit-code=")]
+    if "--error-exit-code" in head:
+        position = head.index("--error-exit-code") + 1
+        candidates += head[position : position + 1]
+    candidates.append(environ.get("IMDS_SHIM_ERROR_EXIT_CODE", ""))
+    for candidate in candidates:
+        number = whole_number(candidate)
+        if number is not None and 1 <= number <= 255:
+            return number
+    return SHIM_FAILED
+
+
+def option_lines(options: Sequence[Option]) -> list[str]:
+    """Two lines per option: its flags, then its help, default and variables."""
+    lines = []
+    for option in options:
+        lines.append("  " + " ".join(option.flags) + (f" {option.metavar}" if option.metavar else ""))
+        details = [option.help]
+        if option.default not in (None, False):
+            details.append(f"default {option.default}")
+        twins = ", ".join((option.env, *option.sdk_env))
+        lines.append(f"      {'; '.join(details)}  [env: {twins}]")
+    return lines
+
+
+def help_text() -> str:
+    """``--help``: usage, verbs, every option with its variables, and the exit statuses."""
+    lines = [
+        f"imds-shim {__version__}: export the EC2 instance role's credentials, then exec a command.",
+        "",
+        "usage: imds-shim [OPTIONS] -- COMMAND [ARGS...]",
+        f"       imds-shim [OPTIONS] {EXPORT} [--format FORMAT]",
+        f"       imds-shim [OPTIONS] {CREDENTIAL_PROCESS}",
+        f"       imds-shim [OPTIONS] {DOCTOR} [--format {'|'.join(DOCTOR_FORMATS)}]",
+        f"       imds-shim {SIMULATE} [SIMULATOR OPTIONS] [-- COMMAND [ARGS...]]",
+        "",
+        "Everything after '--' is the command, passed to exec unchanged.",
+        "Precedence: flag > IMDS_SHIM_* variable > AWS SDK variable > default.",
+        "",
+        "options:",
+        *option_lines(OPTIONS),
+        "  -v, -vv, -q    shorthand for --log-level info, debug, error",
+        "  -h, --help     show this help;  --version  show the version",
+        "",
+        "exit status: the command's own, or",
+        *(f"  {status:<8}{meaning}" for status, meaning in MEANINGS),
+        "Run 'imds-shim simulate --help' for the built-in IMDS simulator.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,28 @@
+"""IMDS as every part of imds-shim must agree on it: addresses, paths, headers, and the hop-limit story.
+
+The client (:mod:`shim.imds`), the simulator, ``doctor`` and the tests take these from here, so a
+path or the advice for the hop-limit symptom is written once. It imports nothing: the simulator and
+the step-aside path must not pay for ``requests``.
+"""
+
+IPV4_ENDPOINT = "http://169.254.169.254"
+IPV6_ENDPOINT = "http://[fd00:ec2::254]"
+
+TOKEN_PATH = "/latest/api/token"
+ROLE_PATH = "/latest/meta-data/iam/security-credentials/"  # + the role's name: its credentials
+IDENTITY_DOCUMENT_PATH = "/latest/dynamic/instance-identity/document"
+REGION_PATH = "/latest/meta-data/placement/region"
+
+TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+TOKEN_HEADER = "X-aws-ec2-metadata-token"
+
+# The symptom: the token PUT connects, and its answer never arrives, because IMDS sends it with an
+# IP TTL of the hop limit, and the Docker bridge is one more hop. GETs (IMDSv1) are not limited.
+HOP_LIMIT_CAUSE = (
+    "the instance's metadata hop limit is probably 1, and a container on a bridge network is one "
+    "hop further, so the token never arrives"
+)
+HOP_LIMIT_FIX = (
+    "aws ec2 modify-instance-metadata-options --instance-id <id> "
+    "--http-put-response-hop-limit 2 (or use host networking, or an ECS task role)"
+)
