@@ -57,27 +57,20 @@ bundle:
 
 # The behaviour suites once more, against the bundle instead of the pip-installed shim (ARCH=arm64:
 # the arm64 bundle, run by qemu-user; its minimal roots are made with the arm64 root's compilers).
-# BUNDLE_SUITES="tests/test_bundle.py" runs fewer (CI does so for arm64: see .ci/run).
-BUNDLE_SUITES ?= tests/test_exec.py tests/test_imds.py tests/test_verbs.py tests/test_step_aside.py \
-	tests/test_redaction.py tests/test_cli.py tests/test_bad_input.py tests/test_third_party.py \
-	tests/test_hostile_imds.py tests/test_serve.py tests/test_bundle.py tests/e2e/test_netns.py
-UNDER_TEST := build/under-test$(if $(ARCH),-$(ARCH))
+# Suites are chosen by marker: BUNDLE_MARKERS=bundle runs the bundle's own only (CI does so for
+# arm64: see .ci/run). TARBALL=dist/….tar.gz tests that tarball as it is (say, the one make release
+# made) instead of building one. The steps are in scripts/test-bundle.
+BUNDLE_MARKERS ?= behaviour or bundle
 # Under qemu-user every start of the shim costs CPU that four workers on two cores fight over:
 # the emulated arm64 suite missed its time budgets with four (17 of 459, up to 6.9 s against 4.5)
 # and passed with two, in no more time.
 EMULATED_JOBS ?= 2
 BUNDLE_JOBS := $(if $(filter arm64 aarch64,$(ARCH)),$(EMULATED_JOBS),$(JOBS))
-# TARBALL=dist/….tar.gz: test that tarball as it is (say, the one make release made) instead of
-# building one.
 TARBALL ?=
 test-bundle: $(BIN)/python
 	$(DEVELOP)
-	tarball=$(or $(TARBALL),$$(ARCH=$(ARCH) PYTHON=$(BIN)/python scripts/make-bundle)) && rm -rf $(UNDER_TEST) \
-	&& mkdir -p $(UNDER_TEST) && tar -xzf "$$tarball" -C $(UNDER_TEST) \
-	&& SHIM_UNDER_TEST=$(UNDER_TEST)/imds-shim/imds-shim BUNDLE_TARBALL="$$tarball" \
-		$(BIN)/python -m pytest -n $(BUNDLE_JOBS) -m "not serial" $(BUNDLE_SUITES) $(PYTEST_ARGS) \
-	&& SHIM_UNDER_TEST=$(UNDER_TEST)/imds-shim/imds-shim \
-		$(BIN)/python -m pytest -m serial $(BUNDLE_SUITES) $(PYTEST_ARGS)
+	ARCH=$(ARCH) JOBS=$(BUNDLE_JOBS) MARKERS="$(BUNDLE_MARKERS)" \
+		scripts/test-bundle $(BIN)/python $(TARBALL) -- $(PYTEST_ARGS)
 
 # imds-shim:VERSION, the image to `COPY --from=` (FROM scratch, only /opt/imds-shim), from every
 # bundle in dist/ of this version (make bundle first; ARCH=arm64 for the second architecture).

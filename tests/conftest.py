@@ -7,10 +7,17 @@ import socket
 from collections.abc import Iterator
 from typing import Any, Callable
 
+import helpers
 import pytest
-from helpers import FAIL_FAST_ENDPOINT, METADATA_ADDRESSES
+from helpers import METADATA_ADDRESSES
 
 from shim.simulator import Knobs, Simulator
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """What this run tests (the installed shim, or $SHIM_UNDER_TEST), decided before any test
+    module is imported: they read it as ``from helpers import SHIM``."""
+    helpers.configure()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -31,7 +38,7 @@ def _never_the_real_metadata_service(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("IMDS_SHIM_", "AWS_")):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", FAIL_FAST_ENDPOINT)
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", helpers.FAIL_FAST_ENDPOINT)
     real_connect = socket.socket.connect
 
     def guarded_connect(self: socket.socket, address: Any) -> None:

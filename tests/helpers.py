@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 from roots import NATIVE, elf_machine
@@ -40,35 +40,71 @@ PROBE = str(HERE / "probe.py")
 METADATA_ADDRESSES = frozenset({"169.254.169.254", "fd00:ec2::254", "169.254.170.2"})
 
 
-def installed_shim() -> str:
+def _installed_shim() -> str | None:
     """The console script installed next to this interpreter: tests run what users run."""
     candidate = Path(sys.executable).parent / "imds-shim"
-    found = str(candidate) if candidate.exists() else shutil.which("imds-shim")
-    if not found:
-        pytest.exit("imds-shim is not installed: pip install -e '.[test]'", returncode=4)
-    return found
+    return str(candidate) if candidate.exists() else shutil.which("imds-shim")
 
 
-def shim_under_test() -> str:
-    """The executable the behaviour tests run: $SHIM_UNDER_TEST (the bundle, say), else the installed one."""
+class UnderTest(NamedTuple):
+    """What this run tests, decided once by :func:`configure` (conftest's pytest_configure)."""
+
+    SHIM: str  # the imds-shim executable: $SHIM_UNDER_TEST (the bundle, say), else the installed one
+    INSTALLED_SHIM: str  # the pip-installed one, which a bundle is compared with
+    UNDER_TEST_IS_BUNDLE: bool
+    # An arm64 bundle under test on an x86-64 machine runs under qemu-user (make test-bundle ARCH=arm64).
+    EMULATED: bool
+    # What qemu-user adds to one start and exit of the shim, on top of every time budget: measured
+    # 0.25 s alone, up to 1.4 s with four test workers on two cores; on a machine twice as slow
+    # (2026-11-30: `python -c pass` 24 ms, not 12) 0.5 s alone, and an off-EC2 verdict took 3.64 s
+    # against 1.5 + 2.0. The budgets still hold the shim's own deadlines, which the native suites
+    # check with no slack; only the emulated interpreter is slower.
+    START_SLACK: float
+    # The endpoint every test environment starts with: a closed loopback port, refused at once.
+    FAIL_FAST_ENDPOINT: str
+
+
+_under_test: UnderTest | None = None
+
+
+def configure() -> None:
+    """Decide what this run tests; a usage error (not a traceback) when it cannot be run."""
+    global _under_test
+    installed = _installed_shim()
+    if not installed:
+        raise pytest.UsageError("imds-shim is not installed: pip install -e '.[test]'")
     chosen = os.environ.get("SHIM_UNDER_TEST", "")
     if chosen and not os.access(chosen, os.X_OK):
-        pytest.exit(f"SHIM_UNDER_TEST={chosen} is not an executable", returncode=4)
-    return os.path.abspath(chosen) if chosen else installed_shim()
+        raise pytest.UsageError(f"SHIM_UNDER_TEST={chosen} is not an executable")
+    shim = os.path.abspath(chosen) if chosen else installed
+    is_bundle = shim != installed
+    emulated = is_bundle and elf_machine(shim) != NATIVE
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    _under_test = UnderTest(shim, installed, is_bundle, emulated, 3.0 if emulated else 0.0, endpoint)
 
 
-SHIM = shim_under_test()
+def under_test() -> UnderTest:
+    """What :func:`configure` decided."""
+    if _under_test is None:
+        raise RuntimeError("what is under test is decided in conftest's pytest_configure, not before")
+    return _under_test
 
-UNDER_TEST_IS_BUNDLE = installed_shim() != SHIM
 
-# An arm64 bundle under test on an x86-64 machine runs under qemu-user (make test-bundle ARCH=arm64).
-EMULATED = UNDER_TEST_IS_BUNDLE and elf_machine(SHIM) != NATIVE
-# What qemu-user adds to one start and exit of the shim, on top of every time budget: measured
-# 0.25 s alone, up to 1.4 s with four test workers on two cores; on a machine twice as slow
-# (2026-11-30: `python -c pass` 24 ms, not 12) 0.5 s alone, and an off-EC2 verdict took 3.64 s
-# against 1.5 + 2.0. The budgets still hold the shim's own deadlines, which the native suites
-# check with no slack; only the emulated interpreter is slower.
-START_SLACK = 3.0 if EMULATED else 0.0
+def __getattr__(name: str) -> object:
+    """``from helpers import SHIM`` and the other :class:`UnderTest` fields, once configured."""
+    if name not in UnderTest._fields:
+        raise AttributeError(f"module 'helpers' has no attribute {name!r}")
+    return getattr(under_test(), name)
+
+
+if TYPE_CHECKING:  # what __getattr__ hands out, typed for mypy
+    SHIM: str
+    INSTALLED_SHIM: str
+    UNDER_TEST_IS_BUNDLE: bool
+    EMULATED: bool
+    START_SLACK: float
+    FAIL_FAST_ENDPOINT: str
+
 # qemu-user installs its own handlers for the fatal signals, so a program it runs loses an
 # inherited "ignored" on them across exec (`trap '' HUP; exec <any arm64 program> grep SigIgn
 # /proc/self/status` shows 0). Real arm64 machines keep it, as the native suite proves.
@@ -97,16 +133,13 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-FAIL_FAST_ENDPOINT = f"http://127.0.0.1:{closed_port()}"
-
-
 def clean_env(**extra: str) -> dict[str, str]:
     """A minimal environment for the shim: no AWS or IMDS_SHIM variables unless a test adds them."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/root"),
         "LANG": "C.UTF-8",
-        "AWS_EC2_METADATA_SERVICE_ENDPOINT": FAIL_FAST_ENDPOINT,
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": under_test().FAIL_FAST_ENDPOINT,
     }
     env.update(extra)
     return env
@@ -140,7 +173,7 @@ def run_shim(
         environment["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = endpoint
     started = time.monotonic()
     completed = subprocess.run(
-        [SHIM, *args], env=environment, capture_output=True, text=True, timeout=timeout, **popen
+        [under_test().SHIM, *args], env=environment, capture_output=True, text=True, timeout=timeout, **popen
     )
     return Result(completed, time.monotonic() - started)
 

@@ -26,6 +26,9 @@ from shim.imds_protocol import IDENTITY_DOCUMENT_PATH as IDENTITY
 from shim.imds_protocol import ROLE_PATH as ROLE
 from shim.simulator import Simulator
 
+# Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
+pytestmark = pytest.mark.behaviour
+
 SECRET = "stub-secret-access-key-value"
 TOKEN = "stub-session-token-value"
 IMDS_TOKEN = "stub-imds-token-value"

@@ -21,10 +21,10 @@ import pytest
 from helpers import (
     EMULATED,
     FAIL_FAST_ENDPOINT,
+    INSTALLED_SHIM,
     SHIM,
     UNDER_TEST_IS_BUNDLE,
     clean_env,
-    installed_shim,
     probe_command,
     run_shim,
 )
@@ -33,9 +33,12 @@ from roots import KINDS, NOBODY, elf_machine, make_root, parse_envdump, why_not
 from shim import __version__
 from shim.simulator import Simulator
 
-pytestmark = pytest.mark.skipif(
-    not UNDER_TEST_IS_BUNDLE, reason="no bundle under test: run make test-bundle (needs root)"
-)
+pytestmark = [
+    pytest.mark.bundle,
+    pytest.mark.skipif(
+        not UNDER_TEST_IS_BUNDLE, reason="no bundle under test: run make test-bundle (needs root)"
+    ),
+]
 BUNDLE = Path(SHIM).parent
 REPOSITORY = Path(__file__).resolve().parent.parent
 MACHINE = elf_machine(SHIM)  # arm64 bundles run here under qemu-user, in arm64 roots
@@ -69,7 +72,7 @@ def test_command_sees_the_same_environment_as_under_the_pip_installed_shim(
     sim: Simulator, preset: dict[str, str]
 ) -> None:
     """Bundle and pip-installed shim hand the command exactly the same variables."""
-    assert command_environment(SHIM, sim, **preset) == command_environment(installed_shim(), sim, **preset)
+    assert command_environment(SHIM, sim, **preset) == command_environment(INSTALLED_SHIM, sim, **preset)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -132,7 +135,7 @@ def test_help_is_the_pip_installed_shims(verb: list[str]) -> None:
     """--help reads the same from the bundle (compiled at -OO, without docstrings) as pip-installed."""
     bundled, installed = (
         subprocess.run([shim, *verb, "--help"], capture_output=True, text=True, timeout=60, env=clean_env())
-        for shim in (SHIM, installed_shim())
+        for shim in (SHIM, INSTALLED_SHIM)
     )
     assert (bundled.returncode, bundled.stdout) == (installed.returncode, installed.stdout)
     assert bundled.stdout

@@ -16,6 +16,9 @@ from shim.exit_codes import MEANINGS
 from shim.imds_protocol import REGION_PATH
 from shim.simulator import SIMULATOR_OPTIONS, Simulator
 
+# Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
+pytestmark = pytest.mark.behaviour
+
 
 def test_help_lists_every_option_with_its_environment_twin() -> None:
     """--help shows each option, its IMDS_SHIM_* twin and the SDK variables it honours."""

@@ -24,6 +24,9 @@ from helpers import (
 
 from shim.simulator import Simulator
 
+# Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
+pytestmark = pytest.mark.behaviour
+
 
 def status_field(status: str, name: str) -> int:
     """A hex mask such as SigIgn from /proc/<pid>/status."""

@@ -31,6 +31,9 @@ from shim.imds_protocol import REGION_PATH as REGION
 from shim.imds_protocol import ROLE_PATH as ROLE
 from shim.imds_protocol import TOKEN_PATH
 
+# Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
+pytestmark = pytest.mark.behaviour
+
 CREDENTIALS = ROLE + "hostile-role"
 IMDS_TOKEN = "hostile-imds-token-value"
 SECRET = "hostile-secret-access-key-value"

@@ -13,6 +13,9 @@ from helpers import START_SLACK, clean_env, closed_port, probe_command, run_shim
 from shim.imds_protocol import IDENTITY_DOCUMENT_PATH, REGION_PATH, ROLE_PATH, TOKEN_PATH
 from shim.simulator import REDIRECT_TARGET, Simulator
 
+# Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
+pytestmark = pytest.mark.behaviour
+
 StartSimulator = Callable[..., Simulator]
 VERDICT_SECONDS = 1.5 + START_SLACK
 
@@ -410,6 +413,7 @@ def test_ipv6_endpoint(simulator: StartSimulator) -> None:
 MISSED_SIGNAL_SCRIPT = """
 import os, signal, socket, sys, threading, time
 from shim.imds import time_limit
+
 
 class Stopped(Exception):
     pass

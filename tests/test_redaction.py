@@ -9,6 +9,9 @@ from helpers import clean_env, run_shim
 
 from shim.simulator import Simulator
 
+# Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
+pytestmark = pytest.mark.behaviour
+
 SCENARIOS: list[tuple[str, dict[str, Any], list[str], dict[str, str]]] = [
     ("healthy", {}, ["--", "true"], {}),
     ("imdsv1 fallback", {"token_status": 403}, ["--", "true"], {}),

@@ -25,6 +25,9 @@ from helpers import BOTOCORE_LOOP, HERE, SHIM, START_SLACK, clean_env, probe_com
 from shim.imds_protocol import ROLE_PATH
 from shim.simulator import Simulator
 
+# Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
+pytestmark = pytest.mark.behaviour
+
 CLIENT = [sys.executable, str(HERE / "endpoint_client.py")]
 SERVED_VARIABLES = {
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",

@@ -13,6 +13,9 @@ from helpers import clean_env, probe_command, run_shim
 from shim.simulator import Simulator
 from shim.step_aside import IDENTITY_FAMILY
 
+# Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
+pytestmark = pytest.mark.behaviour
+
 STEP_ASIDE = [
     {"AWS_ACCESS_KEY_ID": "AKIAEXPLICITKEY00001", "AWS_SECRET_ACCESS_KEY": "explicit-secret"},
     {"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/task"},

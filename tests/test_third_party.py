@@ -11,6 +11,9 @@ from helpers import clean_env, probe_command, run_shim
 
 from shim.simulator import Simulator
 
+# Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
+pytestmark = pytest.mark.behaviour
+
 BOTOCORE_REPORT = (
     "import json, botocore.session\n"
     "session = botocore.session.get_session()\n"

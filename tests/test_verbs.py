@@ -19,6 +19,9 @@ from shim.credentials import Credentials, Fetched
 from shim.formats import render
 from shim.simulator import Simulator
 
+# Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
+pytestmark = pytest.mark.behaviour
+
 HOSTILE = "a'b\"c$(touch pwned)`touch pwned2`;\\d e*"
 
 

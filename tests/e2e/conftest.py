@@ -25,10 +25,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import helpers
 import pytest
 from roots import DEBIAN_ARCHITECTURES, NATIVE
 
-from .netns import IMDS_ADDRESS, SHIM, TIMINGS, Imds, StartImds, Topology, why_no_namespaces
+from .netns import IMDS_ADDRESS, TIMINGS, Imds, StartImds, Topology, why_no_namespaces
 
 ROOT = Path(__file__).resolve().parents[2]
 MIRROR = os.environ.get("IMDS_SHIM_E2E_MIRROR", "http://deb.debian.org/debian")
@@ -68,7 +69,7 @@ def imds(topology: Topology) -> Iterator[StartImds]:
                 "netns",
                 "exec",
                 topology.imds,
-                SHIM,
+                helpers.under_test().SHIM,
                 "simulate",
                 "-v",
                 "--host",

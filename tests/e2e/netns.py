@@ -10,8 +10,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from helpers import SHIM as SHIM  # the executable under test, for the namespaces too
-
 IMDS_ADDRESS = "169.254.169.254"
 TIMINGS: list[tuple[str, float]] = []
 StartImds = Callable[..., "Imds"]  # the imds fixture: imds("--hop-limit", "1", ...)

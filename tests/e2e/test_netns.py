@@ -10,17 +10,20 @@ import sys
 import time
 
 import pytest
-from helpers import START_SLACK
+from helpers import under_test
 
-from .netns import SHIM, StartImds, Topology, record, shim_env
+from .netns import StartImds, Topology, record, shim_env
 
-BUDGET = 1.5 + START_SLACK
+# Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
+pytestmark = pytest.mark.behaviour
+
+BUDGET = 1.5 + under_test().START_SLACK
 ENV_REPORT = [sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"]
 
 
 def timed(topology: Topology, namespace: str, args: list[str]) -> tuple[float, object]:
     started = time.monotonic()
-    completed = topology.run(namespace, [SHIM, *args], env=shim_env())
+    completed = topology.run(namespace, [under_test().SHIM, *args], env=shim_env())
     return time.monotonic() - started, completed
 
 
