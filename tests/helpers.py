@@ -36,7 +36,7 @@ HERE = Path(__file__).parent
 PROBE = str(HERE / "probe.py")
 
 # Addresses no test may reach from this machine's own network: only from inside the namespaces that
-# tests/e2e builds and removes (README, "Development").
+# tests/e2e builds and removes (docs/development.md).
 METADATA_ADDRESSES = frozenset({"169.254.169.254", "fd00:ec2::254", "169.254.170.2"})
 
 
