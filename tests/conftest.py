@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any, Callable
 
 import helpers
 import pytest
 from helpers import METADATA_ADDRESSES
+from scripted_imds import Reply, ScriptedImds, healthy
 
 from shim.simulator import Knobs, Simulator
 
@@ -106,3 +108,22 @@ def unanswered_endpoint() -> Iterator[str]:
     for filler in fillers:
         filler.close()
     server.close()
+
+
+@pytest.fixture
+def scripted_imds() -> Iterator[Callable[..., ScriptedImds]]:
+    """scripted_imds({path: Reply(...)}) starts a scripted IMDS (tests/scripted_imds.py), healthy where
+    the script says nothing."""
+    servers: list[ScriptedImds] = []
+
+    def start(script: dict[str, Reply] | None = None) -> ScriptedImds:
+        server = ScriptedImds({**healthy(), **(script or {})})
+        threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.closing.set()
+        server.shutdown()
+        server.server_close()

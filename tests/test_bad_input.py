@@ -11,13 +11,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 import pytest
 from helpers import SHIM, clean_env, probe_command
+from scripted_imds import (
+    CREDENTIALS,
+    GOOD_CREDENTIALS,
+    IMDS_TOKEN,
+    ROLE_NAME,
+    SECRET,
+    SESSION_TOKEN,
+    Reply,
+    ScriptedImds,
+    as_body,
+)
 
 from shim.exit_codes import COMMAND_NOT_EXECUTABLE as NOT_EXECUTABLE
 from shim.exit_codes import COMMAND_NOT_FOUND as NOT_FOUND
@@ -29,79 +37,20 @@ from shim.simulator import Simulator
 # Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
 pytestmark = pytest.mark.behaviour
 
-SECRET = "stub-secret-access-key-value"
-TOKEN = "stub-session-token-value"
-IMDS_TOKEN = "stub-imds-token-value"
-GOOD_CREDENTIALS = {
-    "Code": "Success",
-    "AccessKeyId": "ASIASTUBSTUBSTUBWXYZ",
-    "SecretAccessKey": SECRET,
-    "Token": TOKEN,
-    "Expiration": "2099-01-01T00:00:00Z",
-}
-
-Answers = dict[str, bytes]  # path -> body of a 200 answer; anything else answers 404
-
-
-class StubImds(ThreadingHTTPServer):
-    """A loopback HTTP server answering IMDS paths with whatever bytes a row gives it."""
-
-    daemon_threads = True
-
-    def __init__(self, answers: Answers) -> None:
-        self.answers = answers
-        super().__init__(("127.0.0.1", 0), StubHandler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class StubHandler(BaseHTTPRequestHandler):
-    server: StubImds
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Quiet."""
-
-    def do_PUT(self) -> None:
-        self._answer(200, IMDS_TOKEN.encode())
-
-    def do_GET(self) -> None:
-        body = self.server.answers.get(self.path)
-        self._answer(404, b"") if body is None else self._answer(200, body)
-
-    def _answer(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-@pytest.fixture
-def stub_imds() -> Iterator[Callable[[Answers], str]]:
-    """Start stub IMDS servers for a test: stub_imds({path: body}) -> base URL."""
-    servers: list[StubImds] = []
-
-    def start(answers: Answers) -> str:
-        server = StubImds(answers)
-        threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
-        servers.append(server)
-        return server.url
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+Script = dict[str, Reply]
 
 
 def imds_answers(
-    role: bytes = b"stub-role",
+    role: bytes = ROLE_NAME.encode(),
     credentials: Any = GOOD_CREDENTIALS,
     identity: bytes = b'{"region": "eu-west-1", "accountId": "123456789012"}',
-) -> Answers:
-    body = credentials if isinstance(credentials, bytes) else json.dumps(credentials).encode()
-    return {ROLE: role, ROLE + "stub-role": body, IDENTITY: identity}
+) -> Script:
+    """A scripted IMDS, healthy but for the role, credentials or identity document given."""
+    return {
+        ROLE: Reply(body=role),
+        CREDENTIALS: Reply(body=as_body(credentials)),
+        IDENTITY: Reply(body=identity),
+    }
 
 
 class Row:
@@ -113,7 +62,7 @@ class Row:
         status: int,
         says: str = "",
         env: dict[str, str] | None = None,
-        imds: Answers | None = None,
+        imds: Script | None = None,
         shell: str = "",
     ) -> None:
         self.args, self.status, self.says, self.env = args, status, says, env or {}
@@ -228,7 +177,7 @@ ROWS: dict[str, Row] = {
         ["--attempts", "2", "--", "true"],
         FAILED,
         "Token is not well-formed",
-        imds=imds_answers(credentials={**GOOD_CREDENTIALS, "Token": TOKEN + "\0x"}),
+        imds=imds_answers(credentials={**GOOD_CREDENTIALS, "Token": SESSION_TOKEN + "\0x"}),
     ),
     "secret with a newline": Row(
         ["--attempts", "2", "export"],
@@ -257,14 +206,14 @@ ROWS: dict[str, Row] = {
 
 @pytest.mark.parametrize("row", ROWS.values(), ids=ROWS.keys())
 def test_odd_input_gets_one_line_and_a_documented_status(
-    row: Row, stub_imds: Callable[[Answers], str]
+    row: Row, scripted_imds: Callable[[Script], ScriptedImds]
 ) -> None:
     """Documented exit status, at most one line on stderr, no traceback, no secret, no stray stdout."""
     env = clean_env(**row.env)
     if row.imds is not None:
-        env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = stub_imds(row.imds)
+        env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = scripted_imds(row.imds).url
     elif "AWS_EC2_METADATA_SERVICE_ENDPOINT" not in row.env:
-        env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = stub_imds(imds_answers())
+        env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = scripted_imds(imds_answers()).url
     # The shell only rewires descriptors, then execs the shim with the arguments untouched.
     command = ["sh", "-c", f'exec "$@" {row.shell}', "sh", SHIM, *row.args]
     completed = subprocess.run(command, env=env, capture_output=True, timeout=60)
@@ -284,7 +233,7 @@ def test_odd_input_gets_one_line_and_a_documented_status(
         assert completed.stdout == b""
     assert "internal error" not in stderr
     assert "Traceback" not in stderr
-    for secret in (SECRET, TOKEN, IMDS_TOKEN):
+    for secret in (SECRET, SESSION_TOKEN, IMDS_TOKEN):
         assert secret not in stderr
 
 

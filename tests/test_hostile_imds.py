@@ -11,20 +11,26 @@ exit status is the documented one, and the run ends within its deadline.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 import subprocess
-import threading
 import time
 import zlib
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import pytest
 from helpers import EXPORTED_VARIABLES, SHIM, START_SLACK, clean_env, probe_command, run_shim
+from scripted_imds import (
+    CREDENTIALS,
+    GOOD_CREDENTIALS,
+    IMDS_TOKEN,
+    SECRET,
+    SESSION_TOKEN,
+    Reply,
+    ScriptedImds,
+    as_body,
+)
 
 from shim.imds_protocol import IDENTITY_DOCUMENT_PATH as IDENTITY
 from shim.imds_protocol import REGION_PATH as REGION
@@ -34,130 +40,11 @@ from shim.imds_protocol import TOKEN_PATH
 # Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
 pytestmark = pytest.mark.behaviour
 
-CREDENTIALS = ROLE + "hostile-role"
-IMDS_TOKEN = "hostile-imds-token-value"
-SECRET = "hostile-secret-access-key-value"
-SESSION_TOKEN = "hostile-session-token-value"
-GOOD_CREDENTIALS = {
-    "Code": "Success",
-    "AccessKeyId": "ASIAHOSTILEEXAMPLE",
-    "SecretAccessKey": SECRET,
-    "Token": SESSION_TOKEN,
-    "Expiration": "2099-01-01T00:00:00Z",
-}
 INJECTED_REGION = "us-east-1\n[profile p]\ncredential_process = touch /tmp/pwned"
 FORGED_LINE = "imds-shim: info: all good"
 # Characters that end a line or steer a terminal somewhere: each must be refused.
 LINE_BREAKERS = {"newline": "\n", "U+2028": "\u2028", "U+0085": "\u0085", "ESC": "\x1b[31m", "NUL": "\0"}
 FAILED = 125
-
-
-class Reply(NamedTuple):
-    """One scripted answer. ``drip``: seconds between bytes, for a body (or headers) sent slowly;
-    ``repeat``: the body is sent that many times over (a huge answer, never held in memory)."""
-
-    status: int = 200
-    body: bytes = b""
-    headers: tuple[tuple[str, str | bytes], ...] = ()
-    drip: float | None = None
-    drip_headers: bool = False
-    repeat: int = 1
-
-
-def as_body(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else json.dumps(value).encode()
-
-
-def healthy() -> dict[str, Reply]:
-    return {
-        TOKEN_PATH: Reply(body=IMDS_TOKEN.encode()),
-        ROLE: Reply(body=b"hostile-role"),
-        CREDENTIALS: Reply(body=as_body(GOOD_CREDENTIALS)),
-        IDENTITY: Reply(body=as_body({"region": "eu-west-1", "accountId": "123456789012"})),
-        REGION: Reply(body=b"eu-west-1"),
-    }
-
-
-class HostileImds(ThreadingHTTPServer):
-    """Answers IMDS paths from a script; records every request's path."""
-
-    daemon_threads = True
-
-    def __init__(self, script: dict[str, Reply]) -> None:
-        self.script = script
-        self.paths: list[str] = []
-        self.cookies: list[str | None] = []  # the Cookie header of every request
-        self.closing = threading.Event()
-        super().__init__(("127.0.0.1", 0), HostileHandler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class HostileHandler(BaseHTTPRequestHandler):
-    server: HostileImds
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Quiet."""
-
-    def do_PUT(self) -> None:
-        self._answer()
-
-    def do_GET(self) -> None:
-        self._answer()
-
-    def _answer(self) -> None:
-        self.server.paths.append(self.path)
-        self.server.cookies.append(self.headers.get("Cookie"))
-        reply = self.server.script.get(self.path, Reply(404, b"Not Found\n"))
-        head = f"HTTP/1.1 {reply.status} X\r\n".encode()
-        for name, value in reply.headers:
-            head += name.encode() + b": " + (value if isinstance(value, bytes) else value.encode()) + b"\r\n"
-        if reply.drip is None:
-            head += f"Content-Length: {len(reply.body) * reply.repeat}\r\n\r\n".encode()
-            try:
-                self.wfile.write(head)
-                for _ in range(reply.repeat):
-                    self.wfile.write(reply.body)
-            except OSError:  # the shim hung up: what it should do with a huge answer
-                self.close_connection = True
-            return
-        # Declares far more than it will ever send, then sends it a byte at a time.
-        if reply.drip_headers:
-            self._drip(head + b"X-Slow: " + b"a" * 100000, reply.drip)
-        else:
-            self.wfile.write(head + b"Content-Length: 100000\r\n\r\n")
-            self._drip(b"{" + b" " * 100000, reply.drip)
-
-    def _drip(self, data: bytes, every: float) -> None:
-        for index in range(len(data)):
-            if self.server.closing.wait(every):
-                return
-            try:
-                self.wfile.write(data[index : index + 1])
-                self.wfile.flush()
-            except OSError:  # the shim hung up: what it should do
-                return
-
-
-@pytest.fixture
-def hostile() -> Iterator[Callable[..., HostileImds]]:
-    """hostile(path=Reply(...), ...) starts a scripted IMDS, healthy where not told otherwise."""
-    servers: list[HostileImds] = []
-
-    def start(script: dict[str, Reply] | None = None) -> HostileImds:
-        server = HostileImds({**healthy(), **(script or {})})
-        threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.closing.set()
-        server.shutdown()
-        server.server_close()
 
 
 def credentials_with(**fields: Any) -> dict[str, Reply]:
@@ -195,11 +82,11 @@ HOSTILE_REGIONS = {
 
 @pytest.mark.parametrize("region", HOSTILE_REGIONS.values(), ids=HOSTILE_REGIONS.keys())
 def test_hostile_region_never_reaches_env_file_or_log(
-    hostile: Callable[..., HostileImds], region: str, tmp_path: Path
+    scripted_imds: Callable[..., ScriptedImds], region: str, tmp_path: Path
 ) -> None:
     """A region that is not a region name becomes "unknown" with a warning: not in AWS_REGION,
     not in the --refresh file, not in the -v line; the command still runs."""
-    server = hostile(
+    server = scripted_imds(
         {
             IDENTITY: Reply(body=as_body({"region": region, "accountId": "123456789012"})),
             REGION: Reply(body=region.encode("utf-8", "surrogatepass")),
@@ -230,9 +117,11 @@ def test_hostile_region_never_reaches_env_file_or_log(
     [INJECTED_REGION, f"eu-west-1\x1b[2J\x1b[H{FORGED_LINE}"],
     ids=["config injection", "terminal escape"],
 )
-def test_hostile_region_cannot_forge_doctor_lines(hostile: Callable[..., HostileImds], region: str) -> None:
+def test_hostile_region_cannot_forge_doctor_lines(
+    scripted_imds: Callable[..., ScriptedImds], region: str
+) -> None:
     """doctor reports the region as unknown; no line of its output is forged or carries an escape."""
-    server = hostile(
+    server = scripted_imds(
         {
             IDENTITY: Reply(body=as_body({"region": region, "accountId": "123456789012"})),
             REGION: Reply(body=region.encode()),
@@ -247,10 +136,10 @@ def test_hostile_region_cannot_forge_doctor_lines(hostile: Callable[..., Hostile
 
 @pytest.mark.parametrize("preset", [INJECTED_REGION, "eu-west-1\u2028[profile p]"], ids=["newline", "U+2028"])
 def test_preset_region_is_checked_before_the_refresh_file(
-    hostile: Callable[..., HostileImds], preset: str, tmp_path: Path
+    scripted_imds: Callable[..., ScriptedImds], preset: str, tmp_path: Path
 ) -> None:
     """A preset AWS_REGION that is not a region name stays the user's, but never enters the file."""
-    server = hostile()
+    server = scripted_imds()
     env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, TMPDIR=str(tmp_path), AWS_REGION=preset)
     result = run_shim(["--refresh", "--", *probe_command()], env=env)
     assert result.returncode == 0, result.stderr
@@ -271,9 +160,9 @@ HOSTILE_ACCOUNTS = {
 
 
 @pytest.mark.parametrize("account", HOSTILE_ACCOUNTS.values(), ids=HOSTILE_ACCOUNTS.keys())
-def test_hostile_account_becomes_unknown(hostile: Callable[..., HostileImds], account: Any) -> None:
+def test_hostile_account_becomes_unknown(scripted_imds: Callable[..., ScriptedImds], account: Any) -> None:
     """An account ID that is not exactly 12 ASCII digits is unknown, with a warning."""
-    server = hostile({IDENTITY: Reply(body=as_body({"region": "eu-west-1", "accountId": account}))})
+    server = scripted_imds({IDENTITY: Reply(body=as_body({"region": "eu-west-1", "accountId": account}))})
     result = run_shim(["--", *probe_command()], endpoint=server.url)
     assert result.returncode == 0, result.stderr
     child = result.probe()["env"]
@@ -315,11 +204,11 @@ GARBLED = {
 
 @pytest.mark.parametrize("script", GARBLED.values(), ids=GARBLED.keys())
 def test_garbled_required_value_is_retried_then_reported(
-    hostile: Callable[..., HostileImds], script: dict[str, Reply]
+    scripted_imds: Callable[..., ScriptedImds], script: dict[str, Reply]
 ) -> None:
     """A required value that fails its check is fetched again, then reported in one line that
     quotes nothing from the answer; the command never runs with it."""
-    server = hostile(script)
+    server = scripted_imds(script)
     started = time.monotonic()
     result = run_shim(["--attempts", "2", "--", "true"], endpoint=server.url)
     assert result.returncode == FAILED
@@ -333,19 +222,19 @@ def test_garbled_required_value_is_retried_then_reported(
 
 @pytest.mark.parametrize("name", ["expiration overflows forward", "expiration overflows back"])
 def test_optional_still_runs_the_command_whatever_imds_sends(
-    hostile: Callable[..., HostileImds], name: str
+    scripted_imds: Callable[..., ScriptedImds], name: str
 ) -> None:
     """--optional: a garbled answer is a warning, and the command runs without credentials."""
-    server = hostile(GARBLED[name])
+    server = scripted_imds(GARBLED[name])
     result = run_shim(["--optional", "--attempts", "2", "--", *probe_command()], endpoint=server.url)
     assert result.returncode == 0, result.stderr
     assert "AWS_ACCESS_KEY_ID" not in result.probe()["env"]
     assert "--optional" in result.stderr
 
 
-def test_known_code_is_explained_in_the_shims_own_words(hostile: Callable[..., HostileImds]) -> None:
+def test_known_code_is_explained_in_the_shims_own_words(scripted_imds: Callable[..., ScriptedImds]) -> None:
     """Code AssumeRoleUnauthorizedAccess is named and explained; an unknown one is not quoted."""
-    server = hostile(credentials_with(Code="AssumeRoleUnauthorizedAccess"))
+    server = scripted_imds(credentials_with(Code="AssumeRoleUnauthorizedAccess"))
     result = run_shim(["--attempts", "1", "--", "true"], endpoint=server.url)
     assert result.returncode == FAILED
     assert "trust policy" in result.stderr
@@ -356,9 +245,11 @@ def test_known_code_is_explained_in_the_shims_own_words(hostile: Callable[..., H
     ["tok\nen", "tok\0en", "tok en", "tok\u2028en", "t" * 2000],
     ids=["newline", "NUL", "blank", "U+2028", "too long"],
 )
-def test_hostile_imds_token_is_never_sent_or_shown(hostile: Callable[..., HostileImds], token: str) -> None:
+def test_hostile_imds_token_is_never_sent_or_shown(
+    scripted_imds: Callable[..., ScriptedImds], token: str
+) -> None:
     """A malformed IMDSv2 token is refused (and with --no-imds-v1 the run fails, quoting nothing)."""
-    server = hostile({TOKEN_PATH: Reply(body=token.encode())})
+    server = scripted_imds({TOKEN_PATH: Reply(body=token.encode())})
     result = run_shim(["--no-imds-v1", "--attempts", "2", "--", "true"], endpoint=server.url)
     assert result.returncode == FAILED
     assert "malformed token" in result.stderr
@@ -366,9 +257,9 @@ def test_hostile_imds_token_is_never_sent_or_shown(hostile: Callable[..., Hostil
     assert server.paths == [TOKEN_PATH, TOKEN_PATH]
 
 
-def test_identity_document_with_a_nul_is_harmless(hostile: Callable[..., HostileImds]) -> None:
+def test_identity_document_with_a_nul_is_harmless(scripted_imds: Callable[..., ScriptedImds]) -> None:
     """A NUL in the identity document's values once failed exec; now the values are unknown."""
-    server = hostile(
+    server = scripted_imds(
         {IDENTITY: Reply(body=as_body({"region": "eu-west-1\0", "accountId": "1234\0"})), REGION: Reply(404)}
     )
     result = run_shim(["--", *probe_command()], endpoint=server.url)
@@ -389,11 +280,11 @@ SLOW = {
 @pytest.mark.parametrize("verb", [["--", "true"], ["doctor"], ["export"]], ids=["exec", "doctor", "export"])
 @pytest.mark.parametrize("script", SLOW.values(), ids=SLOW.keys())
 def test_a_slow_answer_cannot_outlast_the_deadline(
-    hostile: Callable[..., HostileImds], script: dict[str, Reply], verb: list[str]
+    scripted_imds: Callable[..., ScriptedImds], script: dict[str, Reply], verb: list[str]
 ) -> None:
     """An answer that trickles one byte at a time (each read within the timeout) is cut off: the
     whole run ends within --deadline, and no single answer takes more than its own limit."""
-    server = hostile(script)
+    server = scripted_imds(script)
     started = time.monotonic()
     result = run_shim(["--deadline", "1", *verb], endpoint=server.url, timeout=30)
     seconds = time.monotonic() - started
@@ -404,10 +295,10 @@ def test_a_slow_answer_cannot_outlast_the_deadline(
     assert result.returncode == FAILED, result.stderr + result.stdout
 
 
-def test_each_answer_has_its_own_limit(hostile: Callable[..., HostileImds]) -> None:
+def test_each_answer_has_its_own_limit(scripted_imds: Callable[..., ScriptedImds]) -> None:
     """One slow answer uses its own limit (connecting, then four times --timeout), not the whole
     deadline: with --timeout 0.25 each slow credentials answer is given up after 1.25 s."""
-    server = hostile({CREDENTIALS: Reply(drip=0.1)})
+    server = scripted_imds({CREDENTIALS: Reply(drip=0.1)})
     started = time.monotonic()
     result = run_shim(
         ["--timeout", "0.25", "--attempts", "2", "--deadline", "20", "--", "true"], endpoint=server.url
@@ -418,9 +309,9 @@ def test_each_answer_has_its_own_limit(hostile: Callable[..., HostileImds]) -> N
 
 
 @pytest.mark.parametrize("value", ["1e308", "inf", "nan", "-5", "99999999999"])
-def test_hostile_retry_after_is_ignored(hostile: Callable[..., HostileImds], value: str) -> None:
+def test_hostile_retry_after_is_ignored(scripted_imds: Callable[..., ScriptedImds], value: str) -> None:
     """A Retry-After that is not whole seconds up to an hour is ignored, not slept on."""
-    server = hostile({CREDENTIALS: Reply(503, b"busy", (("Retry-After", value),))})
+    server = scripted_imds({CREDENTIALS: Reply(503, b"busy", (("Retry-After", value),))})
     started = time.monotonic()
     result = run_shim(["--attempts", "3", "--", "true"], endpoint=server.url)
     assert result.returncode == FAILED
@@ -428,9 +319,9 @@ def test_hostile_retry_after_is_ignored(hostile: Callable[..., HostileImds], val
     assert time.monotonic() - started < 3 + START_SLACK
 
 
-def test_oversized_answer_fails_at_once(hostile: Callable[..., HostileImds]) -> None:
+def test_oversized_answer_fails_at_once(scripted_imds: Callable[..., ScriptedImds]) -> None:
     """An answer over 64 KiB can never become valid: one request, then a one-line error."""
-    server = hostile({CREDENTIALS: Reply(body=b"{" + b" " * (100 * 1024) + b"}")})
+    server = scripted_imds({CREDENTIALS: Reply(body=b"{" + b" " * (100 * 1024) + b"}")})
     started = time.monotonic()
     result = run_shim(["--", "true"], endpoint=server.url)
     assert result.returncode == FAILED
@@ -440,9 +331,11 @@ def test_oversized_answer_fails_at_once(hostile: Callable[..., HostileImds]) -> 
 
 
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
-def test_token_redirect_is_not_blamed_on_a_proxy(hostile: Callable[..., HostileImds], status: int) -> None:
+def test_token_redirect_is_not_blamed_on_a_proxy(
+    scripted_imds: Callable[..., ScriptedImds], status: int
+) -> None:
     """A 3xx to the token request is called a redirect and not followed."""
-    server = hostile({TOKEN_PATH: Reply(status, headers=(("Location", "/elsewhere"),))})
+    server = scripted_imds({TOKEN_PATH: Reply(status, headers=(("Location", "/elsewhere"),))})
     result = run_shim(["--", "true"], endpoint=server.url)
     assert result.returncode == FAILED
     assert f"redirect ({status})" in result.stderr
@@ -478,11 +371,11 @@ def parse_env0(output: bytes) -> dict[bytes, bytes]:
 @pytest.mark.parametrize("locale", LOCALES.values(), ids=LOCALES.keys())
 @pytest.mark.parametrize("path", ["fetch", "step aside"])
 def test_command_environment_is_the_launch_environment_byte_for_byte(
-    hostile: Callable[..., HostileImds], locale: dict[str, str], path: str
+    scripted_imds: Callable[..., ScriptedImds], locale: dict[str, str], path: str
 ) -> None:
     """Under env -i, the command's environment is exactly the launch environment plus (when
     fetching) our variables: no LC_CTYPE from Python's locale coercion, the user's own kept."""
-    server = hostile()
+    server = scripted_imds()
     launch = {"PATH": os.environ["PATH"], "AWS_EC2_METADATA_SERVICE_ENDPOINT": server.url, **locale}
     if path == "step aside":
         launch["AWS_PROFILE"] = "prod"
@@ -495,9 +388,9 @@ def test_command_environment_is_the_launch_environment_byte_for_byte(
     assert bool(ours) == (path == "fetch")
 
 
-def test_stale_account_id_goes_when_imds_does_not_tell(hostile: Callable[..., HostileImds]) -> None:
+def test_stale_account_id_goes_when_imds_does_not_tell(scripted_imds: Callable[..., ScriptedImds]) -> None:
     """An inherited AWS_ACCOUNT_ID from another identity never sits next to the instance's keys."""
-    server = hostile({IDENTITY: Reply(404)})
+    server = scripted_imds({IDENTITY: Reply(404)})
     env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, AWS_ACCOUNT_ID="999999999999")
     for args in (["--"], ["--refresh", "--"]):
         result = run_shim([*args, *probe_command()], env=env)
@@ -508,9 +401,9 @@ def test_stale_account_id_goes_when_imds_does_not_tell(hostile: Callable[..., Ho
 # -- 7. AWS_DEFAULT_PROFILE ----------------------------------------------------------------------
 
 
-def test_default_profile_steps_aside(hostile: Callable[..., HostileImds]) -> None:
+def test_default_profile_steps_aside(scripted_imds: Callable[..., ScriptedImds]) -> None:
     """AWS_DEFAULT_PROFILE selects a profile in botocore: the shim steps aside, asking IMDS nothing."""
-    server = hostile()
+    server = scripted_imds()
     env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, AWS_DEFAULT_PROFILE="prod")
     result = run_shim(["-v", "--", *probe_command()], env=env)
     assert result.returncode == 0, result.stderr
@@ -522,9 +415,11 @@ def test_default_profile_steps_aside(hostile: Callable[..., HostileImds]) -> Non
 # -- 8. --refresh housekeeping -------------------------------------------------------------------
 
 
-def test_refresh_reuses_one_private_folder(hostile: Callable[..., HostileImds], tmp_path: Path) -> None:
+def test_refresh_reuses_one_private_folder(
+    scripted_imds: Callable[..., ScriptedImds], tmp_path: Path
+) -> None:
     """Every --refresh start uses $TMPDIR/imds-shim-UID (0700) and the same file; none piles up."""
-    server = hostile()
+    server = scripted_imds()
     env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, TMPDIR=str(tmp_path))
     paths = {
         run_shim(["--refresh", "--", *probe_command()], env=env).probe()["env"]["AWS_CONFIG_FILE"]
@@ -541,10 +436,10 @@ def test_refresh_reuses_one_private_folder(hostile: Callable[..., HostileImds], 
 
 @pytest.mark.parametrize("kind", ["symlink", "open to others"])
 def test_refresh_refuses_a_folder_that_is_not_private(
-    hostile: Callable[..., HostileImds], tmp_path: Path, kind: str
+    scripted_imds: Callable[..., ScriptedImds], tmp_path: Path, kind: str
 ) -> None:
     """A symlink (or a folder others may write) where the private folder belongs is refused."""
-    server = hostile()
+    server = scripted_imds()
     folder = tmp_path / f"imds-shim-{os.getuid()}"
     if kind == "symlink":
         (tmp_path / "elsewhere").mkdir(mode=0o700)
@@ -561,10 +456,10 @@ def test_refresh_refuses_a_folder_that_is_not_private(
 
 
 def test_concurrent_refresh_starts_do_not_corrupt_each_other(
-    hostile: Callable[..., HostileImds], tmp_path: Path
+    scripted_imds: Callable[..., ScriptedImds], tmp_path: Path
 ) -> None:
     """Twelve --refresh starts at once: every one succeeds and reads a whole, identical file."""
-    server = hostile()
+    server = scripted_imds()
     env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, TMPDIR=str(tmp_path))
     command = [SHIM, "--refresh", "--", "sh", "-c", 'cat "$AWS_CONFIG_FILE"']
     runs = [
@@ -613,10 +508,10 @@ HUGE_ANSWERS: dict[str, Callable[[], Reply]] = {
 @pytest.mark.parametrize("answer", HUGE_ANSWERS)
 @pytest.mark.parametrize("path", [TOKEN_PATH, CREDENTIALS])
 def test_no_answer_is_read_past_the_cap_whatever_its_status_or_encoding(
-    hostile: Callable[..., HostileImds], answer: str, path: str
+    scripted_imds: Callable[..., ScriptedImds], answer: str, path: str
 ) -> None:
     """Rows 1-2: a 3xx's body is never read in full, a body never inflated: peak RSS under 100 MB."""
-    server = hostile({path: HUGE_ANSWERS[answer]()})
+    server = scripted_imds({path: HUGE_ANSWERS[answer]()})
     status, peak = peak_rss_mib(["--optional", "--", "true"], server.url)
     assert status == 0
     assert peak < 100
@@ -633,11 +528,11 @@ MALFORMED = {
 @pytest.mark.parametrize("reply", MALFORMED.values(), ids=MALFORMED.keys())
 @pytest.mark.parametrize("path", [TOKEN_PATH, CREDENTIALS])
 def test_malformed_http_is_an_imds_fault(
-    hostile: Callable[..., HostileImds], reply: Reply, path: str
+    scripted_imds: Callable[..., ScriptedImds], reply: Reply, path: str
 ) -> None:
     """Rows 3-5: told in the shim's own words, never an internal error nor the user's endpoint;
     --optional runs the command."""
-    server = hostile({path: reply})
+    server = scripted_imds({path: reply})
     # --no-imds-v1: a token answer that is not HTTP would otherwise (rightly) fall back to IMDSv1.
     failed = run_shim(["--attempts", "2", "--no-imds-v1", "--", "true"], endpoint=server.url)
     assert failed.returncode == FAILED
@@ -652,10 +547,10 @@ def test_malformed_http_is_an_imds_fault(
     assert "/x" not in server.paths
 
 
-def test_cookies_are_not_kept(hostile: Callable[..., HostileImds]) -> None:
+def test_cookies_are_not_kept(scripted_imds: Callable[..., ScriptedImds]) -> None:
     """Row 15: a Set-Cookie on the token answer is never sent back."""
     token = Reply(body=IMDS_TOKEN.encode(), headers=(("Set-Cookie", "tracker=1; Path=/"),))
-    server = hostile({TOKEN_PATH: token})
+    server = scripted_imds({TOKEN_PATH: token})
     result = run_shim(["--", "true"], endpoint=server.url)
     assert result.returncode == 0, result.stderr
     assert len(server.paths) >= 3
@@ -664,10 +559,10 @@ def test_cookies_are_not_kept(hostile: Callable[..., HostileImds]) -> None:
 
 @pytest.mark.parametrize("role", [".", "..", "./", "../x"])
 def test_a_role_that_would_change_the_path_is_not_a_role(
-    hostile: Callable[..., HostileImds], role: str
+    scripted_imds: Callable[..., ScriptedImds], role: str
 ) -> None:
     """Row 17: `.` and `..` are not roles; no other IMDS folder is asked for credentials."""
-    server = hostile({ROLE: Reply(body=role.encode())})
+    server = scripted_imds({ROLE: Reply(body=role.encode())})
     result = run_shim(["--attempts", "2", "--", "true"], endpoint=server.url)
     assert result.returncode == FAILED
     assert "not a role name" in result.stderr
@@ -682,9 +577,11 @@ def test_dot_roles_are_refused_on_the_command_line(role: str) -> None:
     assert "not a valid IAM role name" in result.stderr
 
 
-def test_export_removes_a_stale_account_when_imds_tells_none(hostile: Callable[..., HostileImds]) -> None:
+def test_export_removes_a_stale_account_when_imds_tells_none(
+    scripted_imds: Callable[..., ScriptedImds],
+) -> None:
     """Row 11: eval "$(imds-shim export)" over another identity's AWS_ACCOUNT_ID leaves no account."""
-    server = hostile({IDENTITY: Reply(404, b"Not Found\n")})
+    server = scripted_imds({IDENTITY: Reply(404, b"Not Found\n")})
     script = f'eval "$({SHIM} export)" && echo "${{AWS_ACCOUNT_ID-unset}} $AWS_ACCESS_KEY_ID"'
     env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, AWS_ACCOUNT_ID="111111111111")
     completed = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
@@ -694,14 +591,14 @@ def test_export_removes_a_stale_account_when_imds_tells_none(hostile: Callable[.
 
 @pytest.mark.parametrize("path", [IDENTITY, REGION])
 def test_optional_data_never_holds_the_command_for_the_deadline(
-    hostile: Callable[..., HostileImds], path: str
+    scripted_imds: Callable[..., ScriptedImds], path: str
 ) -> None:
     """Row 16: region and account trickling a byte at a time: the command starts after their own
     5 s budget, not the 30 s deadline, with a warning and without them."""
     script = {path: Reply(drip=0.3)}
     if path == REGION:  # the identity document must be missing for the region's own path to be asked
         script[IDENTITY] = Reply(404, b"Not Found\n")
-    server = hostile(script)
+    server = scripted_imds(script)
     started = time.monotonic()
     result = run_shim(["--", *probe_command()], endpoint=server.url)
     took = time.monotonic() - started
@@ -717,11 +614,11 @@ def test_optional_data_never_holds_the_command_for_the_deadline(
 @pytest.mark.parametrize("optional", [[], ["--optional"]], ids=["plain", "optional"])
 @pytest.mark.parametrize("how", ["flag", "variable"])
 def test_expect_role_fails_closed_on_another_role(
-    hostile: Callable[..., HostileImds], optional: list[str], how: str
+    scripted_imds: Callable[..., ScriptedImds], optional: list[str], how: str
 ) -> None:
     """--expect-role: another role is 125 with one line naming both, before its credentials are
     asked for, the command not run, --optional or not."""
-    server = hostile()
+    server = scripted_imds()
     flag = ["--expect-role", "app-role"] if how == "flag" else []
     env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url)
     if how == "variable":
@@ -736,9 +633,9 @@ def test_expect_role_fails_closed_on_another_role(
     assert CREDENTIALS not in server.paths
 
 
-def test_expect_role_lets_the_expected_role_through(hostile: Callable[..., HostileImds]) -> None:
+def test_expect_role_lets_the_expected_role_through(scripted_imds: Callable[..., ScriptedImds]) -> None:
     """The expected role: credentials as usual, in every verb, with no warning even in Kubernetes."""
-    server = hostile()
+    server = scripted_imds()
     env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, KUBERNETES_SERVICE_HOST="10.0.0.1")
     result = run_shim(["--expect-role", "hostile-role", "--", *probe_command()], env=env)
     assert result.returncode == 0, result.stderr
@@ -758,10 +655,10 @@ KUBERNETES_CASES = {
 
 @pytest.mark.parametrize(("preset", "warns"), KUBERNETES_CASES.values(), ids=KUBERNETES_CASES.keys())
 def test_kubernetes_without_a_pod_identity_warns_once(
-    hostile: Callable[..., HostileImds], preset: dict[str, str], warns: bool
+    scripted_imds: Callable[..., ScriptedImds], preset: dict[str, str], warns: bool
 ) -> None:
     """In a pod with no IRSA or Pod Identity variable, handing out the node's role is said, once."""
-    server = hostile()
+    server = scripted_imds()
     env = clean_env(
         AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, KUBERNETES_SERVICE_HOST="10.0.0.1", **preset
     )
@@ -782,13 +679,13 @@ TMPDIR_KINDS = {
 
 @pytest.mark.parametrize(("mode", "named"), TMPDIR_KINDS.values(), ids=TMPDIR_KINDS.keys())
 def test_refresh_refuses_a_tmpdir_another_user_can_change(
-    hostile: Callable[..., HostileImds], tmp_path: Path, mode: int, named: str
+    scripted_imds: Callable[..., ScriptedImds], tmp_path: Path, mode: int, named: str
 ) -> None:
     """Rows 9: a TMPDIR whose entries another user may rename is refused in one line naming it;
     nothing is written there."""
     if mode == 0o1777 and os.geteuid() != 0:
         pytest.skip("giving a folder to another user needs root")
-    server = hostile()
+    server = scripted_imds()
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(mode)
@@ -805,10 +702,10 @@ def test_refresh_refuses_a_tmpdir_another_user_can_change(
 
 
 def test_refresh_with_a_relative_tmpdir_gives_an_absolute_path(
-    hostile: Callable[..., HostileImds], tmp_path: Path
+    scripted_imds: Callable[..., ScriptedImds], tmp_path: Path
 ) -> None:
     """Row 10: a relative TMPDIR still gives the command an absolute AWS_CONFIG_FILE."""
-    server = hostile()
+    server = scripted_imds()
     (tmp_path / "relative").mkdir()
     env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, TMPDIR="relative")
     result = run_shim(["--refresh", "--", *probe_command()], env=env, cwd=tmp_path)
@@ -826,9 +723,9 @@ def _block_sigalrm() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
 
 
-def test_the_answer_limit_holds_with_sigalrm_blocked(hostile: Callable[..., HostileImds]) -> None:
+def test_the_answer_limit_holds_with_sigalrm_blocked(scripted_imds: Callable[..., ScriptedImds]) -> None:
     """Row 6: a caller that blocks SIGALRM, and a body trickling forever: 125 within 6 s of a 3 s deadline."""
-    server = hostile({CREDENTIALS: Reply(drip=0.2)})
+    server = scripted_imds({CREDENTIALS: Reply(drip=0.2)})
     result = run_shim(
         ["--deadline", "3", "--", "true"], endpoint=server.url, preexec_fn=_block_sigalrm, timeout=30
     )
