@@ -123,3 +123,14 @@ def test_the_readme_exit_codes_are_the_shims() -> None:
 
     numbers = [row[0] for row in _readme_table("1")]
     assert numbers == [status for status, _ in MEANINGS]
+
+
+def test_the_backoff_figures_in_the_docs_are_the_policys() -> None:
+    """docs/imds.md quotes the retry policy's base, cap and throttled base as the code has them."""
+    from shim.tenacity_policy import BACKOFF_BASE, BACKOFF_CAP, THROTTLED_BACKOFF_BASE
+
+    text = " ".join((ROOT / "docs" / "imds.md").read_text().split())
+    assert (
+        f"{BACKOFF_BASE * 1000:g} ms doubling, capped at {BACKOFF_CAP:g} s; after a 429, "
+        f"{THROTTLED_BACKOFF_BASE:g} s doubling"
+    ) in text
