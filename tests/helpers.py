@@ -141,6 +141,8 @@ def clean_env(**extra: str) -> dict[str, str]:
         "LANG": "C.UTF-8",
         "AWS_EC2_METADATA_SERVICE_ENDPOINT": under_test().FAIL_FAST_ENDPOINT,
     }
+    if under_test().EMULATED and "QEMU_CPU" in os.environ:
+        env["QEMU_CPU"] = os.environ["QEMU_CPU"]  # qemu-user's fast CPU (scripts/common.sh)
     env.update(extra)
     return env
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import os
 import platform
 import shutil
 import subprocess
@@ -109,7 +110,7 @@ class Toolchain:
                     f"{inside}/envdump.c",
                 ],
                 check=True,
-                env={"PATH": "/usr/bin:/bin"},
+                env={"PATH": "/usr/bin:/bin", **{k: v for k, v in os.environ.items() if k == "QEMU_CPU"}},
             )
             shutil.copy(Path(work) / "envdump", output)
 
