@@ -107,12 +107,30 @@ def parse_command_line(
     argv: Sequence[str], environ: Mapping[str, str], verb_options: VerbOptions = no_verb_options
 ) -> Invocation:
     """Split ``argv`` into verb, options and the verbatim command after the first ``--``."""
-    if "--" in argv:
-        split = list(argv).index("--")
-        head, command, has_command = list(argv[:split]), list(argv[split + 1 :]), True
-    else:
-        head, command, has_command = list(argv), [], False
+    head, command, has_command = _split_at_separator(argv)
+    invocation, option_tokens = _read_head(head, verb_options)
+    invocation.command = command
+    if invocation.show_help or invocation.show_version:
+        return invocation
+    options = (*OPTIONS, *verb_options(invocation.verb))
+    invocation.settings = parse_options(option_tokens, options, invocation.verb, environ)
+    _check_format(invocation)
+    _check_modes(invocation.settings)
+    _check_command(invocation.verb, command, has_command)
+    return invocation
 
+
+def _split_at_separator(argv: Sequence[str]) -> tuple[list[str], list[str], bool]:
+    """What comes before the first ``--``, what comes after it (the command), and whether there was one."""
+    if "--" not in argv:
+        return list(argv), [], False
+    split = list(argv).index("--")
+    return list(argv[:split]), list(argv[split + 1 :]), True
+
+
+def _read_head(head: Sequence[str], verb_options: VerbOptions) -> tuple[Invocation, list[str]]:
+    """The verb, --help and --version from the words before ``--``, and the option tokens to parse
+    (shorthands such as -v spelt out)."""
     verb: str | None = None
     option_tokens: list[str] = []
     invocation = Invocation(verb="", settings=Settings())
@@ -139,23 +157,19 @@ def parse_command_line(
         else:
             raise UsageError(f"unexpected argument {token!r} (see imds-shim --help)")
     invocation.verb = verb or EXEC
-    invocation.command = command
-    if invocation.show_help or invocation.show_version:
-        return invocation
+    return invocation, option_tokens
 
-    options = (*OPTIONS, *verb_options(invocation.verb))
-    invocation.settings = parse_options(option_tokens, options, invocation.verb, environ)
-    _check_format(invocation)
-    _check_modes(invocation.settings)
-    if invocation.verb == EXEC and not command:
+
+def _check_command(verb: str, command: Sequence[str], has_command: bool) -> None:
+    """The command after ``--``: required for exec, refused for the verbs that run none."""
+    if verb == EXEC and not command:
         reason = "no command after '--'" if has_command else "no command given"
         raise UsageError(f"{reason}: usage is imds-shim [OPTIONS] -- COMMAND [ARGS...]")
     if command and not command[0]:
         # CMD [""] or an unset variable in a wrapper: refused before any IMDS request is made.
         raise UsageError("the command after '--' is an empty string")
-    if invocation.verb not in (EXEC, SIMULATE) and has_command:
-        raise UsageError(f"{invocation.verb} runs no command; remove everything from '--' on")
-    return invocation
+    if verb not in (EXEC, SIMULATE) and has_command:
+        raise UsageError(f"{verb} runs no command; remove everything from '--' on")
 
 
 def _expects_value(token: str, options: Sequence[Option]) -> bool:
@@ -190,7 +204,7 @@ def _check_modes(settings: Settings) -> None:
 
 def error_exit_code_from(environ: Mapping[str, str], argv: Sequence[str]) -> int:
     """Best effort: the exit code for a usage error found before the settings could be resolved."""
-    head = list(argv[: list(argv).index("--")]) if "--" in argv else list(argv)
+    head = _split_at_separator(argv)[0]
     candidates = [t.partition("=")[2] for t in head if t.startswith("--error-exit-code=")]
     if "--error-exit-code" in head:
         position = head.index("--error-exit-code") + 1
