@@ -14,13 +14,15 @@ Every import here is paid at every container start, so three are kept out while 
   zipfile and pathlib: about 20 ms. While requests loads, a stand-in offers a ``version`` that
   imports the real one when called; the stand-in is gone from ``sys.modules`` afterwards, so any
   later ``import importlib.metadata`` gets the real module.
-- **certifi, where it is absent.** The self-contained bundle ships no TLS stack (no ``ssl``,
-  OpenSSL or certifi): IMDS speaks plain HTTP, and ``https://`` endpoints are refused up front.
-  requests copes with a missing ``ssl`` but imports ``certifi.where()`` unconditionally, for the
-  CA bundle of https requests it would verify; a stand-in that names no file takes its place.
+- **certifi.** requests imports ``certifi.where()`` unconditionally, for the CA bundle of https
+  requests it would verify. IMDS speaks plain HTTP, and ``https://`` endpoints are refused up
+  front, so a stand-in that names no file takes its place: the self-contained bundle ships no TLS
+  stack at all (no ``ssl``, OpenSSL or certifi), and on CPython 3.13 the real certifi imports
+  ``importlib.resources``, which pulls in inspect and pathlib: about 35 ms.
 
-Should a version of requests or urllib3 insist on what was kept out, the import is retried the
-ordinary way, so this can only cost time, never break.
+The stand-ins leave ``sys.modules`` once requests has loaded, so any later import gets the real
+module. Should a version of requests or urllib3 insist on what was kept out, the import is retried
+the ordinary way, so this can only cost time, never break.
 """
 
 from __future__ import annotations
@@ -31,15 +33,7 @@ import warnings
 
 DETECTORS = ("charset_normalizer", "chardet")
 METADATA = "importlib.metadata"
-
-
-def _stand_in_for_certifi() -> None:
-    try:
-        import certifi  # noqa: F401 - requests imports it next anyway
-    except ImportError:
-        stand_in = types.ModuleType("certifi", "No CA bundle: this build has no TLS stack.")
-        stand_in.where = lambda: ""  # type: ignore[attr-defined]
-        sys.modules["certifi"] = stand_in
+CERTIFI = "certifi"
 
 
 def _version(distribution_name: str) -> str:
@@ -59,6 +53,10 @@ def _stand_ins() -> dict[str, types.ModuleType | None]:
         metadata = types.ModuleType(METADATA, "Stand-in while requests loads; see shim.lean_requests.")
         metadata.version = _version  # type: ignore[attr-defined]
         kept_out[METADATA] = metadata
+    if sys.modules.get(CERTIFI) is None:  # not loaded, or marked absent
+        certifi = types.ModuleType(CERTIFI, "No CA bundle: IMDS speaks plain HTTP; see shim.lean_requests.")
+        certifi.where = lambda: ""  # type: ignore[attr-defined]
+        kept_out[CERTIFI] = certifi
     return kept_out
 
 
@@ -69,7 +67,7 @@ def _import_requests_leanly() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import requests  # noqa: F401
-    except ImportError:
+    except Exception:  # an ImportError, or an OSError from a CA bundle that names no file
         for name in [m for m in sys.modules if m.split(".")[0] in ("requests", "urllib3")]:
             del sys.modules[name]
     finally:
@@ -79,7 +77,6 @@ def _import_requests_leanly() -> None:
 
 
 if "requests" not in sys.modules:
-    _stand_in_for_certifi()
     _import_requests_leanly()
 
 import requests  # noqa: E402 - the import above has already done the work

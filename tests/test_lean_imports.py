@@ -30,7 +30,8 @@ def python(code: str, *args: str, **env: str) -> subprocess.CompletedProcess[str
 
 
 def test_a_fetch_imports_no_detector_and_no_importlib_metadata(sim: Simulator) -> None:
-    """A whole fetch and exec never imports charset_normalizer, chardet, importlib.metadata or inspect."""
+    """A whole fetch and exec never imports charset_normalizer, chardet, importlib.metadata, certifi
+    or inspect."""
     completed = python(
         "import sys; from shim.cli import run; sys.argv[1:] = ['--', 'true']; run()",
         "-X",
@@ -45,7 +46,7 @@ def test_a_fetch_imports_no_detector_and_no_importlib_metadata(sim: Simulator) -
         if "|" in line and line.split("|")[1].strip().isdigit() and int(line.split("|")[1]) >= 50
     }
     assert {"requests", "urllib3"} <= imported  # the measurement works
-    assert imported & {"charset_normalizer", "chardet", "importlib.metadata", "inspect"} == set()
+    assert imported & {"charset_normalizer", "chardet", "importlib.metadata", "certifi", "inspect"} == set()
 
 
 def test_the_metadata_stand_in_forwards_and_leaves() -> None:
