@@ -109,6 +109,11 @@ if TYPE_CHECKING:  # what __getattr__ hands out, typed for mypy
 # inherited "ignored" on them across exec (`trap '' HUP; exec <any arm64 program> grep SigIgn
 # /proc/self/status` shows 0). Real arm64 machines keep it, as the native suite proves.
 EMULATOR_LOSES_IGNORED_SIGNALS = "qemu-user does not carry an inherited SIG_IGN through exec"
+# glibc's posix_spawn (which CPython 3.13 uses) clones with CLONE_VM | CLONE_VFORK and reports a
+# failed exec through the memory it shares with the parent; qemu-user runs that clone as a plain
+# fork, so the report is lost and the parent sees a child that exited 127. os.execve, the
+# entrypoint's path, is not affected; neither is a real arm64 machine.
+EMULATOR_LOSES_SPAWN_ERRORS = "under qemu-user, posix_spawn reports a failed exec as exit status 127"
 
 
 # A long-running botocore service as the command: every 0.2 s for argv[1] seconds, the method,
