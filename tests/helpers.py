@@ -138,6 +138,13 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def emulator_env() -> dict[str, str]:
+    """QEMU_CPU, qemu-user's fast CPU (scripts/common.sh), for an emulated shim; else nothing."""
+    if under_test().EMULATED and "QEMU_CPU" in os.environ:
+        return {"QEMU_CPU": os.environ["QEMU_CPU"]}
+    return {}
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """A minimal environment for the shim: no AWS or IMDS_SHIM variables unless a test adds them."""
     env = {
@@ -146,8 +153,7 @@ def clean_env(**extra: str) -> dict[str, str]:
         "LANG": "C.UTF-8",
         "AWS_EC2_METADATA_SERVICE_ENDPOINT": under_test().FAIL_FAST_ENDPOINT,
     }
-    if under_test().EMULATED and "QEMU_CPU" in os.environ:
-        env["QEMU_CPU"] = os.environ["QEMU_CPU"]  # qemu-user's fast CPU (scripts/common.sh)
+    env.update(emulator_env())
     env.update(extra)
     return env
 

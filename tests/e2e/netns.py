@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from helpers import emulator_env
+
 IMDS_ADDRESS = "169.254.169.254"
 TIMINGS: list[tuple[str, float]] = []
 StartImds = Callable[..., "Imds"]  # the imds fixture: imds("--hop-limit", "1", ...)
@@ -107,7 +109,7 @@ class Topology:
 
 def shim_env(**extra: str) -> dict[str, str]:
     """The shim's defaults: no endpoint override, nothing but PATH and the given variables."""
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", **extra}
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", **emulator_env(), **extra}
 
 
 def record(scenario: str, seconds: float) -> None:
