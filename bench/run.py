@@ -9,7 +9,9 @@ Every command runs once per round, in a rotating order, so that drift in the mac
 every command alike. All fetch against the project's IMDS simulator on loopback (IMDSv2 required),
 started as a separate process. Wall time is measured around fork, exec and wait. Peak RSS is the
 child's ``ru_maxrss``. The script prints medians, ratios to the floor (`import requests, tenacity`
-in the same interpreter), the targets, and the IMDS requests per run. A missing alternative (curl
+in the same interpreter), the targets, and the IMDS requests per run. Three rows send the same
+four requests through requests, urllib3 and http.client alone (bench/client_floor.py): what the
+HTTP client costs without imds-shim. A missing alternative (curl
 and jq, boto3, AWS CLI v2) is skipped with the reason. This is a benchmark, not a test: it fails
 only on ``--check`` when a target is missed.
 """
@@ -89,6 +91,7 @@ def start_simulator() -> tuple[subprocess.Popen[str], str]:
 SERVE_CASE = "imds-shim --serve -- true"
 BUNDLE_CASE = "bundle: imds-shim -- true"
 BUNDLE_STEP_ASIDE_CASE = "bundle: step-aside (keys preset)"
+REQUESTS_ALONE_CASE = "requests alone: 4 requests + exec"  # bench/client_floor.py
 
 
 def available_cases(others: dict[str, str]) -> tuple[list[Case], list[str]]:
@@ -97,6 +100,12 @@ def available_cases(others: dict[str, str]) -> tuple[list[Case], list[str]]:
         Case("imds-shim -- true", [SHIM, "--", "true"]),
         Case("floor: python -c 'import requests, tenacity'", [PYTHON, "-c", "import requests, tenacity"]),
         Case("python -c pass", [PYTHON, "-c", "pass"]),
+        *(
+            Case(
+                f"{client} alone: 4 requests + exec", [PYTHON, str(HERE / "client_floor.py"), client, "true"]
+            )
+            for client in ("requests", "urllib3", "http.client")
+        ),
         Case("imds-shim step-aside (keys preset)", [SHIM, "--", "true"], keys),
         Case(SERVE_CASE, [SHIM, "--serve", "--", "true"]),
         Case("imds-shim export", [SHIM, "export"]),
@@ -260,6 +269,9 @@ def report(
         if BUNDLE_CASE in by_name:
             ratio = by_name[BUNDLE_CASE].median_ms / by_name["curl + jq recipe"].median_ms
             targets.append(("bundle fetch + exec <= 1.0 x curl + jq", ratio, ratio <= 1.0))
+        # Not a target: what the HTTP client alone costs against curl + jq, on this Python.
+        alone = by_name[REQUESTS_ALONE_CASE].median_ms / by_name["curl + jq recipe"].median_ms
+        print(f"requests alone (bench/client_floor.py) / curl + jq: {alone:.2f}")
     missed = 0
     for label, value, met in targets:
         missed += not met
