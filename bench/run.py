@@ -11,8 +11,8 @@ started as a separate process. Wall time is measured around fork, exec and wait.
 child's ``ru_maxrss``. The script prints medians, ratios to the floor (`import requests, tenacity`
 in the same interpreter), the targets, and the IMDS requests per run. Three rows send the same
 four requests through requests, urllib3 and http.client alone (bench/client_floor.py): what the
-HTTP client costs without imds-shim. A missing alternative (curl
-and jq, boto3, AWS CLI v2) is skipped with the reason. This is a benchmark, not a test: it fails
+HTTP client costs without imds-shim. A missing alternative (curl and jq, boto3, AWS CLI v2) is
+skipped with the reason. This is a benchmark, not a test: it fails
 only on ``--check`` when a target is missed.
 """
 
