@@ -12,7 +12,7 @@ import sys
 
 from shim import __version__
 from shim.command_line import Invocation, error_exit_code_from, help_text, parse_command_line
-from shim.config import DOCTOR, EXEC, SIMULATE, Config, Option
+from shim.config import DOCTOR, EXEC, SIMULATE, STATUS, Config, Option
 from shim.errors import (
     CommandNotExecutable,
     CommandNotFound,
@@ -30,8 +30,9 @@ TYPE_CHECKING = False  # no typing import at run time: this is the step-aside pa
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from shim.companion import Companion
     from shim.credentials import Fetched
+    from shim.lifetime.status import Standing
+    from shim.lifetime.supervisor import Service
 
 KUBERNETES = "KUBERNETES_SERVICE_HOST"
 # What EKS injects into a pod that has an identity of its own (IRSA; EKS Pod Identity).
@@ -70,42 +71,55 @@ def fetch_credentials(config: Config, environ: Mapping[str, str]) -> Fetched:
 
 
 def command_environment(
-    config: Config, environ: Mapping[str, str]
-) -> tuple[dict[str, str], Companion | None]:
+    config: Config, environ: Mapping[str, str], standing: Standing | None = None
+) -> tuple[dict[str, str], list[Service]]:
     """The environment the command runs with (the shim's own, plus the role's credentials), and
-    the companion process that keeps them fresh in the modes that have one."""
+    what the supervisor runs beside it. With a ``standing`` (the supervised modes) the fetch runs
+    in a forked child, and the standing learns what ``status`` will report."""
     reason = None if config.override else reason_to_step_aside(environ)
     if reason is not None:
         log.info(f"stepping aside: {reason}; running the command with its environment unchanged")
-        return dict(environ), None
+        if standing is not None:
+            standing.note = f"stepped aside: {reason}; the command uses that identity"
+        return dict(environ), []
     environment = dict(environ)
     if config.override:
         cleared = clear_identity(environment)
         if cleared:
             log.info(f"--override: cleared {', '.join(cleared)}")
     try:
-        fetched = fetch_credentials(config, environment)
+        if standing is None:
+            fetched = fetch_credentials(config, environment)
+        else:
+            from shim.lifetime.child_fetch import fetch_in_child
+
+            fetched = fetch_in_child(lambda: fetch_credentials(config, environment))
     except CredentialsUnavailable as error:
         if not config.optional:
             raise
         log.warning(f"{error}; running the command without credentials (--optional)")
-        return environment, None
+        if standing is not None:
+            standing.note = f"running without credentials (--optional): {error}"
+        return environment, []
+    if standing is not None:
+        standing.hold(fetched.role, fetched.credentials)
     if config.refresh:
         from shim.refresh import refreshing_environment
 
-        return refreshing_environment(config, environment, fetched), None
+        return refreshing_environment(config, environment, fetched), []
     if config.serve:
-        from shim.endpoint import serving_environment
+        from shim.lifetime.endpoint import serving_environment
 
-        return serving_environment(config, environment, fetched)
+        assert standing is not None
+        return serving_environment(config, environment, fetched, standing)
     from shim.variables import export_into, exported_variables
 
     export_into(environment, exported_variables(fetched, environment))
     if config.expiry_signal is not None:
-        from shim.expiry_signal import signal_when_due
+        from shim.lifetime.expiry_signal import ExpirySignal
 
-        return environment, signal_when_due(config.expiry_signal, fetched.credentials)
-    return environment, None
+        return environment, [ExpirySignal(config.expiry_signal, fetched.credentials)]
+    return environment, []
 
 
 def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
@@ -114,8 +128,18 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
         from shim.simulator import simulate
 
         return simulate(invocation.settings, invocation.command, environ)
+    if invocation.verb == STATUS:
+        from shim.lifetime.status import status
+
+        pid = invocation.settings.get("pid")
+        verdict, line = status(pid if isinstance(pid, int) else None)
+        write_stdout(f"imds-shim status: {line}\n")
+        return verdict
     config = Config.from_settings(invocation.settings)
     command = invocation.command
+    standing: Standing | None = None
+    placeholders: list[int] = []
+    services: list[Service] = []
     with interruptible():
         if invocation.verb == DOCTOR:
             from shim.doctor import doctor
@@ -125,9 +149,16 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
             # `docker run IMAGE imds-shim doctor` under ENTRYPOINT ["imds-shim", "--"]: the inner
             # imds-shim does its own job; keys exported here would only mislead it.
             log.info("the command is imds-shim itself: running it without fetching")
-            command, environment, companion = as_this_program(command), dict(environ), None
+            command, environment, services = as_this_program(command), dict(environ), []
         elif invocation.verb == EXEC:
-            environment, companion = command_environment(config, environ)
+            if config.supervised:
+                from shim.lifetime.status import Standing
+                from shim.lifetime.supervisor import hold_standard_descriptors
+
+                # Before any socket or pipe is made: none of them may land on 0, 1 or 2.
+                placeholders = hold_standard_descriptors()
+                standing = Standing(config.mode)
+            environment, services = command_environment(config, environ, standing)
         else:
             from shim.formats import render
 
@@ -135,8 +166,13 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
             # on a host, other configured identities are normal and do not stop them.
             fetched = fetch_credentials(config, environ)
             output = render(invocation.verb, config.format, fetched, environ)
+    if standing is not None:
+        from shim.lifetime.status import StatusService
+        from shim.lifetime.supervisor import supervise
+
+        return supervise(command, environment, [StatusService(standing), *services], placeholders)
     if invocation.verb == EXEC:
-        replace_process(command, environment, companion)
+        replace_process(command, environment)
     write_stdout(output)  # only once everything succeeded: never a half-written env file
     return 0
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 from shim.exit_codes import SHIM_FAILED
 from shim.setting_values import (
     count,
+    ending_signal,
     endpoint,
     endpoint_mode,
     exit_code,
     log_level,
+    process_id,
     role_name,
     sdk_true,
     seconds,
-    signal_number,
     text,
 )
 
@@ -39,15 +40,16 @@ MAX_CONNECT_TIMEOUT = 0.5
 # longer than 2.5 s from request to last byte.
 ANSWER_LIMIT_TIMEOUTS = 4
 
-# The verbs, each named once: exec (the entrypoint, no verb word) and the four that have a word.
-EXEC, EXPORT, CREDENTIAL_PROCESS, DOCTOR, SIMULATE = (
+# The verbs, each named once: exec (the entrypoint, no verb word) and the five that have a word.
+EXEC, EXPORT, CREDENTIAL_PROCESS, DOCTOR, SIMULATE, STATUS = (
     "exec",
     "export",
     "credential-process",
     "doctor",
     "simulate",
+    "status",
 )
-VERBS = (EXPORT, CREDENTIAL_PROCESS, DOCTOR, SIMULATE)
+VERBS = (EXPORT, CREDENTIAL_PROCESS, DOCTOR, SIMULATE, STATUS)
 FETCH_VERBS = frozenset({EXEC, EXPORT, CREDENTIAL_PROCESS, DOCTOR})
 EXPORT_FORMATS = (
     "env",
@@ -236,10 +238,25 @@ OPTIONS: tuple[Option, ...] = (
         "expiry_signal",
         ("--expiry-signal",),
         "send the command SIGNAL (TERM, HUP, a number) when its static keys are due for renewal",
-        signal_number,
+        ending_signal,
         None,
         "SIGNAL",
         verbs=frozenset({EXEC, DOCTOR}),  # doctor names the mode
+    ),
+    Option(
+        "init",
+        ("--init",),
+        "stay as the command's parent (PID 1's duties: signals, reaping, status) with static keys",
+        verbs=frozenset({EXEC, DOCTOR}),
+    ),
+    Option(
+        "pid",
+        ("--pid",),
+        "status: ask the supervisor with this PID (default: the first found in this PID namespace)",
+        process_id,
+        None,
+        "PID",
+        verbs=frozenset({STATUS}),
     ),
     Option(
         "error_exit_code",
@@ -294,6 +311,7 @@ class Config:
         refresh: bool,
         serve: bool,
         expiry_signal: int | None,
+        init: bool,
         error_exit_code: int,
         log_level: str,
         format: str | None,
@@ -302,8 +320,22 @@ class Config:
         self.expect_role = expect_role
         self.deadline, self.no_imds_v1, self.override = deadline, no_imds_v1, override
         self.optional, self.refresh, self.error_exit_code = optional, refresh, error_exit_code
-        self.serve, self.expiry_signal = serve, expiry_signal
+        self.serve, self.expiry_signal, self.init = serve, expiry_signal, init
         self.log_level, self.format = log_level, format
+
+    @property
+    def supervised(self) -> bool:
+        """Whether the shim stays as the command's parent (see :mod:`shim.lifetime`), not exec."""
+        return self.serve or self.expiry_signal is not None or self.init
+
+    @property
+    def mode(self) -> str:
+        """The lifetime mode's flag, as ``status`` names it."""
+        if self.serve:
+            return "--serve"
+        if self.expiry_signal is not None:
+            return "--expiry-signal"
+        return "--init --refresh" if self.refresh else "--init"
 
     @property
     def connect_timeout(self) -> float:
@@ -332,6 +364,7 @@ class Config:
             refresh=settings.flag("refresh"),
             serve=settings.flag("serve"),
             expiry_signal=None if settings.get("expiry_signal") is None else settings.whole("expiry_signal"),
+            init=settings.flag("init"),
             error_exit_code=settings.whole("error_exit_code"),
             log_level=str(settings["log_level"]),
             format=settings.text("format"),

@@ -23,7 +23,12 @@ class CredentialsUnavailable(ShimError):
 
 
 class ImdsUnreachable(CredentialsUnavailable):
-    """No TCP answer from IMDS: the signature of a machine that is not on EC2."""
+    """No TCP answer from IMDS: the signature of a machine that is not on EC2 (at start), or of an
+    outage (at a renewal: ``detail`` says what the network did, without the start-up advice)."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class HopLimitExceeded(CredentialsUnavailable):

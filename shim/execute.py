@@ -23,8 +23,6 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from types import FrameType, TracebackType
     from typing import NoReturn
-
-    from shim.companion import Companion
 else:
     try:
         # The C module: `signal` wraps the same functions in enums, which costs ~6 ms at every
@@ -114,21 +112,11 @@ def command_error(name: str, error: OSError) -> ShimError:
     return CommandNotExecutable(f"{shown(name)}: cannot execute: {error.strerror}")
 
 
-def replace_process(
-    command: Sequence[str], environ: Mapping[str, str], companion: Companion | None = None
-) -> NoReturn:
-    """Exec the command with ``environ``; raise if it cannot be found or executed.
-
-    A ``companion`` (see :mod:`shim.companion`) is forked once the command has been found, so a
-    command that does not exist leaves nothing running.
-    """
+def replace_process(command: Sequence[str], environ: Mapping[str, str]) -> NoReturn:
+    """Exec the command with ``environ``; raise if it cannot be found or executed."""
     flush_standard_streams()  # a broken pipe is the command's to find out about, not the shim's
     restore_inherited_dispositions()
     path = locate(command[0], environ)
-    if companion is not None:
-        from shim.companion import start_companion
-
-        start_companion(companion)
     try:
         os.execve(path, list(command), dict(environ))
     except OSError as error:

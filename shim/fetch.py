@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from shim.config import Config
 from shim.credentials import Credentials, Fetched, format_duration, format_time, seconds_left
 from shim.deadline import Deadline
-from shim.errors import CredentialsUnavailable, NoRoleAttached, RoleNotFound, UnexpectedRole
+from shim.errors import CredentialsUnavailable, ImdsUnreachable, NoRoleAttached, RoleNotFound, UnexpectedRole
 from shim.imds import ImdsClient
 from shim.imds_answers import Identity, parse_credentials, parse_identity_document, parse_region, parse_role
 from shim.imds_protocol import IDENTITY_DOCUMENT_PATH, REGION_PATH, ROLE_PATH
@@ -87,13 +87,20 @@ def current_credentials(client: ImdsClient, config: Config) -> tuple[str, Creden
     return role, role_credentials(client, role)
 
 
-def fresh_credentials(config: Config) -> Credentials:
-    """The role's credentials alone, fetched anew under a deadline of their own (a renewal)."""
+def fresh_credentials(config: Config) -> Fetched:
+    """The role and its credentials alone, fetched anew under a deadline of their own (a renewal).
+
+    IMDS out of reach at a renewal is an outage, not a sign of running off EC2: the error says
+    what the network did, without the start-up advice.
+    """
     client = ImdsClient(config, Deadline(config.deadline))
     try:
-        return current_credentials(client, config)[1]
+        role, credentials = current_credentials(client, config)
+    except ImdsUnreachable as error:
+        raise ImdsUnreachable(f"IMDS stopped answering: {error.detail}", error.detail) from None
     finally:
         client.close()
+    return Fetched(credentials, role, None, None, client.version or 1, client.requests_sent)
 
 
 def fetch(client: ImdsClient, config: Config, environ: Mapping[str, str]) -> Fetched:

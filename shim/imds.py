@@ -410,7 +410,7 @@ class ImdsClient:
         """What retrying ended in: IMDS was never reached, or it never answered usefully."""
         if isinstance(error, ConnectFailed):
             return ImdsUnreachable(
-                unreachable_message(self.config.endpoint, str(error), self.config.optional)
+                unreachable_message(self.config.endpoint, str(error), self.config.optional), str(error)
             )
         return ImdsGaveUp(self._gave_up(error))
 

@@ -11,19 +11,39 @@ tells. A closed stdout fails a verb whose whole point is its output.
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 from shim.errors import ShimError
+
+TYPE_CHECKING = False  # no typing import at run time: this is the step-aside path
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 DEFAULT_LEVEL = "warning"
 
 
 class Logger:
-    """Writes ``imds-shim: LEVEL: message`` lines to stderr at or above the configured level."""
+    """Writes ``imds-shim: LEVEL: message`` lines to stderr at or above the configured level.
+
+    Once a supervised command runs (:meth:`supervising`), every line starts with an RFC 3339 UTC
+    timestamp (it may be read hours later), and writing never blocks: a stalled log collector
+    loses lines, and the supervisor goes on serving credentials.
+    """
 
     def __init__(self) -> None:
         self.threshold = LEVELS[DEFAULT_LEVEL]
+        self.timestamps = False
+        self.write_line: Callable[[bytes], bool] | None = None
+        self.descriptor: int | None = None  # what write_line writes to, when it is a descriptor of its own
+        self.lost = 0
+
+    def supervising(self) -> None:
+        """From now on: timestamps, and writes that never wait for a full stderr."""
+        self.timestamps = True
+        self.write_line, self.descriptor = non_blocking_stderr()
 
     def set_level(self, level: str) -> None:
         self.threshold = LEVELS[level]
@@ -32,12 +52,21 @@ class Logger:
         return LEVELS[level] >= self.threshold
 
     def _emit(self, level: str, message: str) -> None:
-        if self.enabled(level) and sys.stderr is not None:
-            try:
-                sys.stderr.write(f"imds-shim: {level}: {printable(message)}\n")
-                sys.stderr.flush()
-            except OSError:  # a closed or broken pipe: nobody is listening
-                pass
+        if not self.enabled(level) or sys.stderr is None:
+            return
+        line = f"imds-shim: {level}: {printable(message)}\n"
+        if self.timestamps:
+            line = time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()) + line
+        if self.write_line is not None:
+            if self.lost:
+                line = f"{line[:-1]} ({self.lost} earlier lines lost: stderr was full)\n"
+            self.lost = 0 if self.write_line(line.encode("utf-8", "replace")) else self.lost + 1
+            return
+        try:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+        except OSError:  # a closed or broken pipe: nobody is listening
+            pass
 
     def debug(self, message: str) -> None:
         self._emit("debug", message)
@@ -53,6 +82,46 @@ class Logger:
 
 
 log = Logger()
+
+
+def non_blocking_stderr() -> tuple[Callable[[bytes], bool], int | None]:
+    """A writer of whole lines to stderr that never blocks (it returns False for a line it lost),
+    and the descriptor it writes to.
+
+    ``O_NONBLOCK`` on descriptor 2 itself would change the command's stderr too (the flag belongs
+    to the open file, which both share). A pipe or terminal is opened again through /proc, which
+    gives this process an open file of its own; a socket is sent to with ``MSG_DONTWAIT``; a
+    regular file never blocks.
+    """
+    import stat
+
+    try:
+        sys.stderr.flush()
+        kind = os.fstat(2).st_mode
+    except (OSError, ValueError, AttributeError):
+        return (lambda line: False), None
+    if stat.S_ISSOCK(kind):
+        import socket
+
+        stream = socket.socket(fileno=os.dup(2))
+        return (
+            lambda line: _sent(lambda: stream.send(line, socket.MSG_DONTWAIT), len(line))
+        ), stream.fileno()
+    descriptor = 2
+    if stat.S_ISFIFO(kind) or stat.S_ISCHR(kind):
+        try:
+            descriptor = os.open("/proc/self/fd/2", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:  # no /proc: a blocking write is the best there is
+            descriptor = 2
+    return (lambda line: _sent(lambda: os.write(descriptor, line), len(line))), descriptor
+
+
+def _sent(send: Callable[[], int], length: int) -> bool:
+    """Whether ``send`` wrote all ``length`` bytes (a line under 4 KiB enters a pipe whole, or not)."""
+    try:
+        return send() == length
+    except OSError:  # full (EAGAIN), closed, or broken: the line is lost, nothing else is
+        return False
 
 
 def printable(text: str) -> str:

@@ -83,24 +83,44 @@ def private_folder(environ: Mapping[str, str]) -> tuple[str, int]:
         )
     # A known name on purpose: it is checked below (ours, 0700, no symlink), and reused.
     path = os.path.join(base, f"imds-shim-{os.getuid()}")
+    just_made = True
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
-        pass
+        just_made = False
     except OSError as error:
         raise ShimError(
             f"--refresh: cannot create {path}: {error.strerror} (set TMPDIR to a writable folder)"
         ) from None
     try:
         folder = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except PermissionError:
+        mode = stat.S_IMODE(os.lstat(path).st_mode)
+        raise ShimError(
+            f"--refresh: {path} has mode {mode:04o}, which leaves it unusable: remove it"
+        ) from None
     except OSError:
         raise ShimError(f"--refresh: {path} is not a folder (a symlink?): remove it") from None
     info = os.fstat(folder)
-    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid != os.getuid() or mode & 0o077:
         os.close(folder)
         raise ShimError(
             f"--refresh: {path} belongs to someone else or is open to others: remove it, or set TMPDIR"
         )
+    if mode != 0o700:
+        # mkdir's mode passes through the umask: under 0177 or 0277 the folder came out without
+        # the bits its owner needs (an earlier version left it so). Ours and closed to others: mended.
+        try:
+            os.fchmod(folder, 0o700)
+        except OSError as error:
+            os.close(folder)
+            raise ShimError(
+                f"--refresh: {path} has mode {mode:04o}, not 0700, and cannot be mended "
+                f"({error.strerror}): remove it"
+            ) from None
+        if not just_made:
+            log.warning(f"--refresh: {path} had mode {mode:04o}, which leaves it unusable; set it to 0700")
     return path, folder
 
 

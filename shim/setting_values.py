@@ -94,6 +94,11 @@ def natural(value: str, what: str) -> int:
     return _bounded(value, what, 0, 999_999_999, "a whole number")
 
 
+def process_id(value: str, what: str) -> int:
+    """A process ID: 1 to 2^22 (Linux's largest)."""
+    return _bounded(value, what, 1, 4_194_304, "a process ID")
+
+
 def port(value: str, what: str) -> int:
     """A TCP port; 0 picks a free one."""
     return _bounded(value, what, 0, 65535, "a port")
@@ -171,6 +176,27 @@ def signal_number(value: str, what: str) -> int:
         number = getattr(signals, name, None) if name.isupper() and "_" not in name else None
     if not isinstance(number, int) or not 1 <= number < signals.NSIG:
         raise UsageError(f"{what}: expected a signal such as TERM, SIGHUP or 15, got {shown(value)}")
+    return number
+
+
+# Signals whose default action does not end a process (stop, continue, or nothing), and glibc's
+# own 32 and 33: as --expiry-signal they would never make the command restart.
+NOT_ENDING = ("SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGCONT", "SIGCHLD", "SIGWINCH", "SIGURG")
+GLIBC_RESERVED = (32, 33)
+
+
+def ending_signal(value: str, what: str) -> int:
+    """A signal (as :func:`signal_number`) whose default action ends a process."""
+    if TYPE_CHECKING:
+        import signal as signals
+    else:
+        import _signal as signals
+    number = signal_number(value, what)
+    if number in GLIBC_RESERVED or number in {getattr(signals, name, None) for name in NOT_ENDING}:
+        raise UsageError(
+            f"{what}: {shown(value)} does not end a process, so the command would never restart: "
+            "use TERM, HUP, INT, USR1, USR2 or another that does"
+        )
     return number
 
 

@@ -16,6 +16,7 @@ json.dump(
         "env": dict(os.environ),
         "argv": raw_argv,
         "pid": os.getpid(),
+        "ppid": os.getppid(),
         "fds": fds,
         "stdin": sys.stdin.read() if "--read-stdin" in sys.argv else None,
     },

@@ -101,16 +101,19 @@ def test_preset_region_is_kept_and_copied(
     assert (child["AWS_REGION"], child["AWS_DEFAULT_REGION"]) == expected
 
 
-# Every way of handing over credentials, the two that leave a companion process running included:
-# the command must not be able to tell the difference in PID, argv, descriptors or signals.
+# Every way of handing over credentials, the supervised ones included: apart from its PID, the
+# command must not be able to tell the difference in argv, descriptors or signals.
 MODES = pytest.mark.parametrize(
-    "mode", [[], ["--serve"], ["--expiry-signal", "USR1"]], ids=["keys", "serve", "expiry-signal"]
+    "mode",
+    [[], ["--serve"], ["--expiry-signal", "USR1"], ["--init"]],
+    ids=["keys", "serve", "expiry-signal", "init"],
 )
+SUPERVISED = ("--serve", "--expiry-signal", "--init")
 
 
 @MODES
-def test_same_pid_and_untouched_argv(sim: Simulator, mode: list[str]) -> None:
-    """exec, not fork: the command has the shim's PID and exactly the argv given after --."""
+def test_same_pid_or_the_shims_child_and_untouched_argv(sim: Simulator, mode: list[str]) -> None:
+    """exec: the command has the shim's PID; supervised: it is the shim's child. Argv exactly as given."""
     awkward = ["--", "-v", "$HOME", "a b", "*", "'quoted'", "", "--help", "ünï"]
     process = subprocess.Popen(
         [SHIM, *mode, "--", *probe_command(), *awkward],
@@ -122,7 +125,10 @@ def test_same_pid_and_untouched_argv(sim: Simulator, mode: list[str]) -> None:
     import json
 
     report = json.loads(output)
-    assert report["pid"] == process.pid
+    if mode and mode[0] in SUPERVISED:
+        assert report["ppid"] == process.pid
+    else:
+        assert report["pid"] == process.pid
     assert report["argv"] == [*probe_command(), *awkward]
 
 
@@ -215,9 +221,9 @@ def test_command_exit_status_is_its_own(sim: Simulator, status: int, mode: list[
 
 @MODES
 def test_command_killed_by_signal(sim: Simulator, mode: list[str]) -> None:
-    """A command that dies of SIGTERM looks like that to the shim's parent (same process)."""
+    """A command that dies of SIGTERM: exec'd, the shim's parent sees that signal; supervised, 128+15."""
     result = run_shim([*mode, "--", "sh", "-c", "kill -TERM $$"], endpoint=sim.url)
-    assert result.returncode == -signal.SIGTERM
+    assert result.returncode == (128 + signal.SIGTERM if mode and mode[0] in SUPERVISED else -signal.SIGTERM)
 
 
 def test_command_not_found_is_127(sim: Simulator) -> None:

@@ -434,6 +434,38 @@ def test_refresh_reuses_one_private_folder(
     assert [p.name for p in folder.iterdir()] == [Path(path).name]
 
 
+@pytest.mark.parametrize("umask", [0o177, 0o277])
+def test_refresh_under_a_strict_umask_makes_a_usable_0700_folder(
+    scripted_imds: Callable[..., ScriptedImds], tmp_path: Path, umask: int
+) -> None:
+    """umask 0177 or 0277: the folder is still 0700 and the config file readable by its owner."""
+    server = scripted_imds()
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, TMPDIR=str(tmp_path))
+    result = run_shim(
+        ["--refresh", "--", "sh", "-c", 'cat "$AWS_CONFIG_FILE"'], env=env, preexec_fn=lambda: os.umask(umask)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "credential_process = " in result.stdout
+    assert (tmp_path / f"imds-shim-{os.getuid()}").stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o500])
+def test_refresh_mends_a_folder_an_earlier_version_left_unusable_and_names_its_mode(
+    scripted_imds: Callable[..., ScriptedImds], tmp_path: Path, mode: int
+) -> None:
+    """A private folder of ours without the bits we need: one line naming its mode, then 0700 and on."""
+    server = scripted_imds()
+    folder = tmp_path / f"imds-shim-{os.getuid()}"
+    folder.mkdir()
+    folder.chmod(mode)
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, TMPDIR=str(tmp_path))
+    result = run_shim(["--refresh", "--", "true"], env=env)
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert f"had mode {mode:04o}" in line
+    assert folder.stat().st_mode & 0o777 == 0o700
+
+
 @pytest.mark.parametrize("kind", ["symlink", "open to others"])
 def test_refresh_refuses_a_folder_that_is_not_private(
     scripted_imds: Callable[..., ScriptedImds], tmp_path: Path, kind: str

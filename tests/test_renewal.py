@@ -1,20 +1,27 @@
-"""When credentials are renewed, and how the endpoint's renewal loop waits: a fake clock, no real sleeps."""
+"""When credentials are renewed, and how --serve's renewals wait and report: a fake clock, no real sleeps."""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Callable
 
 import pytest
 from helpers import FakeTime
 
-from shim.companion import Parent
-from shim.credentials import Credentials
-from shim.endpoint import CredentialStore, keep_renewed
+from shim.command_line import parse_command_line
+from shim.config import Config
+from shim.credentials import Credentials, Fetched
 from shim.errors import ImdsUnreachable
-from shim.renewal import renewal_due, retry_delay
+from shim.lifetime import child_fetch
+from shim.lifetime.endpoint import CredentialStore
+from shim.lifetime.renewal import Renewer, renewal_due, retry_delay
+from shim.lifetime.status import Standing
 
 HOUR = 3600.0
+ROLE = "the-role"
 
 
 def credentials(key: str, expires_at: float) -> Credentials:
@@ -43,74 +50,124 @@ def test_retry_delays_grow_to_a_cap_and_stay_inside_the_sets_life() -> None:
     assert retry_delay(6, left=-5.0, rng=lambda: 1.0) == 30.0  # expired: the plain backoff
 
 
-class LivingParent(Parent):
-    """A parent that lives until the clock reaches ``dies_at``."""
+class LoopDriver:
+    """The supervisor's loop in miniature: the fake clock jumps to each due moment, and a renewal
+    "child" is a real pipe holding what a fetch child would have written (the real encoding)."""
 
-    def __init__(self, time: FakeTime, dies_at: float) -> None:
-        super().__init__(pid=0, sleep=time.sleep, clock=time.clock)
-        self.dies_at = dies_at
+    def __init__(
+        self, answers: Sequence[Callable[[float], Credentials | Exception]], first_expiry: float
+    ) -> None:
+        self.time = FakeTime()
+        self.answers = answers
+        self.asked: list[float] = []
+        self.watched: dict[int, Callable[[], None]] = {}
+        self.store = CredentialStore(credentials("AKIA0", first_expiry), None, clock=self.time.clock)
+        self.standing = Standing("--serve")
+        self.standing.hold(ROLE, self.store.credentials)
+        config = Config.from_settings(parse_command_line(["--serve", "--", "true"], {}).settings)
+        self.renewer = Renewer(self.store, self.standing, config, self.time.clock, lambda: 1.0, self.launch)
+        self.renewer.attach(self)  # type: ignore[arg-type]
 
-    def alive(self) -> bool:
-        return self.clock() < self.dies_at
+    def watch(self, descriptor: int, handler: Callable[[], None]) -> None:
+        self.watched[descriptor] = handler
+
+    def unwatch(self, descriptor: int) -> None:
+        del self.watched[descriptor]
+
+    def adopt(self, pid: int, ended: Callable[[int], None]) -> None:
+        pass
+
+    def launch(self, work: Callable[[], Fetched]) -> tuple[int, int]:
+        self.asked.append(self.time.now)
+        answer = self.answers[min(len(self.asked), len(self.answers)) - 1](self.time.now)
+        read_end, write_end = os.pipe()
+        pid, _child_answer = os.fork(), None
+        if pid == 0:  # the real child's encoding, without IMDS
+            os.close(read_end)
+            child_fetch._run_in_child(lambda: _raise_or_fetched(answer), write_end)
+        os.close(write_end)
+        os.waitpid(pid, 0)
+        return 0, read_end
+
+    def run_until(self, end: float) -> None:
+        while self.time.now < end:
+            wait = self.renewer.tick()
+            if self.watched:  # a renewal's answer is there at once; then ask again at the same moment
+                while self.watched:
+                    next(iter(self.watched.values()))()
+                continue
+            if wait is None:
+                return
+            self.time.now = min(end, self.time.now + wait)
 
 
-def run_loop(
-    answers: list[Callable[[float], Credentials]], first_expiry: float, dies_at: float
-) -> tuple[list[float], CredentialStore]:
-    """Run keep_renewed until the parent dies; return when each renewal was asked for."""
-    time = FakeTime()
-    store = CredentialStore(credentials("AKIA0", first_expiry), None, clock=time.clock)
-    asked: list[float] = []
-
-    def renew() -> Credentials:
-        asked.append(time.now)
-        answer = answers[min(len(asked), len(answers)) - 1]
-        return answer(time.now)
-
-    keep_renewed(store, renew, LivingParent(time, dies_at), rng=lambda: 1.0)
-    return asked, store
+def _raise_or_fetched(answer: Credentials | Exception) -> Fetched:
+    if isinstance(answer, Exception):
+        raise answer
+    return Fetched(answer, ROLE, None, None, 2, 2)
 
 
 def test_a_healthy_imds_is_asked_once_per_set_at_the_due_moment() -> None:
     """Six-hour sets: renewed 15 minutes before each expiry, one request each."""
-
-    def fresh_set(number: int) -> Callable[[float], Credentials]:
-        return lambda now: credentials(f"AKIA{number}", now + 6 * HOUR)
-
-    fresh = [fresh_set(number) for number in range(1, 5)]
-    asked, store = run_loop(fresh, first_expiry=6 * HOUR, dies_at=17 * HOUR)
-    assert asked == [6 * HOUR - 900, 12 * HOUR - 1800]
-    assert store.credentials.access_key_id == "AKIA2"
+    fresh = [lambda now, n=n: credentials(f"AKIA{n}", now + 6 * HOUR) for n in range(1, 5)]
+    loop = LoopDriver(fresh, first_expiry=6 * HOUR)
+    loop.run_until(17 * HOUR)
+    assert loop.asked == [6 * HOUR - 900, 12 * HOUR - 1800]
+    assert loop.store.credentials.access_key_id == "AKIA2"
+    assert (loop.standing.renewed_at, loop.standing.failures) == (12 * HOUR - 1800, 0)
 
 
-def test_imds_down_is_retried_with_backoff_and_the_set_served_meanwhile() -> None:
-    """Failures back off 1, 2, 4 ... s (capped by half the set's life left); the first success ends it."""
+def test_imds_down_is_retried_with_backoff_and_the_set_served_meanwhile(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Failures back off 1, 2, 4 ... s, each saying what happened; the recovery shows at the default level."""
     calls = {"n": 0}
 
-    def flaky(now: float) -> Credentials:
+    def flaky(now: float) -> Credentials | Exception:
         calls["n"] += 1
         if calls["n"] <= 3:
-            raise ImdsUnreachable("no IMDS")
+            return ImdsUnreachable("IMDS stopped answering: the connection was refused", "refused")
         return credentials("AKIA1", now + 6 * HOUR)
 
-    asked, store = run_loop([flaky], first_expiry=6 * HOUR, dies_at=7 * HOUR)
+    loop = LoopDriver([flaky], first_expiry=6 * HOUR)
+    loop.run_until(7 * HOUR)
     due = 6 * HOUR - 900
-    assert asked == [due, due + 1, due + 3, due + 7]
-    assert store.credentials.access_key_id == "AKIA1"
+    assert loop.asked == [due, due + 1, due + 3, due + 7]
+    assert loop.store.credentials.access_key_id == "AKIA1"
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 4, lines  # the default level: three failures and the recovery
+    assert "renewal failed (1 in a row): IMDS stopped answering: the connection was refused" in lines[0]
+    assert "serving the current set until it expires at" in lines[0]
+    assert "EC2 instance" not in lines[0]
+    assert "--optional" not in lines[0]
+    assert "renewed again after 3 failed attempts" in lines[3]
 
 
 def test_an_unrotated_set_is_asked_for_again_not_in_a_tight_loop() -> None:
     """IMDS still handing out the old set: retries at least 1 s apart, never a tight loop."""
-    asked, store = run_loop(
-        [lambda now: credentials("AKIA0", 6 * HOUR)], first_expiry=6 * HOUR, dies_at=6 * HOUR + 60
-    )
-    gaps = [later - earlier for earlier, later in zip(asked, asked[1:])]
+    loop = LoopDriver([lambda now: credentials("AKIA0", 6 * HOUR)], first_expiry=6 * HOUR)
+    loop.run_until(6 * HOUR + 60)
+    gaps = [later - earlier for earlier, later in zip(loop.asked, loop.asked[1:])]
     assert all(gap >= 1.0 for gap in gaps)
-    assert len(asked) < 45  # in the 16 minutes from 15 before expiry to 1 after
-    assert store.answer() is None  # expired: the endpoint says so instead of serving it
+    assert len(loop.asked) < 45  # in the 16 minutes from 15 before expiry to 1 after
+    assert loop.store.answer() is None  # expired: the endpoint says so instead of serving it
 
 
-def test_the_loop_ends_when_the_command_does() -> None:
-    """A parent gone before the set is due: no IMDS request at all."""
-    asked, _ = run_loop([lambda now: credentials("AKIA1", now + HOUR)], first_expiry=6 * HOUR, dies_at=60)
-    assert asked == []
+def test_a_role_that_changes_at_renewal_is_a_warning_naming_both(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --expect-role, a new role is served, but never silently."""
+    loop = LoopDriver([lambda now: credentials("AKIA1", now + 6 * HOUR)], first_expiry=6 * HOUR)
+    loop.answers = [lambda now: credentials("AKIA1", now + 6 * HOUR)]
+    loop.renewer.launch = lambda work: _launch_with_role(loop, "other-role")
+    loop.run_until(6 * HOUR)
+    err = capsys.readouterr().err
+    assert f"role changed from {ROLE} to other-role" in err
+    assert loop.standing.role == "other-role"
+
+
+def _launch_with_role(loop: LoopDriver, role: str) -> tuple[int, int]:
+    loop.asked.append(loop.time.now)
+    fetched = Fetched(credentials("AKIA1", loop.time.now + 6 * HOUR), role, None, None, 2, 2)
+    read_end, write_end = os.pipe()
+    os.write(write_end, json.dumps({"fetched": child_fetch._encode(fetched)}).encode())
+    os.close(write_end)
+    return 0, read_end

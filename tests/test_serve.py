@@ -12,12 +12,13 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 from helpers import BOTOCORE_LOOP, HERE, SHIM, START_SLACK, clean_env, probe_command, run_shim
@@ -45,6 +46,8 @@ AWS_CLI = "/usr/bin/aws"  # Debian's awscli is v2; a pip-installed `aws` may be 
 # Seconds-long SDK loops and loads, or a moment measured to a fraction of a second: run apart from
 # the parallel suites, whose own time budgets they would eat into (under qemu-user above all).
 HEAVY = pytest.mark.serial
+# Signals whose default action does not end a process, and glibc's own two.
+NOT_ENDING_SIGNALS = ("STOP", "TSTP", "CONT", "CHLD", "WINCH", "URG", "32", "33", "SIGTTIN")
 
 
 def credentials_gets(sim: Simulator) -> int:
@@ -98,7 +101,7 @@ def test_the_command_gets_the_endpoint_and_no_static_keys(sim: Simulator) -> Non
         )
         output, _ = process.communicate(timeout=30)
         report = json.loads(output)
-        assert report["pid"] == process.pid
+        assert report["ppid"] == process.pid  # the shim stays as the command's parent
         child = report["env"]
         child.pop("LC_CTYPE", None)  # the probe's own interpreter may coerce it (PEP 538)
         assert set(child) - set(env) == SERVED_VARIABLES
@@ -275,27 +278,77 @@ def test_imds_going_away_serves_the_cached_set_until_it_expires_then_503(
     assert "could not renew the credentials" in stderr
 
 
-# -- the companion's life --------------------------------------------------------------------------
+# -- the end of the command ends the service --------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", [["--serve"], ["--expiry-signal", "TERM"]], ids=["serve", "expiry-signal"])
-@pytest.mark.parametrize("ending", ["exits", "killed"])
-def test_the_companion_is_gone_soon_after_the_command(sim: Simulator, mode: list[str], ending: str) -> None:
-    """Exit or SIGKILL: the endpoint or watcher leaves within 2 s; nothing of the shim stays."""
-    then = ["--then-kill"] if ending == "killed" else []
+def refused(url: str) -> bool:
+    """Whether nothing listens at the endpoint ``url`` any more."""
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+URL_THEN = (
+    "import os, sys, time; print(os.environ.get('AWS_CONTAINER_CREDENTIALS_FULL_URI', ''), flush=True); "
+)
+
+
+@pytest.mark.parametrize(
+    ("ending", "status"), [("sys.exit(3)", 3), ("os.kill(os.getpid(), 9)", 128 + 9)], ids=["exits", "killed"]
+)
+@pytest.mark.parametrize("moment", ["at rest", "mid-renewal", "stderr full"])
+def test_nothing_answers_within_1_5_s_of_the_commands_end(
+    simulator: Callable[..., Simulator], ending: str, status: int, moment: str
+) -> None:
+    """Exit or SIGKILL, at rest, while a renewal waits on a hanging IMDS, or with stderr a full pipe
+    nobody reads: the shim exits with the command's status within 1.5 s, and the port is closed."""
+    sim = simulator(expires_in=2) if moment != "at rest" else simulator()
+    wait = "time.sleep(1.5); "  # past the renewal moment (1 s after the start)
+    fill = ""
+    if moment == "stderr full":
+        # The command fills the shared stderr pipe; the shim's renewal warnings then find it full.
+        fill = (
+            "import fcntl; fcntl.fcntl(2, fcntl.F_SETFL, os.O_NONBLOCK)\n"
+            "try:\n    while True: os.write(2, b'x' * 4096)\nexcept BlockingIOError: pass\n"
+            "fcntl.fcntl(2, fcntl.F_SETFL, 0)\n"
+        )
+    ends = "print('ending', time.time(), flush=True)\n"
+    script = URL_THEN.replace("; ", "\n") + fill + wait.replace("; ", "\n") + ends + ending + "\n"
+    stderr_target: Any = subprocess.PIPE if moment == "stderr full" else subprocess.DEVNULL
     process = subprocess.Popen(
-        [SHIM, *mode, "--", *CLIENT, "children", *then],
+        [SHIM, "--serve", "--deadline", "20", "--", sys.executable, "-c", script],
         env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr_target,
         text=True,
     )
     assert process.stdout is not None
-    report = json.loads(process.stdout.readline())
-    assert process.wait(timeout=30) == (-signal.SIGKILL if ending == "killed" else 0)
-    assert report["pid"] == process.pid
-    assert len(report["children"]) == 1, report  # the companion, the shim's own fork
-    assert seconds_until_gone(report["children"][0]) <= GONE_WITHIN
+    url = process.stdout.readline().strip()
+    hang = None
+    if moment != "at rest":
+        sim.stop()  # renewals now fail (stderr full) or hang (mid-renewal: a port that never answers)
+        hang = hanging_listener(sim) if moment == "mid-renewal" else None
+    ending_at = float(process.stdout.readline().split()[1])
+    code = process.wait(timeout=30)
+    gone_after = time.time() - ending_at
+    if hang is not None:
+        hang.close()
+    assert code == status
+    assert gone_after <= 1.5 + START_SLACK
+    assert refused(url)
+
+
+def hanging_listener(sim: Simulator) -> socket.socket:
+    """A socket on the stopped simulator's port that accepts connections and never answers."""
+    port = int(sim.url.rsplit(":", 1)[1])
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(16)
+    return listener
 
 
 @pytest.mark.parametrize("mode", [["--serve"], ["--expiry-signal", "TERM"]], ids=["serve", "expiry-signal"])
@@ -360,7 +413,7 @@ def test_expiry_signal_term_ends_a_command_that_does_not_catch_it(
     """--expiry-signal TERM on a command that does not catch it: it ends by SIGTERM, for a restart."""
     sim = simulator(expires_in=2)
     result = run_shim(["--expiry-signal", "SIGTERM", "--", "sleep", "10"], endpoint=sim.url)
-    assert result.returncode == -signal.SIGTERM
+    assert result.returncode == 128 + signal.SIGTERM
     assert result.seconds < 5 + START_SLACK
 
 
@@ -388,6 +441,7 @@ def test_expiry_signal_leaves_keys_that_have_already_expired_alone(
         (["--expiry-signal", "0"], {}, "--expiry-signal"),
         ([], {"IMDS_SHIM_EXPIRY_SIGNAL": "65"}, "IMDS_SHIM_EXPIRY_SIGNAL"),
         ([], {"IMDS_SHIM_SERVE": "maybe"}, "IMDS_SHIM_SERVE"),
+        *((["--expiry-signal", name], {}, "does not end a process") for name in NOT_ENDING_SIGNALS),
     ],
 )
 def test_modes_that_do_not_combine_are_refused(
@@ -466,3 +520,55 @@ def test_doctor_names_the_mode(sim: Simulator, args: list[str], env: dict[str, s
     assert result.returncode == 0, result.stderr
     mode = next(line for line in result.stdout.splitlines() if line.split()[1:2] == ["mode"])
     assert says in mode
+
+
+# 70 connections without the token trickle a byte every 0.2 s, then a client with the token asks
+# three times; it prints the statuses it got and how long each answer took.
+TRICKLERS = """
+import http.client, json, os, socket, time, urllib.parse
+uri = urllib.parse.urlsplit(os.environ["AWS_CONTAINER_CREDENTIALS_FULL_URI"])
+held = [socket.create_connection((uri.hostname, uri.port)) for _ in range(70)]
+results = []
+for round in range(3):
+    for sock in held:
+        try:
+            sock.send(b"G")
+        except OSError:
+            pass
+    started = time.monotonic()
+    try:
+        c = http.client.HTTPConnection(uri.hostname, uri.port, timeout=3)
+        c.request("GET", uri.path, headers={"Authorization": os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"]})
+        results.append([c.getresponse().status, time.monotonic() - started])
+        c.close()
+    except OSError as error:
+        results.append([type(error).__name__, time.monotonic() - started])
+    time.sleep(0.2)
+print(json.dumps(results))
+"""
+
+
+def test_clients_without_the_token_cannot_hold_every_connection_slot(sim: Simulator) -> None:
+    """70 tokenless sockets trickling bytes: a request with the token is still answered, at once."""
+    result = run_shim(["--serve", "--", sys.executable, "-c", TRICKLERS], endpoint=sim.url)
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout)
+    assert [status for status, _ in answers] == [200, 200, 200]
+    assert max(seconds for _, seconds in answers) < 1.0 + START_SLACK
+
+
+def test_a_request_trickling_for_longer_than_5_s_is_cut_off(sim: Simulator) -> None:
+    """A whole request within 5 s of connecting, however slowly its bytes come."""
+    script = (
+        "import os, socket, time, urllib.parse\n"
+        "uri = urllib.parse.urlsplit(os.environ['AWS_CONTAINER_CREDENTIALS_FULL_URI'])\n"
+        "sock = socket.create_connection((uri.hostname, uri.port)); started = time.monotonic()\n"
+        "try:\n"
+        "    for byte in b'GET /credentials HTTP/1.1\\r\\nX: ' + b'y' * 100:\n"
+        "        sock.send(bytes([byte])); time.sleep(0.1)\n"
+        "except OSError: pass\n"
+        "print(round(time.monotonic() - started))\n"
+    )
+    result = run_shim(["--serve", "--", sys.executable, "-c", script], endpoint=sim.url, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert 4 <= int(result.stdout) <= 7

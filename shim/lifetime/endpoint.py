@@ -1,20 +1,22 @@
-"""``--serve``: a container-credentials endpoint on 127.0.0.1 that renews from IMDS for the command's life.
+"""``--serve``: a container-credentials endpoint on 127.0.0.1, served by the supervisor itself.
 
 Every AWS SDK and the AWS CLI read ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` (with
 ``AWS_CONTAINER_AUTHORIZATION_TOKEN``), the endpoint ECS and EKS Pod Identity serve, and ask it
 again before what it gave them expires. So the command gets that URL and a token instead of
 static keys, and needs no shell, config file or writable folder for it (``FROM scratch`` works).
 
-The shim binds the socket before the exec, so the URL is known and the first request waits in the
-listen queue, never refused; then a companion process (:mod:`shim.companion`) serves on it:
+The shim binds the socket before the command starts, so the URL is known and the first request
+waits in the listen queue, never refused; then the supervisor's loop serves it
+(:mod:`shim.lifetime.supervisor`), from memory, while renewals run in a child of their own
+(:mod:`shim.lifetime.renewal`): no request waits for IMDS while the cached set is valid.
 
-- requests are answered from memory, by one thread with a selector (:class:`EndpointServer`);
-  IMDS is asked only by the main thread, in the background, once the set is due for renewal
-  (:mod:`shim.renewal`), so no request waits for IMDS while the cached set is valid;
 - while IMDS is down the cached set is served until it expires, and never after: a 503 instead;
 - only ``GET`` of the one path, with exactly the token in ``Authorization`` (compared in constant
-  time), gets credentials: 401 without it, 403 with another; requests are bounded in size (8 KiB),
-  time (5 s of silence ends a connection) and number (64 connections at once);
+  time), gets credentials: 401 without it, 403 with another, and the connection is closed after
+  any 4xx; requests are bounded in size (8 KiB) and time (a whole request within 5 s of
+  connecting or of the last answer, however slowly it trickles);
+- at most 64 connections at once; when full, a newcomer takes the place of the oldest connection
+  that has not yet shown the token, so clients without it cannot hold every slot;
 - nothing is logged per request: a request line or header could carry anything, the token included.
 """
 
@@ -23,22 +25,19 @@ from __future__ import annotations
 import hmac
 import json
 import os
-import random
-import selectors
 import socket
-import threading
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Callable
 
-from shim.companion import Companion, Parent
 from shim.config import Config
 from shim.credentials import Credentials, Fetched, format_duration, format_time
 from shim.errors import ShimError
-from shim.fetch import fresh_credentials
+from shim.lifetime.renewal import Renewer, renewal_due
+from shim.lifetime.status import Standing
+from shim.lifetime.supervisor import Service, Supervisor
 from shim.log import log
-from shim.renewal import renewal_due, retry_delay
 from shim.variables import identity_without_keys
 
 FULL_URI = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
@@ -69,7 +68,6 @@ class CredentialStore:
     def __init__(
         self, credentials: Credentials, account_id: str | None, clock: Callable[[], float] = time.time
     ) -> None:
-        self.lock = threading.Lock()
         self.account_id, self.clock = account_id, clock
         self.replace(credentials)
 
@@ -84,119 +82,94 @@ class CredentialStore:
         if account_id:
             document["AccountId"] = account_id
         expires_at = credentials.expiration.timestamp()
-        with self.lock:
-            self.credentials = credentials
-            self.body = json.dumps(document).encode()
-            self.expires_at = expires_at
-            self.due_at = renewal_due(expires_at, self.clock())
+        self.credentials = credentials
+        self.body = json.dumps(document).encode()
+        self.expires_at = expires_at
+        self.due_at = renewal_due(expires_at, self.clock())
 
     def answer(self) -> bytes | None:
         """The JSON to hand out, or None once the set has expired."""
-        with self.lock:
-            return self.body if self.clock() < self.expires_at else None
-
-
-def keep_renewed(
-    store: CredentialStore,
-    renew: Callable[[], Credentials],
-    parent: Parent,
-    rng: Callable[[], float] = random.random,
-) -> None:
-    """Replace the store's set when it is due, for as long as the command lives.
-
-    A failed renewal, or one that brings no newer set (IMDS has not rotated yet), is tried again
-    after :func:`shim.renewal.retry_delay`; the cached set is served meanwhile.
-    """
-    failures = 0
-    while True:
-        now = store.clock()
-        due = store.due_at if failures == 0 else now + retry_delay(failures, store.expires_at - now, rng)
-        if not parent.wait_until(due):
-            return
-        try:
-            fresh = renew()
-        except ShimError as error:  # IMDS down, busy, garbled, the role gone: try again later
-            failures += 1
-            log.warning(f"--serve: could not renew the credentials: {error}; {_still_serving(store)}")
-            continue
-        except Exception as error:  # the endpoint outlives a bug in one renewal; only the type is safe
-            failures += 1
-            log.error(
-                f"--serve: internal error {type(error).__name__} while renewing; {_still_serving(store)}"
-            )
-            continue
-        if fresh.expiration > store.credentials.expiration:
-            store.replace(fresh)
-            log.info(
-                f"--serve: renewed: {fresh.masked_key_id} expires at {format_time(fresh.expiration)}, "
-                f"renewing again in {format_duration(store.due_at - store.clock())}"
-            )
-        failures = 0 if store.due_at > store.clock() else failures + 1
-
-
-def _still_serving(store: CredentialStore) -> str:
-    left = store.expires_at - store.clock()
-    if left <= 0:
-        return "no valid credentials to serve until IMDS answers (the endpoint answers 503)"
-    return f"serving the current set until it expires in {format_duration(left)}"
+        return self.body if self.clock() < self.expires_at else None
 
 
 class Connection:
-    """One client's socket, what it has sent that is not answered yet, and when it last spoke."""
+    """One client's socket, what it has sent that is not answered yet, and its time limit."""
 
-    __slots__ = ("pending", "sock", "spoke_at")
+    __slots__ = ("deadline", "pending", "shown_token", "sock")
 
     def __init__(self, sock: socket.socket, now: float) -> None:
-        self.sock, self.pending, self.spoke_at = sock, b"", now
+        self.sock, self.pending, self.deadline = sock, b"", now + REQUEST_TIMEOUT
+        self.shown_token = False
 
 
-class EndpointServer:
-    """The endpoint: one thread and a selector for every connection, keep-alive, HTTP/1.1.
+class EndpointServer(Service):
+    """The endpoint: keep-alive HTTP/1.1 on the supervisor's loop, answered from memory.
 
-    One thread, not one per connection: the answers come from memory, and threads handing the
-    interpreter lock to each other cost more than the answers (a p99 of 11 ms against 8 busy
-    clients on 2 cores with http.server's threads). A request is a request line and headers only:
-    anything larger than :data:`MAX_REQUEST_BYTES`, with a body, or silent for
-    :data:`REQUEST_TIMEOUT` ends its connection.
+    No thread: the answers come from memory, and one loop answers faster than threads handing
+    the interpreter lock to each other (a p99 of 11 ms against 8 busy clients on 2 cores with
+    http.server's threads). A request is a request line and headers only: anything larger than
+    :data:`MAX_REQUEST_BYTES`, with a body, or not whole within :data:`REQUEST_TIMEOUT` of the
+    connection's start or its last answer ends its connection.
     """
 
-    def __init__(self, listener: socket.socket, store: CredentialStore, token: str) -> None:
-        self.listener, self.store, self.token = listener, store, token.encode()
+    def __init__(
+        self,
+        listener: socket.socket,
+        store: CredentialStore,
+        token: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.listener, self.store, self.token, self.clock = listener, store, token.encode(), clock
         self.listener.setblocking(False)
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(listener, selectors.EVENT_READ)
         self.connections: dict[int, Connection] = {}
+        self.supervisor: Supervisor | None = None
 
-    def serve_forever(self) -> None:
-        while True:
-            now = time.monotonic()
-            for key, _ in self.selector.select(timeout=REQUEST_TIMEOUT / 4):
-                if key.fileobj is self.listener:
-                    self._accept(now)
-                else:
-                    connection = self.connections[key.fd]
-                    try:
-                        self._receive(connection, now)
-                    except Exception:  # a bug met by one request ends its connection, not the endpoint
-                        if connection.sock.fileno() in self.connections:
-                            self._close(connection)
-            for connection in [c for c in self.connections.values() if now - c.spoke_at > REQUEST_TIMEOUT]:
-                self._close(connection)
+    def attach(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        supervisor.watch(self.listener.fileno(), self._accept)
 
-    def _accept(self, now: float) -> None:
+    def tick(self) -> float | None:
+        now = self.clock()
+        for connection in [c for c in self.connections.values() if c.deadline <= now]:
+            self._close(connection)
+        if not self.connections:
+            return None
+        return min(c.deadline for c in self.connections.values()) - now
+
+    def close(self) -> None:
+        """The command has ended: nothing answers from now on."""
+        for connection in list(self.connections.values()):
+            self._close(connection)
+        self.listener.close()
+
+    def _accept(self) -> None:
         try:
             sock, _ = self.listener.accept()
         except OSError:  # the client gave up already, or no descriptors left for now
             return
         if len(self.connections) >= MAX_CONNECTIONS:
-            sock.close()  # full: the client retries, as the SDKs do
-            return
+            # Full: the oldest connection that has not shown the token makes room; if every one
+            # has, the newcomer is refused and retries, as the SDKs do.
+            waiting = [c for c in self.connections.values() if not c.shown_token]
+            if not waiting:
+                sock.close()
+                return
+            self._close(min(waiting, key=lambda c: c.deadline))
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.connections[sock.fileno()] = Connection(sock, now)
-        self.selector.register(sock, selectors.EVENT_READ)
+        connection = Connection(sock, self.clock())
+        self.connections[sock.fileno()] = connection
+        assert self.supervisor is not None
+        self.supervisor.watch(sock.fileno(), lambda: self._receive(connection))
 
-    def _receive(self, connection: Connection, now: float) -> None:
+    def _receive(self, connection: Connection) -> None:
+        try:
+            self._read(connection)
+        except Exception:  # a bug met by one request ends its connection, not the endpoint
+            if connection.sock.fileno() in self.connections:
+                self._close(connection)
+
+    def _read(self, connection: Connection) -> None:
         try:
             data = connection.sock.recv(MAX_REQUEST_BYTES)
         except (BlockingIOError, InterruptedError):
@@ -206,13 +179,13 @@ class EndpointServer:
         if not data:
             self._close(connection)
             return
-        connection.spoke_at = now
         connection.pending += data
         while b"\r\n\r\n" in connection.pending:
             head, _, connection.pending = connection.pending.partition(b"\r\n\r\n")
             if len(head) > MAX_REQUEST_BYTES or not self._respond(connection, head):
                 self._close(connection)
                 return
+            connection.deadline = self.clock() + REQUEST_TIMEOUT
         if len(connection.pending) > MAX_REQUEST_BYTES:
             self._close(connection)
 
@@ -232,8 +205,14 @@ class EndpointServer:
         else:
             authorization = [value for name, value in named if name == b"authorization"]
             status, body = self.answer(words[0], words[1], authorization)
+            connection.shown_token = connection.shown_token or status in (200, 503)
             connection_words = b",".join(value.lower() for name, value in named if name == b"connection")
-            keep = words[2] == b"HTTP/1.1" and b"close" not in connection_words
+            # After a 4xx the client has nothing more to ask: its place goes to the next.
+            keep = (
+                words[2] == b"HTTP/1.1"
+                and b"close" not in connection_words
+                and (status < 400 or status == 503)
+            )
         closing = "" if keep else "Connection: close\r\n"
         response = (
             f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: application/json\r\n"
@@ -246,7 +225,8 @@ class EndpointServer:
         return keep and sent == len(response)  # a client that does not read its answers is dropped
 
     def _close(self, connection: Connection) -> None:
-        self.selector.unregister(connection.sock)
+        assert self.supervisor is not None
+        self.supervisor.unwatch(connection.sock.fileno())
         del self.connections[connection.sock.fileno()]
         connection.sock.close()
 
@@ -269,11 +249,8 @@ def _error(code: str, message: str) -> bytes:
     return json.dumps({"Code": code, "Message": message}).encode()
 
 
-def serving_environment(
-    config: Config, environ: Mapping[str, str], fetched: Fetched
-) -> tuple[dict[str, str], Companion]:
-    """The command's environment (the endpoint's URL and token, region, account, no static keys)
-    and the companion that serves it; the socket is already listening."""
+def listening_socket() -> socket.socket:
+    """A socket listening on 127.0.0.1 at a port the kernel chose."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         listener.bind((LISTEN_ADDRESS, 0))
@@ -281,6 +258,15 @@ def serving_environment(
     except OSError as error:
         listener.close()
         raise ShimError(f"--serve: cannot listen on {LISTEN_ADDRESS}: {error.strerror}") from None
+    return listener
+
+
+def serving_environment(
+    config: Config, environ: Mapping[str, str], fetched: Fetched, standing: Standing
+) -> tuple[dict[str, str], list[Service]]:
+    """The command's environment (the endpoint's URL and token, region, account, no static keys)
+    and the services that serve and renew it; the socket is already listening."""
+    listener = listening_socket()
     port = listener.getsockname()[1]
     token = os.urandom(TOKEN_BYTES).hex()
     url = f"http://{LISTEN_ADDRESS}:{port}{CREDENTIALS_PATH}"
@@ -295,10 +281,4 @@ def serving_environment(
         f"--serve: credentials at {url}, renewed from IMDS in {due_in} "
         f"({format_time(datetime.fromtimestamp(store.due_at, timezone.utc))})"
     )
-
-    def serve(parent: Parent) -> None:
-        server = EndpointServer(listener, store, token)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        keep_renewed(store, lambda: fresh_credentials(config), parent)
-
-    return environment, serve
+    return environment, [EndpointServer(listener, store, token), Renewer(store, standing, config)]

@@ -1,0 +1,155 @@
+"""Fetches in a short-lived forked child, handed back over a pipe: requests never enters the supervisor.
+
+The supervisor stays resident for the command's whole life, and ``requests`` with urllib3 and the
+standard modules they load is about half of what a fetching shim holds in memory. A child forked
+for each fetch loads them, fetches, writes the result to a pipe and exits; the parent reads JSON.
+Start-up pays one fork (about a millisecond), not a second import.
+
+The child is the shim's own code, and every value in what it sends was already held to its shape
+at the one boundary (:mod:`shim.imds_answers`) inside the child. A failure comes back as the name
+of its :mod:`shim.errors` class and its message (which never carries a secret), and is raised again
+in the parent, so exit codes and ``--optional`` work as in a fetch in the same process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from datetime import datetime
+from typing import TYPE_CHECKING, Callable
+
+from shim import errors
+from shim.credentials import Credentials, Fetched
+from shim.lifetime.supervisor import fork_or_fail
+from shim.log import log
+
+if TYPE_CHECKING:
+    import signal as signals
+else:  # the C module: `signal` wraps it in enums
+    import _signal as signals
+
+MAX_ANSWER_BYTES = 64 * 1024  # a set and its identity are under 4 KiB
+MAX_DESCRIPTORS = 65536
+
+
+def start_fetch(work: Callable[[], Fetched]) -> tuple[int, int]:
+    """Fork a child that runs ``work`` and writes its outcome; the child's PID, and the pipe to read."""
+    read_end, write_end = os.pipe()
+    pid = fork_or_fail()
+    if pid == 0:
+        os.close(read_end)
+        _run_in_child(work, write_end)
+    os.close(write_end)
+    return pid, read_end
+
+
+def _run_in_child(work: Callable[[], Fetched], answer: int) -> None:
+    status = 0
+    try:
+        # The supervisor's wakeup pipe is the parent's: a signal here must not be taken for its own.
+        signals.set_wakeup_fd(-1)
+        # Nor may the child hold the endpoint's sockets: once the supervisor is gone, nothing
+        # must accept a connection.
+        _close_all_but(answer, log.descriptor)
+        try:
+            outcome: dict[str, object] = {"fetched": _encode(work())}
+        except errors.ShimError as error:
+            outcome = {"error": type(error).__name__, "message": str(error)}
+        except errors.Interrupted as interruption:
+            outcome = {"interrupted": interruption.signum}
+        except Exception as error:  # only the type: a message could quote a value
+            outcome = {"error": "ShimError", "message": f"internal error {type(error).__name__} in a fetch"}
+        data = json.dumps(outcome).encode()
+        while data:
+            data = data[os.write(answer, data) :]
+    except BaseException:  # the parent is gone, or interrupted us: nothing left to tell
+        status = 1
+    finally:
+        os._exit(status)
+
+
+def _close_all_but(*kept: int | None) -> None:
+    low = 3
+    for descriptor in sorted(d for d in kept if d is not None and d >= 3):
+        os.closerange(low, descriptor)
+        low = descriptor + 1
+    os.closerange(low, MAX_DESCRIPTORS)
+
+
+def read_outcome(data: bytes) -> Fetched:
+    """The fetched set from the child's bytes, or the child's error raised again."""
+    try:
+        outcome = json.loads(data) if len(data) <= MAX_ANSWER_BYTES else {}
+    except ValueError:
+        outcome = {}
+    if "fetched" in outcome:
+        return _decode(outcome["fetched"])
+    if "interrupted" in outcome:
+        raise errors.Interrupted(int(outcome["interrupted"]))
+    kind = getattr(errors, str(outcome.get("error")), None)
+    if not (isinstance(kind, type) and issubclass(kind, errors.ShimError)):
+        kind = errors.CredentialsUnavailable
+    raise kind(str(outcome.get("message", "the fetch ended without an answer")))
+
+
+def fetch_in_child(work: Callable[[], Fetched]) -> Fetched:
+    """Run ``work`` in a child and wait for it (the first fetch, before the command starts).
+
+    Interrupted meanwhile (``docker stop`` during a slow IMDS), the child is killed and waited for.
+    """
+    pid, read_end = start_fetch(work)
+    data = b""
+    try:
+        while chunk := os.read(read_end, MAX_ANSWER_BYTES):
+            data += chunk
+    finally:
+        os.close(read_end)
+        if not data:
+            _kill(pid)
+        os.waitpid(pid, 0)
+    return read_outcome(data)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, 9)
+
+
+def _encode(fetched: Fetched) -> dict[str, object]:
+    credentials = fetched.credentials
+    return {
+        "access_key_id": credentials.access_key_id,
+        "secret_access_key": credentials.secret_access_key,
+        "session_token": credentials.session_token,
+        "expiration": credentials.expiration.isoformat(),
+        "credentials_account_id": credentials.account_id,
+        "role": fetched.role,
+        "region": fetched.region,
+        "account_id": fetched.account_id,
+        "imds_version": fetched.imds_version,
+        "requests_sent": fetched.requests_sent,
+    }
+
+
+def _decode(fields: dict[str, object]) -> Fetched:
+    def text(name: str) -> str | None:
+        value = fields.get(name)
+        return value if isinstance(value, str) else None
+
+    credentials = Credentials(
+        str(text("access_key_id")),
+        str(text("secret_access_key")),
+        str(text("session_token")),
+        datetime.fromisoformat(str(text("expiration"))),
+        text("credentials_account_id"),
+    )
+    version, sent = fields.get("imds_version"), fields.get("requests_sent")
+    return Fetched(
+        credentials=credentials,
+        role=str(text("role")),
+        region=text("region"),
+        account_id=text("account_id"),
+        imds_version=version if isinstance(version, int) else 1,
+        requests_sent=sent if isinstance(sent, int) else 0,
+    )

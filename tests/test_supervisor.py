@@ -1,0 +1,362 @@
+"""The supervised modes (--serve, --expiry-signal, --init): an init's duties, each stated in one line.
+
+Every test runs the installed imds-shim in a subprocess, in a clean environment, against the
+simulator, and looks at what the command itself saw: the signals it got and how often, its process
+group and terminal, its exit status as the shim's parent sees it, and what is left running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import resource
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from helpers import SHIM, START_SLACK, clean_env, run_shim
+
+from shim.simulator import Simulator
+
+pytestmark = pytest.mark.behaviour
+
+SUPERVISED_MODES = pytest.mark.parametrize(
+    "mode", [["--serve"], ["--expiry-signal", "USR1"], ["--init"]], ids=["serve", "expiry-signal", "init"]
+)
+# Catchable, and each sent to the shim alone: the command must get each one exactly once.
+FORWARDED = ["SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGALRM", "SIGCONT"]
+
+# The command: counts every signal it gets for 0.6 s after "ready", then prints the counts.
+COUNTER = """
+import collections, json, os, signal, sys, time
+got = collections.Counter()
+for name in sys.argv[1:]:
+    signal.signal(getattr(signal, name), lambda n, f: got.update([signal.Signals(n).name]))
+print(json.dumps({"ready": os.getpid()}), flush=True)
+ends = time.monotonic() + float(os.environ.get("COUNT_FOR", "0.8"))
+while time.monotonic() < ends:
+    time.sleep(0.02)
+print(json.dumps(dict(got)), flush=True)
+"""
+
+
+def start(mode: list[str], command: list[str], sim: Simulator, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [SHIM, *mode, "--", *command],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, **env),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@SUPERVISED_MODES
+@pytest.mark.parametrize("name", FORWARDED)
+def test_a_signal_sent_to_the_shim_reaches_the_command_once(
+    sim: Simulator, mode: list[str], name: str
+) -> None:
+    """kill -SIG <shim>: the command gets SIG exactly once."""
+    process = start(mode, [sys.executable, "-c", COUNTER, name], sim)
+    assert process.stdout is not None
+    json.loads(process.stdout.readline())
+    os.kill(process.pid, getattr(signal, name))
+    output, _ = process.communicate(timeout=30)
+    assert json.loads(output) == {name: 1}
+    assert process.returncode == 0
+
+
+def test_a_real_time_signal_is_forwarded_too(sim: Simulator) -> None:
+    """SIGRTMIN+3 (any catchable signal, not only the well-known ones) reaches the command once."""
+    number = signal.SIGRTMIN + 3
+    script = COUNTER.replace("signal.Signals(n).name", "str(n)").replace("getattr(signal, name)", "int(name)")
+    process = start(["--init"], [sys.executable, "-c", script, str(number)], sim)
+    assert process.stdout is not None
+    json.loads(process.stdout.readline())
+    os.kill(process.pid, number)
+    output, _ = process.communicate(timeout=30)
+    assert json.loads(output) == {str(number): 1}
+
+
+@SUPERVISED_MODES
+@pytest.mark.parametrize(
+    ("script", "status"),
+    [("exit 0", 0), ("exit 7", 7), ("exit 255", 255), ("kill -TERM $$", 143), ("kill -KILL $$", 137)],
+    ids=["0", "7", "255", "TERM", "KILL"],
+)
+def test_the_shim_exits_with_the_commands_status(
+    sim: Simulator, mode: list[str], script: str, status: int
+) -> None:
+    """The command's own code, or 128+N when signal N killed it (as tini and dumb-init)."""
+    assert run_shim([*mode, "--", "sh", "-c", script], endpoint=sim.url).returncode == status
+
+
+@SUPERVISED_MODES
+def test_the_command_dies_with_a_killed_shim(sim: Simulator, mode: list[str]) -> None:
+    """SIGKILL to the shim (the OOM killer): the command does not run on without it."""
+    process = start(mode, [sys.executable, "-c", COUNTER], sim, COUNT_FOR="30")
+    assert process.stdout is not None
+    command = json.loads(process.stdout.readline())["ready"]
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+    deadline = time.monotonic() + 2 + START_SLACK
+    while alive(command) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not alive(command)
+
+
+def test_a_command_that_cannot_be_found_or_run_is_127_or_126_and_nothing_stays(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Checked before anything starts, as for an exec: one line each."""
+    missing = run_shim(["--serve", "--", "no-such-command-xyz"], endpoint=sim.url)
+    assert (missing.returncode, len(missing.stderr.splitlines())) == (127, 1)
+    script = tmp_path / "no-interpreter"
+    script.write_bytes(b"#!/no/such/interpreter\n")
+    script.chmod(0o755)
+    broken = run_shim(["--init", "--", str(script)], endpoint=sim.url)
+    assert broken.returncode in (126, 127)
+    assert len(broken.stderr.splitlines()) == 1, broken.stderr
+    assert "internal error" not in broken.stderr
+
+
+@contextmanager
+def no_more_processes() -> Iterator[Callable[[], object]]:
+    """A preexec function after which the shim's own process can make no further one.
+
+    Not root: RLIMIT_NPROC 1 (the user has more processes than that already). Root is not held by
+    RLIMIT_NPROC: a pids cgroup of its own with pids.max 1 (v2, else v1's pids hierarchy).
+    """
+    if os.geteuid() != 0:
+        yield lambda: resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))
+        return
+    v2 = Path("/sys/fs/cgroup")
+    parent = v2 if "pids" in _read(v2 / "cgroup.subtree_control") else Path("/sys/fs/cgroup/pids")
+    if not (parent / "cgroup.procs").exists():
+        pytest.skip("no pids cgroup controller to limit the shim's processes with")
+    group = parent / f"imds-shim-test-{os.getpid()}-{time.monotonic_ns()}"
+    group.mkdir()
+    try:
+        (group / "pids.max").write_text("1")
+        yield lambda: (group / "cgroup.procs").write_text(str(os.getpid()))
+    finally:
+        for _ in range(100):  # the limited processes take a moment to leave
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+@SUPERVISED_MODES
+def test_a_fork_that_fails_is_one_line_and_125(sim: Simulator, mode: list[str]) -> None:
+    """A pids cgroup full (or RLIMIT_NPROC reached): "cannot start the command: ...", 125, no traceback."""
+    with no_more_processes() as limit:
+        result = run_shim([*mode, "--", "true"], endpoint=sim.url, preexec_fn=limit)
+    assert result.returncode == 125, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert "cannot start the command: fork failed" in line
+    assert "internal error" not in line
+
+
+@SUPERVISED_MODES
+def test_orphans_are_reaped_when_the_shim_is_pid_1(sim: Simulator, mode: list[str]) -> None:
+    """As PID 1 (no --init, on Kubernetes, FROM scratch): an orphan handed to the shim is no zombie."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a PID namespace needs root and unshare (util-linux)")
+    orphan_then_look = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    if os.fork() == 0: time.sleep(0.2); os._exit(0)\n"  # the orphan, handed to PID 1
+        "    os._exit(0)\n"
+        "os.wait(); time.sleep(0.8)\n"
+        "zombies = []\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    fields = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()\n"
+        "    if fields[0] == 'Z': zombies.append(pid)\n"
+        "print(os.getppid(), len(zombies))\n"
+    )
+    result = subprocess.run(
+        [
+            "unshare",
+            "--fork",
+            "--pid",
+            "--mount-proc",
+            SHIM,
+            *mode,
+            "--",
+            sys.executable,
+            "-c",
+            orphan_then_look,
+        ],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "0"]  # the shim is PID 1, and no zombie is left
+
+
+def test_sigterm_to_the_shim_as_pid_1_stops_the_command_at_once(sim: Simulator) -> None:
+    """docker stop: SIGTERM to PID 1 reaches a command that does not catch it; 143, well under 10 s."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a PID namespace needs root and unshare (util-linux)")
+    process = subprocess.Popen(
+        [
+            "unshare",
+            "--fork",
+            "--pid",
+            "--mount-proc",
+            SHIM,
+            "--serve",
+            "--",
+            "sh",
+            "-c",
+            "echo up; sleep 30",
+        ],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline() == "up\n"
+    shim = _child_of(process.pid)
+    started = time.monotonic()
+    os.kill(shim, signal.SIGTERM)
+    assert process.wait(timeout=10) == 143
+    assert time.monotonic() - started < 2 + START_SLACK
+
+
+def _child_of(pid: int) -> int:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(children[0])
+
+
+# The command on a terminal: its group and the terminal's foreground group, then Ctrl-Cs counted.
+ON_A_TERMINAL = """
+import os, signal, sys, time
+got = []
+signal.signal(signal.SIGINT, lambda n, f: got.append(n))
+print("group", os.getpid(), os.getpgrp(), os.tcgetpgrp(0), flush=True)
+ends = time.monotonic() + 1.0
+while time.monotonic() < ends:
+    time.sleep(0.02)
+print("interrupts", len(got), flush=True)
+"""
+
+
+@SUPERVISED_MODES
+def test_on_a_terminal_the_command_is_the_foreground_group_and_ctrl_c_reaches_it_once(
+    sim: Simulator, mode: list[str]
+) -> None:
+    """docker run -it: the command leads the terminal's foreground group (job control); ^C arrives once."""
+    pid, master = pty.fork()
+    if pid == 0:
+        env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url)
+        os.execve(SHIM, [SHIM, *mode, "--", sys.executable, "-c", ON_A_TERMINAL], env)
+    output = _read_until(master, b"group")
+    fields = output.split(b"group", 1)[1].split()[:3]
+    command, group, foreground = (int(field) for field in fields)
+    assert command == group == foreground
+    os.write(master, b"\x03")
+    output += _read_until(master, b"interrupts")
+    _, status = os.waitpid(pid, 0)
+    assert b"interrupts 1" in output, output
+    assert os.waitstatus_to_exitcode(status) == 0
+    os.close(master)
+
+
+def _read_until(master: int, word: bytes) -> bytes:
+    output = b""
+    deadline = time.monotonic() + 20
+    while word not in output or not output.endswith(b"\n"):
+        ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"no {word!r} on the terminal: {output!r}")
+        try:
+            output += os.read(master, 4096)
+        except OSError:
+            break
+    return output
+
+
+@SUPERVISED_MODES
+def test_closed_stdin_and_stdout_at_start_stay_closed_and_the_endpoint_keeps_answering(
+    sim: Simulator, mode: list[str], tmp_path: Path
+) -> None:
+    """<&- >&- (cron, some supervisors): the command finds 0 and 1 closed; --serve's socket is not on them."""
+    report = tmp_path / "report.json"
+    script = (
+        "import fcntl, http.client, json, os, sys, time, urllib.parse\n"
+        "def is_open(fd):\n"
+        "    try: return fcntl.fcntl(fd, fcntl.F_GETFD) >= 0\n"
+        "    except OSError: return False\n"
+        "fds = [fd for fd in (0, 1, 2) if is_open(fd)]\n"
+        "statuses = []\n"
+        "uri = urllib.parse.urlsplit(os.environ.get('AWS_CONTAINER_CREDENTIALS_FULL_URI', 'http://x:1/'))\n"
+        "for _ in range(3 if 'AWS_CONTAINER_CREDENTIALS_FULL_URI' in os.environ else 0):\n"
+        "    time.sleep(0.2)\n"
+        "    c = http.client.HTTPConnection(uri.hostname, uri.port, timeout=5)\n"
+        "    token = os.environ['AWS_CONTAINER_AUTHORIZATION_TOKEN']\n"
+        "    c.request('GET', uri.path, headers={'Authorization': token})\n"
+        "    statuses.append(c.getresponse().status); c.close()\n"
+        f"open({str(report)!r}, 'w').write(json.dumps({{'fds': fds, 'statuses': statuses}}))\n"
+    )
+
+    def close_stdin_and_stdout() -> None:
+        os.close(0)
+        os.close(1)
+
+    result = run_shim(
+        [*mode, "--", sys.executable, "-c", script], endpoint=sim.url, preexec_fn=close_stdin_and_stdout
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(report.read_text())
+    assert seen["fds"] == [2]
+    assert seen["statuses"] == ([200, 200, 200] if mode == ["--serve"] else [])
+
+
+@pytest.mark.serial
+def test_the_supervisor_does_not_wake_up_at_rest(sim: Simulator) -> None:
+    """--serve with 6-hour credentials, nothing asking: no context switch of the shim's in 2 s."""
+    process = start(["--serve"], ["sh", "-c", "echo up; sleep 30"], sim)
+    assert process.stdout is not None
+    assert process.stdout.readline() == "up\n"
+    time.sleep(0.5)  # the start's own work done
+    before = _switches(process.pid)
+    time.sleep(2)
+    after = _switches(process.pid)
+    process.kill()
+    process.wait()
+    assert after - before <= 1
+
+
+def _switches(pid: int) -> int:
+    total = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.endswith("ctxt_switches:") or "ctxt_switches" in line:
+            total += int(line.split()[1])
+    return total
