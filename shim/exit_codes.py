@@ -1,8 +1,8 @@
 """The exit statuses imds-shim gives of its own, each defined here once.
 
-Otherwise the status is the command's: imds-shim execs it. ``bundle/launcher.c`` keeps a copy of
-:data:`SHIM_FAILED` (it fails before Python starts), and ``tests/test_bundle.py`` checks that the
-two agree. ``--help`` and the README's table are made from :data:`MEANINGS`.
+Otherwise the status is the command's: imds-shim execs it, or (supervised) exits with it.
+``bundle/launcher.c`` keeps a copy of :data:`SHIM_FAILED` (it fails before Python starts), and
+``tests/test_bundle.py`` checks that the two agree. ``--help`` and the README's table are made from :data:`MEANINGS`.
 """
 
 SHIM_FAILED = 125  # the default; --error-exit-code / IMDS_SHIM_ERROR_EXIT_CODE change it
@@ -14,5 +14,5 @@ MEANINGS = (
     (str(SHIM_FAILED), "the shim failed (--error-exit-code changes it)"),
     (str(COMMAND_NOT_EXECUTABLE), "the command is not executable"),
     (str(COMMAND_NOT_FOUND), "the command was not found"),
-    (f"{SIGNAL_BASE}+N", "interrupted by signal N before the command started"),
+    (f"{SIGNAL_BASE}+N", "interrupted by signal N before the command started (supervised: or killed by it)"),
 )
