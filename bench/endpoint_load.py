@@ -1,13 +1,19 @@
-"""Load on the --serve endpoint, run as the command: latency percentiles and the endpoint's memory.
+"""The --serve supervisor, run as its command: wakeups at rest, memory, and latency under load.
 
-    imds-shim simulate -- imds-shim --serve -- python bench/endpoint_load.py --requests 1000 --clients 8
+    imds-shim simulate -- imds-shim --serve -- \
+        python bench/endpoint_load.py --requests 2000 --clients 50 --rest 10
+
+First, at rest: the supervisor's context switches (voluntary and not, /proc/PID/status) over
+``--rest`` seconds while nothing asks it anything, and its proportional set size (PSS, from
+/proc/PID/smaps_rollup: what it costs the host, pages shared with others counted in part).
+Then the load.
 
 The clients are concurrent connections of one asyncio loop, each keeping its connection (as the
 SDKs' HTTP clients do) and sending its next request as soon as the last is answered; every request
 is timed from send to the last byte. One process, not eight: on a 2-core machine eight busy client
 processes measure the scheduler's time slices (a p99 of 6-8 ms), not the endpoint.
-The endpoint is the command's child (the companion process), found in /proc; its peak resident
-memory is VmHWM. Prints one JSON document.
+The endpoint is served by the supervisor, this process's parent; its peak resident memory is
+VmHWM. Prints one JSON document.
 """
 
 from __future__ import annotations
@@ -23,18 +29,26 @@ import urllib.parse
 from collections import Counter
 
 
-def companion_pid() -> int:
-    """The one child of this process: the endpoint that imds-shim --serve left running."""
-    mine = str(os.getpid())
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    if stat.read().rsplit(")", 1)[1].split()[1] == mine:
-                        return int(entry)
-            except OSError:
-                continue
-    raise SystemExit("no endpoint process: run this under imds-shim --serve")
+def supervisor_pid() -> int:
+    """The parent of this process: the imds-shim --serve that serves the endpoint."""
+    parent = os.getppid()
+    with open(f"/proc/{parent}/comm") as comm:
+        if comm.read().strip() != "imds-shim":
+            raise SystemExit("the parent is not imds-shim: run this under imds-shim --serve")
+    return parent
+
+
+def context_switches(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
+
+
+def pss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    raise SystemExit("no Pss in smaps_rollup")
 
 
 def memory_mib(pid: int) -> dict[str, float]:
@@ -72,8 +86,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rest", type=float, default=0.0, help="seconds at rest to count wakeups over")
     args = parser.parse_args()
-    endpoint = companion_pid()
+    endpoint = supervisor_pid()
+    time.sleep(0.5)  # the start's own work (the first fetch child's exit) done
+    before = context_switches(endpoint)
+    time.sleep(args.rest)
+    at_rest = context_switches(endpoint) - before
+    resident = pss_mib(endpoint)
     latencies, statuses = asyncio.run(load(args.requests, args.clients))
     cuts = statistics.quantiles(latencies, n=100)
     memory = memory_mib(endpoint)
@@ -86,6 +106,9 @@ def main() -> None:
                 "p50_ms": round(cuts[49] * 1000, 2),
                 "p99_ms": round(cuts[98] * 1000, 2),
                 "max_ms": round(max(latencies) * 1000, 2),
+                "rest_seconds": args.rest,
+                "switches_at_rest": at_rest,
+                "pss_mib_at_rest": round(resident, 2),
                 "rss_mib": round(memory["rss"], 1),
                 "peak_rss_mib": round(memory["peak"], 1),
             }

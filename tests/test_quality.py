@@ -134,3 +134,15 @@ def test_the_backoff_figures_in_the_docs_are_the_policys() -> None:
         f"{BACKOFF_BASE * 1000:g} ms doubling, capped at {BACKOFF_CAP:g} s; after a 429, "
         f"{THROTTLED_BACKOFF_BASE:g} s doubling"
     ) in text
+
+
+def test_every_package_of_the_shim_is_in_the_wheel() -> None:
+    """pyproject's package list names every folder of shim/ (a missing one installs a broken shim)."""
+    line = next(
+        line for line in (ROOT / "pyproject.toml").read_text().splitlines() if line.startswith("packages =")
+    )
+    listed = sorted(name.strip(' "') for name in line.split("=", 1)[1].strip(" []").split(","))
+    found = sorted(
+        ".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "shim").rglob("__init__.py")
+    )
+    assert listed == found
