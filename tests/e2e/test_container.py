@@ -40,7 +40,7 @@ from shim import __version__
 from shim.imds_protocol import ROLE_PATH, TOKEN_PATH
 
 from .conftest import ROOT, Roots
-from .engines import DOCKER_CLIENT, OFF_EC2, Docker, Engine, Podman
+from .engines import DOCKER_CLIENT, OFF_EC2, ON_EC2, Docker, Engine, Podman
 from .netns import StartImds, Topology, record
 
 BUILDER_IMAGE = "localhost/imds-shim-builder:e2e"
@@ -576,3 +576,77 @@ def test_serve_keeps_a_long_running_sdk_loop_renewed(engine: Engine, sdk_image: 
     assert all(reading["now"] < reading["expires"] for reading in readings)
     fetches = [r for r in server.requests if r.startswith(f"GET {ROLE_PATH}")]
     assert len(fetches) < len(readings) / 2  # the endpoint renewed; botocore did not reach IMDS
+
+
+# The command under IMDS_SHIM_SERVE=1, as PID 1's child: it leaves an orphan that ends at once
+# (PID 1 must reap it), says it is up, and waits; SIGTERM ends it by default.
+ORPHAN_THEN_WAIT = "sh -c 'sleep 0.2 &'; echo ready; while :; do sleep 0.1; done"
+COUNT_ZOMBIES = (
+    'n=0; for f in /proc/[0-9]*/stat; do read -r l < "$f"; case "$l" in *") Z "*) n=$((n+1));; esac; done; '
+    'echo "$n"'
+)
+
+
+def status_command(image: str) -> str:
+    """How a HEALTHCHECK or `exec` runs status in this image."""
+    return "/opt/imds-shim/imds-shim status" if image == IMAGES["any-image"] else "imds-shim status"
+
+
+def _health(engine: Engine, name: str) -> str:
+    """The engine's own verdict from the HEALTHCHECK (podman's run now, Docker's from its timer)."""
+    if engine.name == "podman":
+        completed = engine("healthcheck", "run", name, check=False)
+        return "healthy" if completed.returncode == 0 else "unhealthy"
+    return engine("inspect", "--format", "{{.State.Health.Status}}", name).stdout.strip()
+
+
+def _wait_for_health(engine: Engine, name: str, wanted: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while (health := _health(engine, name)) != wanted:
+        assert time.monotonic() < deadline, (health, engine("logs", name, check=False).stderr[-2000:])
+        time.sleep(0.5)
+
+
+def test_serve_as_pid_1_reaps_reports_health_and_stops(engine: Engine, image: str, imds: StartImds) -> None:
+    """IMDS_SHIM_SERVE=1, no --init: the shim is PID 1 and reaps; HEALTHCHECK `imds-shim status` is
+    healthy, unhealthy once IMDS is gone and the set has expired, healthy once IMDS is back; then
+    `stop` ends the command in under 5 s with 143."""
+    server = imds("--hop-limit", "2", "--imds-v2-required", "--expires-in", "8", "--rotate-every", "60")
+    name = f"imds-shim-pid1-{os.getpid()}"
+    health = ("--health-cmd", status_command(image), "--health-interval", "1s", "--health-retries", "1")
+    engine(
+        "run",
+        "-d",
+        "--name",
+        name,
+        *engine.network(ON_EC2),
+        "-e",
+        "IMDS_SHIM_SERVE=1",
+        *health,
+        image,
+        "sh",
+        "-c",
+        ORPHAN_THEN_WAIT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while "ready" not in engine("logs", name).stdout:
+            assert time.monotonic() < deadline, engine("logs", name).stderr
+            time.sleep(0.05)
+        time.sleep(0.5)  # the orphan has ended
+        assert engine("exec", name, "cat", "/proc/1/comm").stdout.strip() == "imds-shim"
+        assert engine("exec", name, "sh", "-c", COUNT_ZOMBIES).stdout.strip() == "0"
+        _wait_for_health(engine, name, "healthy", 20)
+        line = engine("exec", name, *status_command(image).split()).stdout
+        assert line.startswith("imds-shim status: ok: mode --serve, role imds-shim-simulated-role, key ASIA…")
+        server.process.terminate()
+        server.process.wait(timeout=10)
+        _wait_for_health(engine, name, "unhealthy", 30)
+        imds("--hop-limit", "2", "--imds-v2-required", "--expires-in", "600")
+        _wait_for_health(engine, name, "healthy", 60)
+        stopped, status = _stop(engine, name)
+        record(f"{label(engine, image)}: --serve as PID 1, stop", stopped)
+        assert status == "143"
+        assert stopped < STOP_BUDGET
+    finally:
+        engine("rm", "--force", name, check=False)
