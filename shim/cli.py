@@ -180,7 +180,7 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
 def _verb_options(verb: str) -> Sequence[Option]:
     """The options only one verb has; the simulator's module is imported for its own verb only."""
     if verb == SIMULATE:
-        from shim.simulator import SIMULATOR_OPTIONS
+        from shim.simulator_knobs import SIMULATOR_OPTIONS
 
         return SIMULATOR_OPTIONS
     return ()

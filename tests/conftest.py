@@ -13,7 +13,8 @@ import pytest
 from helpers import METADATA_ADDRESSES
 from scripted_imds import Reply, ScriptedImds, healthy
 
-from shim.simulator import Knobs, Simulator
+from shim.simulator import Simulator
+from shim.simulator_knobs import Knobs
 
 
 def pytest_configure(config: pytest.Config) -> None:

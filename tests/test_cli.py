@@ -14,7 +14,8 @@ from shim.command_line import parse_command_line
 from shim.config import DOCTOR_FORMATS, EXPORT_FORMATS, OPTIONS, Config
 from shim.exit_codes import MEANINGS
 from shim.imds_protocol import REGION_PATH
-from shim.simulator import SIMULATOR_OPTIONS, Simulator
+from shim.simulator import Simulator
+from shim.simulator_knobs import SIMULATOR_OPTIONS
 
 # Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
 pytestmark = pytest.mark.behaviour

@@ -412,7 +412,7 @@ def test_ipv6_endpoint(simulator: StartSimulator) -> None:
 # back in Python. In the shim this is SIGTERM landing just before poll().
 MISSED_SIGNAL_SCRIPT = """
 import os, signal, socket, sys, threading, time
-from shim.imds import time_limit
+from shim.time_limit import time_limit
 
 
 class Stopped(Exception):
