@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from shim.credentials import Fetched
-    from shim.lifetime.status import Standing
+    from shim.lifetime.standing import Standing
     from shim.lifetime.supervisor import Service
 
 KUBERNETES = "KUBERNETES_SERVICE_HOST"
@@ -93,7 +93,7 @@ def command_environment(
         else:
             from shim.lifetime.child_fetch import fetch_in_child
 
-            fetched = fetch_in_child(lambda: fetch_credentials(config, environment))
+            fetched = fetch_in_child(lambda: fetch_credentials(config, environment), load_supervisor)
     except CredentialsUnavailable as error:
         if not config.optional:
             raise
@@ -122,7 +122,19 @@ def command_environment(
     return environment, []
 
 
-def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
+def load_supervisor() -> None:
+    """What the supervised modes need besides the fetch, loaded while the first fetch runs in its
+    child: on a second core, that costs the start nothing."""
+    import importlib
+
+    from shim.lifetime.supervisor import load_prctl
+
+    for module in ("shim.lifetime.endpoint", "shim.lifetime.expiry_signal", "shim.lifetime.status"):
+        importlib.import_module(module)
+    load_prctl()
+
+
+invocation: Invocation, environ: Mapping[str, str]) -> int:
     """Run the verb; returns an exit status, or does not return at all (exec)."""
     if invocation.verb == SIMULATE:
         from shim.simulator import simulate
@@ -152,7 +164,7 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
             command, environment, services = as_this_program(command), dict(environ), []
         elif invocation.verb == EXEC:
             if config.supervised:
-                from shim.lifetime.status import Standing
+                from shim.lifetime.standing import Standing
                 from shim.lifetime.supervisor import hold_standard_descriptors
 
                 # Before any socket or pipe is made: none of them may land on 0, 1 or 2.

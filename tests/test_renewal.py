@@ -18,7 +18,7 @@ from shim.errors import ImdsUnreachable
 from shim.lifetime import child_fetch
 from shim.lifetime.endpoint import CredentialStore
 from shim.lifetime.renewal import Renewer, renewal_due, retry_delay
-from shim.lifetime.status import Standing
+from shim.lifetime.standing import Standing
 
 HOUR = 3600.0
 ROLE = "the-role"

@@ -13,24 +13,35 @@ in the parent, so exit codes and ``--optional`` work as in a fetch in the same p
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-from datetime import datetime
-from typing import TYPE_CHECKING, Callable
 
 from shim import errors
-from shim.credentials import Credentials, Fetched
-from shim.lifetime.supervisor import fork_or_fail
 from shim.log import log
 
+# Nothing heavier at the top: this module is loaded before the first fetch's fork, and what the
+# parent still needs (json, datetime) it loads while the child fetches (see fetch_in_child).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal as signals
+    from collections.abc import Callable
+
+    from shim.credentials import Fetched
 else:  # the C module: `signal` wraps it in enums
     import _signal as signals
 
 MAX_ANSWER_BYTES = 64 * 1024  # a set and its identity are under 4 KiB
 MAX_DESCRIPTORS = 65536
+
+
+def fork_or_fail() -> int:
+    """``os.fork``, or the shim's one-line error when no process can be made (pids cgroup, RLIMIT_NPROC)."""
+    try:
+        return os.fork()
+    except OSError as error:
+        raise errors.ShimError(
+            f"cannot start the command: fork failed ({error.strerror}): the container's process "
+            "limit (pids cgroup, RLIMIT_NPROC) is reached"
+        ) from None
 
 
 def start_fetch(work: Callable[[], Fetched]) -> tuple[int, int]:
@@ -60,7 +71,9 @@ def _run_in_child(work: Callable[[], Fetched], answer: int) -> None:
             outcome = {"interrupted": interruption.signum}
         except Exception as error:  # only the type: a message could quote a value
             outcome = {"error": "ShimError", "message": f"internal error {type(error).__name__} in a fetch"}
-        data = json.dumps(outcome).encode()
+        import json
+
+        data = json.dumps(outcome).encode() + b"\n"  # the end: the parent need not wait for our exit
         while data:
             data = data[os.write(answer, data) :]
     except BaseException:  # the parent is gone, or interrupted us: nothing left to tell
@@ -79,6 +92,8 @@ def _close_all_but(*kept: int | None) -> None:
 
 def read_outcome(data: bytes) -> Fetched:
     """The fetched set from the child's bytes, or the child's error raised again."""
+    import json
+
     try:
         outcome = json.loads(data) if len(data) <= MAX_ANSWER_BYTES else {}
     except ValueError:
@@ -93,27 +108,34 @@ def read_outcome(data: bytes) -> Fetched:
     raise kind(str(outcome.get("message", "the fetch ended without an answer")))
 
 
-def fetch_in_child(work: Callable[[], Fetched]) -> Fetched:
+def fetch_in_child(work: Callable[[], Fetched], meanwhile: Callable[[], None] = lambda: None) -> Fetched:
     """Run ``work`` in a child and wait for it (the first fetch, before the command starts).
 
-    Interrupted meanwhile (``docker stop`` during a slow IMDS), the child is killed and waited for.
+    ``meanwhile`` runs in the parent while the child fetches: the supervisor loads its own modules
+    then, on the other core, instead of after the fetch. Interrupted (``docker stop`` during a slow
+    IMDS), the child is killed and waited for.
     """
     pid, read_end = start_fetch(work)
     data = b""
     try:
-        while chunk := os.read(read_end, MAX_ANSWER_BYTES):
+        meanwhile()
+        while not data.endswith(b"\n") and (chunk := os.read(read_end, MAX_ANSWER_BYTES)):
             data += chunk
     finally:
         os.close(read_end)
-        if not data:
+        if not data.endswith(b"\n"):
             _kill(pid)
-        os.waitpid(pid, 0)
+            os.waitpid(pid, 0)
+    # A child that has answered is left to exit on its own (freeing its memory takes milliseconds):
+    # the supervisor reaps it, as every child that ends.
     return read_outcome(data)
 
 
 def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
+    try:  # noqa: SIM105 -- contextlib would be one more import before the first fetch
         os.kill(pid, 9)
+    except ProcessLookupError:  # it has just exited by itself
+        pass
 
 
 def _encode(fetched: Fetched) -> dict[str, object]:
@@ -133,6 +155,10 @@ def _encode(fetched: Fetched) -> dict[str, object]:
 
 
 def _decode(fields: dict[str, object]) -> Fetched:
+    from datetime import datetime
+
+    from shim.credentials import Credentials, Fetched
+
     def text(name: str) -> str | None:
         value = fields.get(name)
         return value if isinstance(value, str) else None

@@ -29,16 +29,19 @@ import socket
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Callable
 
 from shim.config import Config
 from shim.credentials import Credentials, Fetched, format_duration, format_time
 from shim.errors import ShimError
 from shim.lifetime.renewal import Renewer, renewal_due
-from shim.lifetime.status import Standing
+from shim.lifetime.standing import Standing
 from shim.lifetime.supervisor import Service, Supervisor
 from shim.log import log
 from shim.variables import identity_without_keys
+
+TYPE_CHECKING = False  # no typing import at run time
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 FULL_URI = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
 AUTHORIZATION_TOKEN = "AWS_CONTAINER_AUTHORIZATION_TOKEN"

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Callable
 
 from shim.credentials import Credentials, format_duration, format_time
 from shim.lifetime.renewal import renewal_due
 from shim.lifetime.supervisor import Service, Supervisor
 from shim.log import log
+
+TYPE_CHECKING = False  # no typing import at run time
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class ExpirySignal(Service):

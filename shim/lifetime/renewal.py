@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import time
-from typing import TYPE_CHECKING, Callable
 
 from shim.credentials import format_duration, format_time
 from shim.errors import ShimError
@@ -20,11 +19,14 @@ from shim.lifetime.child_fetch import read_outcome, start_fetch
 from shim.lifetime.supervisor import Service, Supervisor
 from shim.log import log
 
+TYPE_CHECKING = False  # no typing import at run time
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from shim.config import Config
     from shim.credentials import Fetched
     from shim.lifetime.endpoint import CredentialStore
-    from shim.lifetime.status import Standing
+    from shim.lifetime.standing import Standing
 
 RENEW_BEFORE = 15 * 60.0
 RETRY_BASE = 1.0

@@ -19,51 +19,16 @@ import os
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING
 
 from shim.credentials import format_duration
+from shim.lifetime.standing import Standing
 from shim.lifetime.supervisor import Service, Supervisor
 from shim.log import printable
-
-if TYPE_CHECKING:
-    from shim.credentials import Credentials
 
 PROGRAM = "imds-shim"
 HEALTHY, UNHEALTHY = 0, 1  # Docker's HEALTHCHECK and Kubernetes' exec probes read these
 ASK_TIMEOUT = 1.0
 MAX_STANDING_BYTES = 4096
-
-
-class Standing:
-    """What ``status`` reports: the mode, and how the credentials the command relies on stand."""
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-        self.role: str | None = None
-        self.key: str | None = None  # masked
-        self.expires_at: float | None = None
-        self.renewed_at: float | None = None
-        self.failures = 0
-        self.last_error: str | None = None
-        self.note: str | None = None  # why there are no credentials to stand for (stepped aside, ...)
-
-    def hold(self, role: str, credentials: Credentials) -> None:
-        self.role, self.key = role, credentials.masked_key_id
-        self.expires_at = credentials.expiration.timestamp()
-
-    def document(self) -> bytes:
-        return json.dumps(
-            {
-                "mode": self.mode,
-                "role": self.role,
-                "key": self.key,
-                "expires_at": self.expires_at,
-                "renewed_at": self.renewed_at,
-                "failures": self.failures,
-                "last_error": self.last_error,
-                "note": self.note,
-            }
-        ).encode()
 
 
 def socket_name(pid: int) -> bytes:

@@ -27,16 +27,19 @@ from __future__ import annotations
 import errno
 import os
 import selectors
-from typing import TYPE_CHECKING, Callable
 
 from shim.errors import ShimError
 from shim.execute import command_error, restore_inherited_dispositions
+from shim.lifetime.child_fetch import fork_or_fail
 from shim.log import flush_standard_streams, log
 
+TYPE_CHECKING = False  # no typing import at run time: every supervised start loads this
 if TYPE_CHECKING:
     import signal as signals
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from typing import NoReturn
+
+    Handler = Callable[[], None]
 else:  # the C module: `signal` wraps it in enums
     import _signal as signals
 
@@ -51,8 +54,6 @@ UNCATCHABLE = frozenset({signals.SIGKILL, signals.SIGSTOP})
 IGNORED_BY_THE_SHIM = (signals.SIGTTIN, signals.SIGTTOU)
 PR_SET_PDEATHSIG = 1
 SIGNAL_BASE = 128
-
-Handler = Callable[[], None]
 
 
 class Service:
@@ -112,6 +113,7 @@ class Supervisor:
         signals.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
         self.watch(wake_read, lambda: self._on_signals(wake_read))
         inherited = take_signals()
+        self._reap()  # the first fetch's child, if it ended before SIGCHLD was ours to hear
         try:
             for service in self.services:
                 service.attach(self)
@@ -218,17 +220,6 @@ def start_command(
     return pid
 
 
-def fork_or_fail() -> int:
-    """``os.fork``, or the shim's one-line error when no process can be made (pids cgroup, RLIMIT_NPROC)."""
-    try:
-        return os.fork()
-    except OSError as error:
-        raise ShimError(
-            f"cannot start the command: fork failed ({error.strerror}): the container's process "
-            "limit (pids cgroup, RLIMIT_NPROC) is reached"
-        ) from None
-
-
 def _read_retrying(descriptor: int) -> bytes:
     while True:
         try:
@@ -284,15 +275,28 @@ def _take_the_terminal(shim_group: int) -> None:
         pass
 
 
-def _die_with(shim_pid: int) -> None:
-    """SIGKILL for the command when the shim dies, so it never runs on with nobody serving it."""
+_prctl: Callable[..., int] | None = None
+
+
+def load_prctl() -> None:
+    """Load ``prctl`` through ctypes in the shim, while the first fetch runs, so that the command's
+    child does not spend the import between its fork and its exec."""
+    global _prctl
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signals.SIGKILL, 0, 0, 0)
+        _prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (ImportError, OSError, AttributeError):  # no ctypes or no prctl: not Linux
+        _prctl = None
+
+
+def _die_with(shim_pid: int) -> None:
+    """SIGKILL for the command when the shim dies, so it never runs on with nobody serving it."""
+    if _prctl is None:
+        load_prctl()
+    if _prctl is None:
         return
+    _prctl(PR_SET_PDEATHSIG, signals.SIGKILL, 0, 0, 0)
     if os.getppid() != shim_pid:  # the shim died before the request took effect
         os._exit(SIGNAL_BASE + signals.SIGKILL)
 
