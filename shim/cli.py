@@ -134,7 +134,7 @@ def load_supervisor() -> None:
     load_prctl()
 
 
-invocation: Invocation, environ: Mapping[str, str]) -> int:
+def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
     """Run the verb; returns an exit status, or does not return at all (exec)."""
     if invocation.verb == SIMULATE:
         from shim.simulator import simulate
