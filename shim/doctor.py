@@ -149,6 +149,10 @@ def _mode(report: Report, config: Config) -> None:
             "static keys: they do not renew; for a command that runs longer than they live, "
             "use --serve (or --refresh, or --expiry-signal)"
         )
+    if config.supervised:
+        detail += "; the shim stays as the command's parent and init (imds-shim status answers)"
+    else:
+        detail += "; the shim execs the command (as PID 1 of a container, add --init or docker run --init)"
     report.add("mode", "info", detail)
 
 
