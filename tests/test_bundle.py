@@ -469,3 +469,20 @@ def test_the_launchers_exit_status_is_the_shims() -> None:
 
     source = (Path(__file__).parent.parent / "bundle" / "launcher.c").read_text()
     assert f"#define FAILED {SHIM_FAILED}\n" in source
+
+
+@pytest.mark.parametrize("user", [None, NOBODY], ids=["root", "nobody"])
+def test_serves_and_reports_status_in_a_minimal_root(
+    minimal_root: tuple[Path, str], sim: Simulator, user: str | None
+) -> None:
+    """--serve as the root's supervisor, read-only, as root or nobody: `status` (run by another name,
+    as a health check would run it beside the command) finds it and says ok, exit 0."""
+    root, _ = minimal_root
+    # Not named imds-shim: a command that is imds-shim itself runs without a supervisor.
+    (root / "health").symlink_to("/opt/imds-shim/imds-shim")
+    launch = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": sim.url}
+    completed = run_in_root(
+        root, ["/opt/imds-shim/imds-shim", "--serve", "--", "/health", "status"], launch, user
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert completed.stdout.startswith("imds-shim status: ok: mode --serve, role imds-shim-simulated-role")

@@ -10,7 +10,6 @@ simulator's, seconds long) renewing before they run out.
 from __future__ import annotations
 
 import os
-import random
 import time
 
 from shim.credentials import format_duration, format_time
@@ -45,7 +44,12 @@ def renewal_due(expires_at: float, obtained_at: float) -> float:
     return expires_at - min(RENEW_BEFORE, lifetime / 2)
 
 
-def retry_delay(failures: int, left: float, rng: Callable[[], float] = random.random) -> float:
+def jitter() -> float:
+    """A random fraction in [0, 1), from the OS: ``random`` would load hashlib at every start."""
+    return int.from_bytes(os.urandom(4), "big") / 2**32
+
+
+def retry_delay(failures: int, left: float, rng: Callable[[], float] = jitter) -> float:
     """Seconds to wait after the ``failures``-th renewal in a row that brought nothing new.
 
     Exponential from 1 s to 30 s with jitter (many containers on one host renew at the same
@@ -72,7 +76,7 @@ class Renewer(Service):
         standing: Standing,
         config: Config,
         clock: Callable[[], float] = time.time,
-        rng: Callable[[], float] = random.random,
+        rng: Callable[[], float] = jitter,
         launch: Callable[[Callable[[], Fetched]], tuple[int, int]] = start_fetch,
     ) -> None:
         self.store, self.standing, self.config, self.clock, self.rng = store, standing, config, clock, rng

@@ -1,10 +1,12 @@
 """``imds-shim status``: how a supervised container's credentials stand, for a health check or a person.
 
-How the verb finds the supervisor: every supervising shim listens on a Linux *abstract* unix
-socket, ``imds-shim/status/<pid namespace>/<pid>`` (no file, so it works ``FROM scratch`` and on
-a read-only root), and names its process ``imds-shim`` (``/proc/PID/comm``). ``status`` looks
-through ``/proc`` of its own PID namespace (``docker exec`` and exec probes join the container's)
-for such processes and asks the first that answers. It needs no variable of the command's.
+How the verb finds the supervisor (``--pid PID`` names one instead): every supervising shim
+listens on a Linux *abstract* unix socket, ``imds-shim/status/<pid namespace>/<pid>`` (no file, so
+it works ``FROM scratch`` and on a read-only root), and names its process ``imds-shim``
+(``/proc/PID/comm``). ``status`` asks its own ancestors first (run inside the supervised command,
+it reaches its own supervisor), then every such process in its PID namespace by PID (``docker
+exec`` and exec probes join the container's), and reports the first that answers. It needs no
+variable of the command's.
 
 What it gives, and to whom: one line with mode, role, the *masked* key ID, expiry, the last
 renewal and the failures in a row; never a secret. The supervisor answers only a peer whose user
@@ -13,7 +15,6 @@ renewal and the failures in a row; never a secret. The supervisor answers only a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -71,8 +72,10 @@ class StatusService(Service):
             uid = struct.unpack("3i", credentials)[1]
             if uid not in (0, os.geteuid()):
                 return
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 -- contextlib: one more import at every supervised start
                 peer.send(self.standing.document(), socket.MSG_DONTWAIT)
+            except OSError:  # the asker left already
+                pass
 
     def close(self) -> None:
         if self.listener is not None:
@@ -80,13 +83,14 @@ class StatusService(Service):
 
 
 def ask() -> dict[str, object] | None:
-    """The standing of the first supervisor in this PID namespace that answers us, or None."""
+    """The standing of the nearest supervisor that answers us, or None: an ancestor first (status
+    run inside the supervised command asks its own), then any in this PID namespace by PID."""
     me = os.getpid()
     try:
         pids = sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
     except OSError:
         return None
-    for pid in pids:
+    for pid in [*_ancestors(), *pids]:
         try:
             with open(f"/proc/{pid}/comm") as comm:
                 if pid == me or comm.read().strip() != PROGRAM:
@@ -97,6 +101,19 @@ def ask() -> dict[str, object] | None:
         if answer is not None:
             return answer
     return None
+
+
+def _ancestors() -> list[int]:
+    found: list[int] = []
+    pid = os.getppid()
+    while pid > 0 and len(found) < 64:
+        found.append(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                pid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return found
 
 
 def _ask_one(pid: int) -> dict[str, object] | None:
