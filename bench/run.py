@@ -148,7 +148,7 @@ def requests_per_run(base_env: dict[str, str]) -> int:
 
 
 def endpoint_load(base_env: dict[str, str], runs: int, rest: float) -> dict[str, float]:
-    """The --serve supervisor at rest for ``rest`` seconds (wakeups, PSS), then 2000 requests from
+    """The --serve supervisor at rest for ``rest`` seconds (wakeups, PSS), then 10000 requests from
     50 concurrent clients (bench/endpoint_load.py); each figure the median of ``runs`` runs."""
     load = [
         PYTHON,
@@ -250,7 +250,7 @@ def report(
     print(
         f"--serve supervisor, median of {endpoint['runs']:g} runs: {endpoint['switches_at_rest']:g} context "
         f"switches in {endpoint['rest_seconds']:g} s at rest, PSS {endpoint['pss_mib_at_rest']:.2f} MiB; "
-        f"2000 requests from 50 concurrent keep-alive clients: p50 {endpoint['p50_ms']} ms, "
+        f"10000 requests from 50 concurrent keep-alive clients: p50 {endpoint['p50_ms']} ms, "
         f"p99 {endpoint['p99_ms']} ms, max {endpoint['max_ms']} ms; peak RSS {endpoint['peak_rss_mib']} MiB"
     )
 

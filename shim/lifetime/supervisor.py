@@ -25,6 +25,7 @@ not been waited for: until then its PID cannot be given to another process.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import selectors
 
@@ -122,6 +123,9 @@ class Supervisor:
                 service.command_started(self.command_pid)
             detach_standard_input_and_output(placeholders)
             log.supervising()
+            # Everything made so far lives as long as the shim: out of the collector's way, so
+            # that a collection in the loop looks only at what the loop itself makes.
+            gc.freeze()
             while self.command_status is None:
                 waits = [wait for wait in (service.tick() for service in self.services) if wait is not None]
                 for key, _ in self.selector.select(max(0.0, min(waits)) if waits else None):
