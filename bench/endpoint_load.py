@@ -1,7 +1,7 @@
 """The --serve supervisor, run as its command: wakeups at rest, memory, and latency under load.
 
     imds-shim simulate -- imds-shim --serve -- \
-        python bench/endpoint_load.py --requests 2000 --clients 50 --rest 10
+        python bench/endpoint_load.py --requests 10000 --clients 50 --rest 10
 
 First, at rest: the supervisor's context switches (voluntary and not, /proc/PID/status) over
 ``--rest`` seconds while nothing asks it anything, and its proportional set size (PSS, from
