@@ -383,6 +383,14 @@ def test_off_ec2(engine: Engine, image: str, optional: bool) -> None:
         assert seconds < DOCKER_OFF_EC2_BUDGET
 
 
+def _wait_for_ready(engine: Engine, name: str) -> None:
+    """Until the container's command has printed "ready"."""
+    deadline = time.monotonic() + 30
+    while "ready" not in engine("logs", name).stdout:
+        assert time.monotonic() < deadline, engine("logs", name).stderr
+        time.sleep(0.05)
+
+
 def _stop(engine: Engine, name: str) -> tuple[float, str]:
     started = time.monotonic()
     engine("stop", "--time", "10", name)
@@ -413,10 +421,7 @@ def test_stop_reaches_the_command(engine: Engine, image: str, imds: StartImds) -
         name, image, "sh", "-c", 'trap "echo got-TERM; exit 42" TERM; echo ready; while :; do sleep 0.1; done'
     )
     try:
-        deadline = time.monotonic() + 30
-        while "ready" not in engine("logs", name).stdout:
-            assert time.monotonic() < deadline, engine("logs", name).stderr
-            time.sleep(0.05)
+        _wait_for_ready(engine, name)
         stopped, status = _stop(engine, name)
         record(f"{label(engine, image)}: stop -> SIGTERM handled by the command", stopped)
         assert "got-TERM" in engine("logs", name).stdout
@@ -629,10 +634,7 @@ def test_serve_as_pid_1_reaps_reports_health_and_stops(engine: Engine, image: st
         ORPHAN_THEN_WAIT,
     )
     try:
-        deadline = time.monotonic() + 30
-        while "ready" not in engine("logs", name).stdout:
-            assert time.monotonic() < deadline, engine("logs", name).stderr
-            time.sleep(0.05)
+        _wait_for_ready(engine, name)
         time.sleep(0.5)  # the orphan has ended
         assert engine("exec", name, "cat", "/proc/1/comm").stdout.strip() == "imds-shim"
         assert engine("exec", name, "sh", "-c", COUNT_ZOMBIES).stdout.strip() == "0"
