@@ -19,6 +19,7 @@ from shim.errors import (
     CredentialsUnavailable,
     Interrupted,
     ShimError,
+    raised_at,
 )
 from shim.execute import interruptible, replace_process
 from shim.exit_codes import COMMAND_NOT_EXECUTABLE, COMMAND_NOT_FOUND, SIGNAL_BASE
@@ -230,11 +231,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return error_exit_code
     except Exception as error:
         # Only the type and place: an arbitrary message could quote a value we must not print.
-        trace = error.__traceback__
-        while trace is not None and trace.tb_next is not None:
-            trace = trace.tb_next
-        where = f"{trace.tb_frame.f_code.co_filename}:{trace.tb_lineno}" if trace else "?"
-        log.error(f"internal error {type(error).__name__} at {where}; please report it")
+        log.error(f"internal error {type(error).__name__} at {raised_at(error)}; please report it")
         return error_exit_code
 
 

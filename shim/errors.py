@@ -94,3 +94,12 @@ class Throttled(Transient):
 class ConnectFailed(Transient):
     """No TCP connection to IMDS (timed out, refused or no route). Retried once only: a second
     silence means there is no IMDS here (:class:`ImdsUnreachable`), not a busy one."""
+
+
+def raised_at(error: BaseException) -> str:
+    """``file:line`` where ``error`` was raised: with its type, all an internal error may show,
+    since its message could quote a value that must not be printed."""
+    trace = error.__traceback__
+    while trace is not None and trace.tb_next is not None:
+        trace = trace.tb_next
+    return f"{trace.tb_frame.f_code.co_filename}:{trace.tb_lineno}" if trace else "?"

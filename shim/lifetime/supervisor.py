@@ -29,7 +29,7 @@ import gc
 import os
 import selectors
 
-from shim.errors import ShimError
+from shim.errors import ShimError, raised_at
 from shim.execute import command_error, restore_inherited_dispositions
 from shim.lifetime.child_fetch import fork_or_fail
 from shim.log import flush_standard_streams, log
@@ -127,9 +127,10 @@ class Supervisor:
             # that a collection in the loop looks only at what the loop itself makes.
             gc.freeze()
             while self.command_status is None:
-                waits = [wait for wait in (service.tick() for service in self.services) if wait is not None]
+                ticks = (self._guarded(service.tick) for service in self.services)
+                waits = [wait for wait in ticks if wait is not None]
                 for key, _ in self.selector.select(max(0.0, min(waits)) if waits else None):
-                    key.data()
+                    self._guarded(key.data)
                     if self.command_status is not None:
                         break
         finally:
@@ -137,6 +138,18 @@ class Supervisor:
                 service.close()
             self._reap()  # helpers the services just killed
         return self.command_status
+
+    @staticmethod
+    def _guarded(step: Callable[[], float | None]) -> float | None:
+        """Run one step of a service; a bug in it is reported and the loop goes on, because
+        leaving the loop would end the command's supervision while the command runs."""
+        try:
+            return step()
+        except Exception as error:  # only the type and place: a message could quote a value
+            log.error(
+                f"internal error {type(error).__name__} at {raised_at(error)} in the supervisor; carrying on"
+            )
+            return None
 
     def _on_signals(self, wake_read: int) -> None:
         try:
