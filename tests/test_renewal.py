@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -78,16 +77,10 @@ class LoopDriver:
         pass
 
     def launch(self, work: Callable[[], Fetched]) -> tuple[int, int]:
+        """The "child": a pipe holding what the real one would write (the same encoding)."""
         self.asked.append(self.time.now)
         answer = self.answers[min(len(self.asked), len(self.answers)) - 1](self.time.now)
-        read_end, write_end = os.pipe()
-        pid, _child_answer = os.fork(), None
-        if pid == 0:  # the real child's encoding, without IMDS
-            os.close(read_end)
-            child_fetch._run_in_child(lambda: _raise_or_fetched(answer), write_end)
-        os.close(write_end)
-        os.waitpid(pid, 0)
-        return 0, read_end
+        return _pipe_holding(child_fetch.outcome_of(lambda: _raise_or_fetched(answer)))
 
     def run_until(self, end: float) -> None:
         while self.time.now < end:
@@ -167,7 +160,12 @@ def test_a_role_that_changes_at_renewal_is_a_warning_naming_both(capsys: pytest.
 def _launch_with_role(loop: LoopDriver, role: str) -> tuple[int, int]:
     loop.asked.append(loop.time.now)
     fetched = Fetched(credentials("AKIA1", loop.time.now + 6 * HOUR), role, None, None, 2, 2)
+    return _pipe_holding(child_fetch.outcome_of(lambda: fetched))
+
+
+def _pipe_holding(data: bytes) -> tuple[int, int]:
+    """A fake child's PID and a pipe to read that holds ``data`` and then ends."""
     read_end, write_end = os.pipe()
-    os.write(write_end, json.dumps({"fetched": child_fetch._encode(fetched)}).encode())
+    os.write(write_end, data)
     os.close(write_end)
     return 0, read_end

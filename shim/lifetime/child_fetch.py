@@ -63,23 +63,29 @@ def _run_in_child(work: Callable[[], Fetched], answer: int) -> None:
         # Nor may the child hold the endpoint's sockets: once the supervisor is gone, nothing
         # must accept a connection.
         _close_all_but(answer, log.descriptor)
-        try:
-            outcome: dict[str, object] = {"fetched": _encode(work())}
-        except errors.ShimError as error:
-            outcome = {"error": type(error).__name__, "message": str(error)}
-        except errors.Interrupted as interruption:
-            outcome = {"interrupted": interruption.signum}
-        except Exception as error:  # only the type: a message could quote a value
-            outcome = {"error": "ShimError", "message": f"internal error {type(error).__name__} in a fetch"}
-        import json
-
-        data = json.dumps(outcome).encode() + b"\n"  # the end: the parent need not wait for our exit
+        data = outcome_of(work)
         while data:
             data = data[os.write(answer, data) :]
     except BaseException:  # the parent is gone, or interrupted us: nothing left to tell
         status = 1
     finally:
         os._exit(status)
+
+
+def outcome_of(work: Callable[[], Fetched]) -> bytes:
+    """What the child writes: ``work``'s set or its error, as one line of JSON (the line's end
+    tells the parent it has all of it, without waiting for the child's exit)."""
+    import json
+
+    try:
+        outcome: dict[str, object] = {"fetched": _encode(work())}
+    except errors.ShimError as error:
+        outcome = {"error": type(error).__name__, "message": str(error)}
+    except errors.Interrupted as interruption:
+        outcome = {"interrupted": interruption.signum}
+    except Exception as error:  # only the type: a message could quote a value
+        outcome = {"error": "ShimError", "message": f"internal error {type(error).__name__} in a fetch"}
+    return json.dumps(outcome).encode() + b"\n"
 
 
 def _close_all_but(*kept: int | None) -> None:
