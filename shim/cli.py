@@ -25,7 +25,7 @@ from shim.execute import interruptible, replace_process
 from shim.exit_codes import COMMAND_NOT_EXECUTABLE, COMMAND_NOT_FOUND, SIGNAL_BASE
 from shim.log import flush_standard_streams, log, write_stdout
 from shim.runtime import as_this_program, is_imds_shim, launch_environment
-from shim.step_aside import clear_identity, reason_to_step_aside
+from shim.step_aside import clear_identity, in_pod, node_role_warning, reason_to_step_aside
 
 TYPE_CHECKING = False  # no typing import at run time: this is the step-aside path
 if TYPE_CHECKING:
@@ -35,15 +35,6 @@ if TYPE_CHECKING:
     from shim.lifetime.standing import Standing
     from shim.lifetime.supervisor import Service
 
-KUBERNETES = "KUBERNETES_SERVICE_HOST"
-# What EKS injects into a pod that has an identity of its own (IRSA; EKS Pod Identity).
-POD_IDENTITY_VARIABLES = (
-    "AWS_WEB_IDENTITY_TOKEN_FILE",
-    "AWS_ROLE_ARN",
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-)
-
 
 def fetch_credentials(config: Config, environ: Mapping[str, str]) -> Fetched:
     """Everything IMDS has for this run. Imports the HTTP stack, so only fetching paths call it."""
@@ -52,16 +43,9 @@ def fetch_credentials(config: Config, environ: Mapping[str, str]) -> Fetched:
     from shim.fetch import fetch
     from shim.imds import ImdsClient
 
-    if (
-        config.expect_role is None
-        and environ.get(KUBERNETES)
-        and not any(environ.get(name) for name in POD_IDENTITY_VARIABLES)
-    ):
-        log.warning(
-            "in Kubernetes with no IRSA or EKS Pod Identity variable: handing out the node's instance "
-            "role, which every pod on the node shares (an injection race can leave them out); "
-            "pass --expect-role NAME (IMDS_SHIM_EXPECT_ROLE) to fail instead"
-        )
+    warning = node_role_warning(environ, config.expect_role)
+    if warning:
+        log.warning(warning)
     client = ImdsClient(config, Deadline(config.deadline))
     try:
         fetched = fetch(client, config, environ)
@@ -148,7 +132,7 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
         verdict, line = status(pid if isinstance(pid, int) else None)
         write_stdout(f"imds-shim status: {line}\n")
         return verdict
-    config = Config.from_settings(invocation.settings)
+    config = Config.from_settings(invocation.settings, in_pod=in_pod(environ))
     command = invocation.command
     standing: Standing | None = None
     placeholders: list[int] = []

@@ -315,6 +315,7 @@ class Config:
         error_exit_code: int,
         log_level: str,
         format: str | None,
+        in_pod: bool,
     ) -> None:
         self.endpoint, self.role, self.timeout, self.attempts = endpoint, role, timeout, attempts
         self.expect_role = expect_role
@@ -322,6 +323,8 @@ class Config:
         self.optional, self.refresh, self.error_exit_code = optional, refresh, error_exit_code
         self.serve, self.expiry_signal, self.init = serve, expiry_signal, init
         self.log_level, self.format = log_level, format
+        # In a Kubernetes pod: the hop-limit advice differs there (see imds_protocol.hop_limit_fix).
+        self.in_pod = in_pod
 
     @property
     def supervised(self) -> bool:
@@ -350,7 +353,7 @@ class Config:
         return self.connect_timeout + ANSWER_LIMIT_TIMEOUTS * self.timeout
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Config:
+    def from_settings(cls, settings: Settings, *, in_pod: bool) -> Config:
         return cls(
             endpoint=settings.text("endpoint") or str(settings["endpoint_mode"]),
             role=settings.text("role"),
@@ -368,6 +371,7 @@ class Config:
             error_exit_code=settings.whole("error_exit_code"),
             log_level=str(settings["log_level"]),
             format=settings.text("format"),
+            in_pod=in_pod,
         )
 
     def as_flags(self) -> list[str]:

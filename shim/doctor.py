@@ -23,9 +23,16 @@ from shim.deadline import Deadline
 from shim.errors import ShimError, Transient
 from shim.fetch import discover_role, lookup_identity, role_credentials
 from shim.imds import ImdsClient, unreachable_message
-from shim.imds_protocol import HOP_LIMIT_CAUSE, HOP_LIMIT_FIX, ROLE_PATH
+from shim.imds_protocol import HOP_LIMIT_CAUSE, ROLE_PATH, hop_limit_fix
 from shim.log import log, printable, write_stdout
-from shim.step_aside import more_specific_identities, step_aside_cause
+from shim.step_aside import (
+    OWN_ENDPOINT,
+    is_own_endpoint,
+    more_specific_identities,
+    node_role_warning,
+    step_aside_cause,
+)
+from shim.variables import FULL_URI
 
 T = TypeVar("T")
 PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY")
@@ -105,6 +112,13 @@ def _environment(report: Report, config: Config, environ: Mapping[str, str]) -> 
     reason = None if cause is None else cause[1]
     if reason is None:
         report.add("environment", "ok", "nothing configured that outranks the instance role")
+    elif is_own_endpoint(environ) and cause is not None and cause[0] == FULL_URI:
+        # Run inside a command under --serve: the SDKs use that endpoint; IMDS is checked below.
+        report.add(
+            "environment",
+            "info",
+            f"{FULL_URI} is {OWN_ENDPOINT}, which the SDKs use; an imds-shim started here steps aside",
+        )
     elif config.override:
         report.add("environment", "info", f"{reason}, but --override fetches anyway")
     else:
@@ -117,6 +131,9 @@ def _environment(report: Report, config: Config, environ: Mapping[str, str]) -> 
     others = [name for name in more_specific_identities(environ) if name != deciding]
     if others:
         report.add("environment", "info", "also set: " + ", ".join(others))
+    warning = node_role_warning(environ, config.expect_role)
+    if warning:
+        report.add("kubernetes", "warn", warning)
     proxies = [name for name in PROXY_VARIABLES if environ.get(name)]
     if proxies:
         report.add(
@@ -233,7 +250,7 @@ def _token_steps(report: Report, config: Config, client: ImdsClient) -> bool:
             "imdsv2 token",
             "fail",
             f"{why}, and IMDSv1 is disabled on this instance "
-            f"(IMDSv2 required), so there is no way in. Fix: {HOP_LIMIT_FIX}",
+            f"(IMDSv2 required), so there is no way in. Fix: {hop_limit_fix(config.in_pod)}",
             elapsed,
         )
         return False
@@ -241,7 +258,8 @@ def _token_steps(report: Report, config: Config, client: ImdsClient) -> bool:
         report.add(
             "imdsv2 token",
             "warn",
-            f"connected but no answer: {HOP_LIMIT_CAUSE}; IMDSv1 is used instead. Fix: {HOP_LIMIT_FIX}",
+            f"connected but no answer: {HOP_LIMIT_CAUSE}; IMDSv1 is used instead. "
+            f"Fix: {hop_limit_fix(config.in_pod)}",
             elapsed,
         )
     else:

@@ -47,10 +47,10 @@ from shim.errors import (
 from shim.imds_answers import parse_retry_after, parse_token
 from shim.imds_protocol import (
     HOP_LIMIT_CAUSE,
-    HOP_LIMIT_FIX,
     TOKEN_HEADER,
     TOKEN_PATH,
     TOKEN_TTL_HEADER,
+    hop_limit_fix,
 )
 from shim.lean_requests import requests, urllib3
 from shim.log import log
@@ -238,7 +238,7 @@ class ImdsClient:
             if not allow_v1:
                 raise HopLimitExceeded(
                     _hop_limit_message(
-                        self.config.endpoint,
+                        self.config,
                         waited,
                         "IMDSv1 is disabled (--no-imds-v1 / AWS_EC2_METADATA_V1_DISABLED)",
                     )
@@ -246,7 +246,7 @@ class ImdsClient:
             # Said once IMDSv1 has worked: if it is refused too, the error says it all.
             self.fallback_warning = (
                 f"the IMDSv2 token request connected but got no answer within {waited}: "
-                f"{HOP_LIMIT_CAUSE}; fell back to IMDSv1. Fix: {HOP_LIMIT_FIX}"
+                f"{HOP_LIMIT_CAUSE}; fell back to IMDSv1. Fix: {hop_limit_fix(self.config.in_pod)}"
             )
             self._use_v1()
             return
@@ -298,7 +298,7 @@ class ImdsClient:
             if self.hop_limit_suspected:
                 raise HopLimitExceeded(
                     _hop_limit_message(
-                        self.config.endpoint,
+                        self.config,
                         f"{self.config.timeout:g} s",
                         "IMDSv1 is disabled on this instance (IMDSv2 required)",
                     )
@@ -391,8 +391,8 @@ def unreachable_message(endpoint: str, detail: str, optional: bool = False) -> s
     )
 
 
-def _hop_limit_message(endpoint: str, waited: str, why_no_v1: str) -> str:
+def _hop_limit_message(config: Config, waited: str, why_no_v1: str) -> str:
     return (
-        f"the IMDSv2 token request to {endpoint} connected but got no answer within {waited}, "
-        f"and {why_no_v1}: {HOP_LIMIT_CAUSE}. Fix: {HOP_LIMIT_FIX}"
+        f"the IMDSv2 token request to {config.endpoint} connected but got no answer within {waited}, "
+        f"and {why_no_v1}: {HOP_LIMIT_CAUSE}. Fix: {hop_limit_fix(config.in_pod)}"
     )

@@ -22,7 +22,15 @@ HOP_LIMIT_CAUSE = (
     "the instance's metadata hop limit is probably 1, and a container on a bridge network is one "
     "hop further, so the token never arrives"
 )
-HOP_LIMIT_FIX = (
-    "aws ec2 modify-instance-metadata-options --instance-id <id> "
-    "--http-put-response-hop-limit 2 (or use host networking, or an ECS task role)"
-)
+HOP_LIMIT_2 = "aws ec2 modify-instance-metadata-options --instance-id <id> --http-put-response-hop-limit 2"
+
+
+def hop_limit_fix(in_pod: bool) -> str:
+    """The fix for the hop-limit symptom. In a pod, hop limit 2 hands the node's role to every pod
+    on the node, so a role of the pod's own comes first (imds-shim then steps aside)."""
+    if in_pod:
+        return (
+            "give the pod a role of its own with EKS Pod Identity or IRSA (imds-shim then steps "
+            f"aside); {HOP_LIMIT_2} also works, but gives every pod on the node the node's role"
+        )
+    return f"{HOP_LIMIT_2} (or use host networking, or an ECS task role)"

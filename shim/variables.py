@@ -23,6 +23,12 @@ STATIC_CREDENTIALS = (
     "AWS_CREDENTIAL_EXPIRATION",
 )
 REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
+FULL_URI = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
+# Where --serve's endpoint listens: every SDK accepts 127.0.0.1 over plain http (some refuse other
+# hosts), and a path of its own tells it from an ECS or EKS Pod Identity endpoint, for ``doctor``
+# and for an imds-shim started under it.
+SERVE_ADDRESS = "127.0.0.1"
+SERVE_PATH = "/imds-shim/credentials"
 
 
 def exported_variables(fetched: Fetched, environ: Mapping[str, str]) -> dict[str, str]:

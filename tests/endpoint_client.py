@@ -69,7 +69,7 @@ def auth() -> None:
         "wrong": request([("Authorization", TOKEN[:-1] + ("0" if TOKEN[-1] != "0" else "1"))])[0],
         "prefixed": request([("Authorization", "Bearer " + TOKEN)])[0],
         "twice": request([*right, *right])[0],
-        "other path": request(right, path="/credentials/x")[0],
+        "other path": request(right, path=URI.path + "/x")[0],
         "query": request(right, path=URI.path + "?x=1")[0],
         "post": request(right, method="POST")[0],
         "length 0": request([*right, ("Content-Length", "0")])[0],

@@ -165,7 +165,7 @@ def test_endpoint_precedence_flag_over_twin_over_sdk(sim: Simulator) -> None:
 
 
 def config_for(argv: list[str], **environ: str) -> Config:
-    return Config.from_settings(parse_command_line([*argv, "--", "true"], environ).settings)
+    return Config.from_settings(parse_command_line([*argv, "--", "true"], environ).settings, in_pod=False)
 
 
 def test_precedence_order_for_every_source() -> None:

@@ -63,7 +63,9 @@ class LoopDriver:
         self.store = CredentialStore(credentials("AKIA0", first_expiry), None, clock=self.time.clock)
         self.standing = Standing("--serve")
         self.standing.hold(ROLE, self.store.credentials)
-        config = Config.from_settings(parse_command_line(["--serve", "--", "true"], {}).settings)
+        config = Config.from_settings(
+            parse_command_line(["--serve", "--", "true"], {}).settings, in_pod=False
+        )
         self.renewer = Renewer(self.store, self.standing, config, self.time.clock, lambda: 1.0, self.launch)
         self.renewer.attach(self)  # type: ignore[arg-type]
 

@@ -107,7 +107,7 @@ def test_the_command_gets_the_endpoint_and_no_static_keys(sim: Simulator) -> Non
         assert set(child) - set(env) == SERVED_VARIABLES
         assert {k: v for k, v in child.items() if k not in SERVED_VARIABLES} == kept
         url = child["AWS_CONTAINER_CREDENTIALS_FULL_URI"]
-        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/credentials", url)
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/imds-shim/credentials", url)
         token = child["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
         assert re.fullmatch(r"[0-9a-f]{64}", token)  # 256 random bits
         tokens.append(token)
@@ -564,7 +564,7 @@ def test_a_request_trickling_for_longer_than_5_s_is_cut_off(sim: Simulator) -> N
         "uri = urllib.parse.urlsplit(os.environ['AWS_CONTAINER_CREDENTIALS_FULL_URI'])\n"
         "sock = socket.create_connection((uri.hostname, uri.port)); started = time.monotonic()\n"
         "try:\n"
-        "    for byte in b'GET /credentials HTTP/1.1\\r\\nX: ' + b'y' * 100:\n"
+        "    for byte in b'GET /imds-shim/credentials HTTP/1.1\\r\\nX: ' + b'y' * 100:\n"
         "        sock.send(bytes([byte])); time.sleep(0.1)\n"
         "except OSError: pass\n"
         "print(round(time.monotonic() - started))\n"

@@ -36,7 +36,7 @@ from shim.lifetime.renewal import Renewer, renewal_due
 from shim.lifetime.standing import Standing
 from shim.lifetime.supervisor import Service, Supervisor
 from shim.log import log
-from shim.variables import identity_without_keys
+from shim.variables import FULL_URI, SERVE_ADDRESS, SERVE_PATH, identity_without_keys
 
 TYPE_CHECKING = False  # no typing import at run time
 if TYPE_CHECKING:
@@ -47,12 +47,9 @@ else:
     # (about 4 ms at every supervised start) for one constant-time comparison.
     from _operator import _compare_digest as compare_digest
 
-FULL_URI = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
 AUTHORIZATION_TOKEN = "AWS_CONTAINER_AUTHORIZATION_TOKEN"
 # The SDKs prefer these to the two above: an inherited one would send them elsewhere.
 OUTRANKING_VARIABLES = ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
-LISTEN_ADDRESS = "127.0.0.1"  # every SDK accepts 127.0.0.1 over plain http; some refuse other hosts
-CREDENTIALS_PATH = "/credentials"
 TOKEN_BYTES = 32  # 256 random bits, new at every start
 MAX_REQUEST_BYTES = 8 * 1024  # request line and headers; an SDK's request is a few hundred bytes
 REQUEST_TIMEOUT = 5.0
@@ -249,8 +246,8 @@ class EndpointServer(Service):
         connection.sock.close()
 
     def answer(self, method: bytes, path: bytes, authorization: list[bytes]) -> tuple[int, bytes]:
-        if path != CREDENTIALS_PATH.encode():
-            return 404, _error("NotFound", f"the credentials are at {CREDENTIALS_PATH}")
+        if path != SERVE_PATH.encode():
+            return 404, _error("NotFound", f"the credentials are at {SERVE_PATH}")
         if method != b"GET":
             return 405, _error("MethodNotAllowed", "only GET")
         if not authorization:
@@ -271,11 +268,11 @@ def listening_socket() -> socket.socket:
     """A socket listening on 127.0.0.1 at a port the kernel chose."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        listener.bind((LISTEN_ADDRESS, 0))
+        listener.bind((SERVE_ADDRESS, 0))
         listener.listen(LISTEN_BACKLOG)
     except OSError as error:
         listener.close()
-        raise ShimError(f"--serve: cannot listen on {LISTEN_ADDRESS}: {error.strerror}") from None
+        raise ShimError(f"--serve: cannot listen on {SERVE_ADDRESS}: {error.strerror}") from None
     return listener
 
 
@@ -287,7 +284,7 @@ def serving_environment(
     listener = listening_socket()
     port = listener.getsockname()[1]
     token = os.urandom(TOKEN_BYTES).hex()
-    url = f"http://{LISTEN_ADDRESS}:{port}{CREDENTIALS_PATH}"
+    url = f"http://{SERVE_ADDRESS}:{port}{SERVE_PATH}"
     environment = identity_without_keys(environ, fetched)
     for name in OUTRANKING_VARIABLES:
         environment.pop(name, None)
