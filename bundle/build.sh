@@ -63,7 +63,10 @@ find "$bundle/imds-shim-python" "$bundle/_internal" -type f \( -name 'imds-shim-
         fi
     done
 cp -L "$(gcc -print-file-name=libgcc_s.so.1)" "$bundle/lib/"
-gcc -static -Os -s -Wall -Wextra -Werror -DLOADER="\"$(basename "$loader")\"" \
+# Static with musl, not glibc: 680 KB with glibc's static libc, 30 KB with musl's, for a program
+# that only sets a few variables and execs. It never loads anything, so the two C libraries meet
+# nowhere.
+musl-gcc -static -Os -s -Wall -Wextra -Werror -DLOADER="\"$(basename "$loader")\"" \
     -o "$bundle/imds-shim" "$here/launcher.c"
 
 # A smoke run through the simulator, with one failed answer, so that the retry path's lazy

@@ -61,6 +61,9 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+STATIC_LIBC = "musl-dev"  # the package whose libc.a bundle/build.sh links the launcher with
+
+
 def main(bundle: Path, pip_report: Path, launcher_source: Path) -> None:
     owners = dpkg_owners()
     installed = {
@@ -124,6 +127,8 @@ def main(bundle: Path, pip_report: Path, launcher_source: Path) -> None:
 
     versions = dpkg_versions()
     distro = "debian-" + Path("/etc/debian_version").read_text().strip().split(".")[0]
+    # The launcher carries musl's libc.a inside it: a scanner must know of that C library too.
+    debs.add(STATIC_LIBC)
     glibc_first = sorted(debs, key=lambda name: (name != "libc6", name))
     components = []
     for name in glibc_first:
@@ -177,7 +182,8 @@ def main(bundle: Path, pip_report: Path, launcher_source: Path) -> None:
             "name": "imds-shim-launcher",
             "version": own_version,
             "purl": f"pkg:generic/imds-shim-launcher@{own_version}",
-            "description": f"The static entrypoint imds-shim, from {launcher_source.name}.",
+            "description": f"The static entrypoint imds-shim, from {launcher_source.name}, "
+            f"linked with musl {versions[STATIC_LIBC][0]} (Debian {STATIC_LIBC}).",
             "hashes": [{"alg": "SHA-256", "content": sha256(bundle / "imds-shim")}],
         },
     ]

@@ -156,11 +156,16 @@ def flush_standard_streams() -> bool:
 
 
 def write_stdout(output: str) -> None:
-    """Write a verb's whole result to stdout, or raise :class:`ShimError` if stdout cannot take it."""
+    """Write a verb's whole result to stdout, or raise :class:`ShimError` if stdout cannot take it.
+
+    Always UTF-8, as the log lines are and as the bundle's Python (UTF-8 mode) writes whatever the
+    locale: a masked key's "…" has no place in ISO-8859-15, and one behaviour everywhere matters
+    more than a legacy terminal's encoding."""
     try:
         if sys.stdout is None:
             raise OSError("closed")
-        sys.stdout.write(output)
         sys.stdout.flush()
+        sys.stdout.buffer.write(output.encode("utf-8"))
+        sys.stdout.buffer.flush()
     except OSError as error:
         raise ShimError(f"cannot write the result to stdout ({error.strerror or error})") from None
