@@ -10,7 +10,7 @@ DEVELOP := $(PIP) --config-settings editable_mode=compat -e '.[test]'
 # The loopback suites wait on timeouts far more than they compute: four workers on two cores.
 JOBS ?= 4
 
-.PHONY: demo test lint bench bundle test-bundle image release
+.PHONY: demo test lint bench bundle test-bundle image release wheelhouse
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,14 @@ bench:
 		&& tar -xzf $(BUNDLE_TARBALL) -C build/bench-bundle)
 	.venv-bench/bin/python bench/run.py \
 		$(if $(BUNDLE_TARBALL),--other bundle=build/bench-bundle/imds-shim/imds-shim) $(BENCH_ARGS)
+
+# dist/wheelhouse (or WHEELHOUSE=DIR): imds-shim's wheel, its dependencies' wheels for the image's
+# Python (PYTHON_VERSION=3.12) and platform (PLATFORM=manylinux2014_x86_64 or _aarch64), and a
+# requirements.txt with their hashes, for pip install --require-hashes (see README, "In an image
+# with Python"). By default, this machine's Python and architecture. Needs PyPI.
+wheelhouse: $(BIN)/python
+	PYTHON=$(BIN)/python PYTHON_VERSION=$(PYTHON_VERSION) PLATFORM=$(PLATFORM) WHEELHOUSE=$(WHEELHOUSE) \
+		scripts/make-wheelhouse
 
 # The self-contained imds-shim for images without Python (see README, "In an image without Python").
 # Needs root and debootstrap; builds in a Debian trixie root (CPython 3.13, glibc 2.41), reproducibly.
