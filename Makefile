@@ -88,7 +88,9 @@ image:
 	scripts/make-image
 
 # Everything a release publishes, in dist/: the wheel and sdist, both architectures' bundles with
-# their SBOMs, and SHA256SUMS (scripts/make-release). From a committed tree with a CHANGELOG entry.
+# their SBOMs, a wheelhouse per supported Python and architecture, and SHA256SUMS
+# (scripts/make-release). From a committed tree with a CHANGELOG entry. SIGNING_KEY=path/to/
+# minisign.key signs SHA256SUMS (SHA256SUMS.minisig); without it the release says it is unsigned.
 release: $(BIN)/python
 	$(PIP) build
-	PYTHON=$(BIN)/python scripts/make-release
+	PYTHON=$(BIN)/python SIGNING_KEY=$(SIGNING_KEY) scripts/make-release

@@ -61,6 +61,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+SIGNATURE = "SHA256SUMS.minisig"  # what scripts/sign-sums writes beside SHA256SUMS
 STATIC_LIBC = "musl-dev"  # the package whose libc.a bundle/build.sh links the launcher with
 
 
@@ -206,6 +207,12 @@ def main(bundle: Path, pip_report: Path, launcher_source: Path) -> None:
                 "version": own_version,
                 "purl": f"pkg:generic/imds-shim@{own_version}?arch={machine}",
                 "description": "The self-contained imds-shim for images without Python.",
+                # Published beside the bundle: SHA256SUMS lists its hash, and the minisign
+                # signature of SHA256SUMS says who made it (README, "Verifying a release").
+                "externalReferences": [
+                    {"type": "distribution", "url": "SHA256SUMS", "comment": "the release's SHA-256 sums"},
+                    {"type": "other", "url": SIGNATURE, "comment": "minisign signature of SHA256SUMS"},
+                ],
             },
         },
         "components": components,

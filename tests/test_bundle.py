@@ -237,7 +237,8 @@ def test_each_bundled_distribution_keeps_its_metadata() -> None:
 
 def test_the_sbom_names_what_is_shipped() -> None:
     """sbom.cdx.json: glibc first, at the version libc.so.6 states; CPython at the frozen one; each
-    Python distribution at its METADATA's version; the bootloader and launcher by their hashes."""
+    Python distribution at its METADATA's version; the bootloader and launcher by their hashes, the
+    launcher's static musl too; and the release's sums and signature beside it."""
     components = sbom_components()
     first = json.loads(SBOM.read_text())["components"][0]
     upstream, debian = shipped_glibc()
@@ -256,8 +257,10 @@ def test_the_sbom_names_what_is_shipped() -> None:
         digest = hashlib.sha256((BUNDLE / file).read_bytes()).hexdigest()
         assert components[name]["hashes"] == [{"alg": "SHA-256", "content": digest}]
     debian_packages = {c["name"] for c in components.values() if c["purl"].startswith("pkg:deb/")}
-    assert {"libc6", "libgcc-s1", "zlib1g"} <= debian_packages
+    assert {"libc6", "libgcc-s1", "zlib1g", "musl-dev"} <= debian_packages  # musl: in the launcher
     assert not {name for name in debian_packages if "ssl" in name}
+    references = json.loads(SBOM.read_text())["metadata"]["component"]["externalReferences"]
+    assert {reference["url"] for reference in references} == {"SHA256SUMS", "SHA256SUMS.minisig"}
 
 
 def trivy() -> str | None:

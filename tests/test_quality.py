@@ -82,7 +82,28 @@ def test_recipes_name_this_version(path: str) -> None:
 
     named = set(re.findall(r"imds-shim(?:==|:)(\d+\.\d+\.\d+)", (ROOT / path).read_text()))
     assert named <= {__version__}
-    assert path == "README.md" or named == {__version__}
+    assert path != "examples/any-image/Dockerfile" or named == {__version__}
+
+
+def test_the_readmes_python_recipe_is_dockerfile_example() -> None:
+    """Each line of the README's Dockerfile recipe for images with Python is a line of
+    Dockerfile.example (which the end-to-end suite builds), and so are its two commands'."""
+    readme = (ROOT / "README.md").read_text()
+    recipe = readme[readme.index("## In a Dockerfile") : readme.index("## In an image without Python")]
+    blocks = recipe.split("```")[1::2]
+    dockerfile = {line.strip() for line in (ROOT / "Dockerfile.example").read_text().splitlines()}
+    lines = [
+        line.strip() for block in blocks if block.startswith("dockerfile") for line in block.splitlines()[1:]
+    ]
+    assert "--require-hashes ${source} -r /tmp/imds-shim-wheelhouse/requirements.txt \\" in lines
+    assert [line for line in lines if line and line not in dockerfile] == []
+    commented = {line.lstrip("#").strip() for line in dockerfile if line.startswith("#")}
+    commands = [line.strip() for block in blocks if block.startswith("sh") for line in block.splitlines()[1:]]
+    assert (
+        "make -C /path/to/imds-shim wheelhouse PYTHON_VERSION=3.12 PLATFORM=manylinux2014_x86_64 \\"
+        in commands
+    )
+    assert [line for line in commands if line and line not in commented] == []
 
 
 def _readme_table(first_cell: str) -> list[list[str]]:

@@ -3,8 +3,10 @@
 Every recipe is built as a user builds it: from a folder of the user's own, never from this
 repository. Per engine, after ``make image`` has made ``imds-shim:VERSION``:
 
-- ``example``: Dockerfile.example in a tiny Python app's folder (which has a pyproject.toml of its
-  own, that must not be installed): imds-shim pip-installed by name from an index on loopback;
+- ``example``: Dockerfile.example built from a tiny Python app's folder (which has a pyproject.toml
+  of its own, that must not be installed), with a wheelhouse that ``make wheelhouse`` put in it,
+  as the README prints both commands; and once more from an index on loopback, the folder holding
+  only the wheelhouse's requirements.txt;
 - ``any-image``: examples/any-image (the ``COPY --from=imds-shim:VERSION`` recipe and its app) on
   a bare Debian bullseye that has no Python at all.
 
@@ -45,8 +47,9 @@ from .netns import StartImds, Topology, record
 
 BUILDER_IMAGE = "localhost/imds-shim-builder:e2e"
 BARE_IMAGE = "localhost/imds-shim-bare:e2e"
-PYTHON_BASE_IMAGE = "localhost/imds-shim-python-base:e2e"
-EXAMPLE_OFFLINE_IMAGE = "localhost/imds-shim-example-offline:e2e"
+EXAMPLE_INDEX_IMAGE = "localhost/imds-shim-example-index:e2e"
+BUILDER_PYTHON = "3.13"  # the builder root is make bundle's trixie root
+WHEELHOUSE = "imds-shim-wheelhouse"
 IMAGES = {"example": "localhost/imds-shim-example:e2e", "any-image": "localhost/imds-shim-any-image:e2e"}
 ANY_IMAGE = ROOT / "examples" / "any-image"
 ARM64_TARBALL = ROOT / "dist" / f"imds-shim-{__version__}-linux-aarch64.tar.gz"
@@ -89,42 +92,65 @@ def wheel_index(topology: Topology, wheels: Path) -> Iterator[str]:
         server.wait(timeout=10)
 
 
-def python_app(work: Path) -> Path:
-    """A Python application's folder with Dockerfile.example in it, as a user would have it. Its
-    own pyproject.toml is a trap: a recipe that pip-installs the build context installs my-app."""
-    context = work / "python-app"
+def python_app(work: Path, name: str = "python-app") -> Path:
+    """A Python application's folder, as a user would have it. Its own pyproject.toml is a trap:
+    a recipe that pip-installs the build context installs my-app."""
+    context = work / name
     context.mkdir()
-    shutil.copy(ROOT / "Dockerfile.example", context / "Dockerfile")
     (context / "app.py").write_text("print('my app')\n")
     (context / "pyproject.toml").write_text('[project]\nname = "my-app"\nversion = "9.9.9"\n')
     return context
 
 
-def _build_example(engine: Engine, work: Path, index: str) -> None:
-    """Dockerfile.example from a Python app's folder, with pip reaching only ``index``: as it is,
-    on a base whose pip.conf names that index (as a company mirror would), and with the
-    IMDS_SHIM build argument naming it instead (EXAMPLE_OFFLINE_IMAGE)."""
-    base = work / "python-base"
-    base.mkdir()
-    (base / "pip.conf").write_text(f"[global]\nno-index = true\nfind-links = {index}\n")
-    (base / "Dockerfile").write_text(f"FROM {BUILDER_IMAGE}\nCOPY pip.conf /etc/pip.conf\n")
-    engine.build(base / "Dockerfile", base, PYTHON_BASE_IMAGE)
+def make_wheelhouse(folder: Path) -> None:
+    """The README's first command: make wheelhouse for the image's Python, into the app's folder."""
+    subprocess.run(
+        [
+            *("make", "-s", "-C", str(ROOT), "wheelhouse", f"PYTHON_VERSION={BUILDER_PYTHON}"),
+            *(f"PLATFORM=manylinux2014_{NATIVE}", f"WHEELHOUSE={folder}"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+
+
+def simple_index(wheelhouse: Path, index: Path) -> None:
+    """The wheelhouse's wheels as a PEP 503 index: a folder a project (http.server lists them)."""
+    for wheel in wheelhouse.glob("*.whl"):
+        project = index / wheel.name.split("-")[0].replace("_", "-").lower()
+        project.mkdir(parents=True, exist_ok=True)
+        shutil.copy(wheel, project)
+
+
+def _build_example(engine: Engine, topology: Topology, work: Path) -> None:
+    """Dockerfile.example from a Python app's folder with a wheelhouse in it, as the README says;
+    then with IMDS_SHIM_INDEX naming an index on loopback, from a folder with only the
+    wheelhouse's requirements.txt (EXAMPLE_INDEX_IMAGE)."""
     context = python_app(work)
+    make_wheelhouse(context / WHEELHOUSE)
     engine.build(
-        context / "Dockerfile",
+        ROOT / "Dockerfile.example",
         context,
         IMAGES["example"],
-        network=engine.build_network,
-        BASE=PYTHON_BASE_IMAGE,
-    )
-    engine.build(
-        context / "Dockerfile",
-        context,
-        EXAMPLE_OFFLINE_IMAGE,
-        network=engine.build_network,
         BASE=BUILDER_IMAGE,
-        IMDS_SHIM=f"--no-index --find-links {index} imds-shim=={__version__}",
+        IMDS_SHIM_WHEELHOUSE=WHEELHOUSE,
     )
+    index = work / "index"
+    simple_index(context / WHEELHOUSE, index)
+    from_index = python_app(work, "python-app-index")
+    (from_index / WHEELHOUSE).mkdir()
+    shutil.copy(context / WHEELHOUSE / "requirements.txt", from_index / WHEELHOUSE)
+    with wheel_index(topology, index) as url:
+        engine.build(
+            ROOT / "Dockerfile.example",
+            from_index,
+            EXAMPLE_INDEX_IMAGE,
+            network=engine.build_network,
+            BASE=BUILDER_IMAGE,
+            IMDS_SHIM_WHEELHOUSE=WHEELHOUSE,
+            IMDS_SHIM_INDEX=url,
+        )
 
 
 def any_image_app(work: Path, name: str, kind: str, machine: str = NATIVE) -> tuple[Path, Path]:
@@ -202,10 +228,10 @@ def engine(
         engine.tags = engine.make_image()
         record(f"{engine.name}: start, import two roots, make image", time.monotonic() - started)
         started = time.monotonic()
-        with wheel_index(topology, roots.wheels) as index:
-            _build_example(engine, work, index)
+        _build_example(engine, topology, work)
         record(
-            f"{engine.name}: build Dockerfile.example from an app folder, twice", time.monotonic() - started
+            f"{engine.name}: make wheelhouse, build Dockerfile.example from an app folder, twice",
+            time.monotonic() - started,
         )
         started = time.monotonic()
         _build_any_image(engine, work)
@@ -248,17 +274,38 @@ def test_any_image_has_no_python(engine: Engine) -> None:
     assert completed.stdout.strip() == "none"
 
 
-@pytest.mark.parametrize("example", [IMAGES["example"], EXAMPLE_OFFLINE_IMAGE], ids=["default", "build-arg"])
-def test_example_installs_imds_shim_by_name_not_the_build_context(engine: Engine, example: str) -> None:
-    """Dockerfile.example built in an app's folder installs imds-shim==VERSION, never the app:
-    by its default, and with IMDS_SHIM="--no-index --find-links URL imds-shim==VERSION"."""
+@pytest.mark.parametrize("example", [IMAGES["example"], EXAMPLE_INDEX_IMAGE], ids=["wheelhouse", "index"])
+def test_example_installs_the_wheelhouse_not_the_build_context(engine: Engine, example: str) -> None:
+    """Dockerfile.example installs the wheelhouse's imds-shim==VERSION and exactly the versions its
+    requirements.txt pins, never the app: from the folder, and from an index."""
     completed = engine(
         "run", "--rm", "--entrypoint", "/opt/imds-shim/bin/pip", example, "list", "--format", "json"
     )
-    installed = {package["name"]: package["version"] for package in json.loads(completed.stdout)}
+    installed = {package["name"].lower(): package["version"] for package in json.loads(completed.stdout)}
     assert installed["imds-shim"] == __version__
     assert "my-app" not in installed
     assert {"requests", "tenacity"} <= set(installed)
+
+
+def test_example_without_a_wheelhouse_stops_with_one_line(engine: Engine, tmp_path: Path) -> None:
+    """With no IMDS_SHIM_WHEELHOUSE the build stops before installing anything, and says in one
+    line what to pass: it never falls back to a public index."""
+    context = python_app(tmp_path)
+    completed = engine(
+        *("build", "--network", "none", "-f", str(ROOT / "Dockerfile.example")),
+        *("--build-arg", f"BASE={BUILDER_IMAGE}", "-t", "localhost/imds-shim-example-none:e2e", str(context)),
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode != 0
+    output = completed.stdout + completed.stderr
+    # The engine prints the RUN line, with the echo in it, before the line the build said.
+    said = [line for line in output.splitlines() if "Dockerfile.example: pass" in line and "echo" not in line]
+    assert len(said) == 1, output
+    assert said[0].endswith(
+        "Dockerfile.example: pass --build-arg IMDS_SHIM_WHEELHOUSE=DIR, a folder of the build "
+        "context made by make wheelhouse (see its first lines)"
+    )
 
 
 def exported_files(engine: Engine, image: str, *paths: str) -> dict[str, bytes]:
@@ -298,7 +345,8 @@ def test_make_image_holds_the_bundle_and_nothing_else(engine: Engine) -> None:
 
 
 def test_make_image_labels_version_revision_and_source(engine: Engine) -> None:
-    """Each image made by make image carries the OCI labels version, revision (this commit) and source."""
+    """Each image made by make image carries the OCI labels version, revision (this commit) and
+    source, and names the release's signature file."""
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True)
     revision = head.stdout.strip()
     for tag in engine.tags[1:]:
@@ -306,6 +354,7 @@ def test_make_image_labels_version_revision_and_source(engine: Engine) -> None:
         assert labels["org.opencontainers.image.version"] == __version__
         assert labels["org.opencontainers.image.revision"].startswith(revision)
         assert labels["org.opencontainers.image.source"] not in ("", "unknown")
+        assert labels["io.github.imds-shim.signature"] == "SHA256SUMS.minisig"
 
 
 def test_arm64_recipe_gets_credentials_under_emulation(engine: Engine, imds: StartImds) -> None:
