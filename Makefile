@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 # Editable in "compat" mode: a plain path entry, so edits show at once, with no import hook to slow
 # every start and no setuptools banner.
-DEVELOP := $(PIP) --config-settings editable_mode=compat -e '.[test]'
+# --no-compile: of the test tools' 250 MB, the tests import a fraction; compiling it all up front
+# was a quarter of a newcomer's first make test.
+DEVELOP := $(PIP) --no-compile --config-settings editable_mode=compat -e '.[test]'
 # The loopback suites wait on timeouts far more than they compute: four workers on two cores.
 JOBS ?= 4
 
@@ -21,12 +23,15 @@ demo: $(BIN)/python
 	$(BIN)/imds-shim simulate -- $(BIN)/imds-shim -v -- sh -c 'env | grep "^AWS_" | sort'
 
 # Install the test dependencies and run the whole suite (lint and type checks included): the
-# loopback suites in parallel, then the ones that measure the machine (network namespaces, real
-# engines, the herd) one at a time, so that their timings are not shared with other tests.
-# Exit 5 (nothing selected) of the second run is fine when PYTEST_ARGS leaves those out.
+# loopback suites in parallel; then those that wait for seconds or hold a time budget (`timed`),
+# two at a time; then the ones that measure the machine (network namespaces, real engines, the
+# herd, a supervisor at rest) one at a time, so that their timings are not shared with other tests.
+# Exit 5 (nothing selected) of the later runs is fine when PYTEST_ARGS leaves those out.
+TIMED_JOBS ?= 2
 test: $(BIN)/python
 	$(DEVELOP)
-	$(BIN)/python -m pytest -n $(JOBS) -m "not serial" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(JOBS) -m "not serial and not timed" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TIMED_JOBS) -m "timed and not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(BIN)/python -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # The static checks alone (also part of make test, on Python 3.10 and newer).
@@ -74,10 +79,11 @@ BUNDLE_MARKERS ?= behaviour or bundle
 # and passed with two, in no more time.
 EMULATED_JOBS ?= 2
 BUNDLE_JOBS := $(if $(filter arm64 aarch64,$(ARCH)),$(EMULATED_JOBS),$(JOBS))
+BUNDLE_TIMED_JOBS := $(if $(filter arm64 aarch64,$(ARCH)),1,$(TIMED_JOBS))
 TARBALL ?=
 test-bundle: $(BIN)/python
 	$(DEVELOP)
-	ARCH=$(ARCH) JOBS=$(BUNDLE_JOBS) MARKERS="$(BUNDLE_MARKERS)" \
+	ARCH=$(ARCH) JOBS=$(BUNDLE_JOBS) TIMED_JOBS=$(BUNDLE_TIMED_JOBS) MARKERS="$(BUNDLE_MARKERS)" \
 		scripts/test-bundle $(BIN)/python $(TARBALL) -- $(PYTEST_ARGS)
 
 # imds-shim:VERSION, the image to `COPY --from=` (FROM scratch, only /opt/imds-shim), from every

@@ -112,7 +112,7 @@ def test_token_redirect_is_named_a_redirect(simulator: StartSimulator) -> None:
     assert len(sim.requests) == 1
 
 
-@pytest.mark.serial  # a verdict budget: measured apart from the parallel suites
+@pytest.mark.timed  # a verdict budget: measured apart from the parallel suites
 def test_hop_limit_symptom_falls_back_to_imdsv1_with_warning(simulator: StartSimulator) -> None:
     """A token PUT that connects but never answers: IMDSv1 in <= 1.5 s, one warning naming the hop limit."""
     sim = simulator(token_hang=True)
@@ -127,7 +127,7 @@ def test_hop_limit_symptom_falls_back_to_imdsv1_with_warning(simulator: StartSim
     assert [m for m, _, _ in paths(sim)].count("PUT") == 1  # the silent PUT is not retried
 
 
-@pytest.mark.serial  # a verdict budget: measured apart from the parallel suites
+@pytest.mark.timed  # a verdict budget: measured apart from the parallel suites
 @pytest.mark.parametrize("v1_refused_by", ["instance", "shim"])
 def test_hop_limit_with_imdsv2_required_is_diagnosed(simulator: StartSimulator, v1_refused_by: str) -> None:
     """Hop-limit symptom plus IMDSv1 refused: exit 125 in <= 1.5 s naming the hop limit and the fix."""
@@ -142,7 +142,7 @@ def test_hop_limit_with_imdsv2_required_is_diagnosed(simulator: StartSimulator, 
     assert "--http-put-response-hop-limit 2" in line
 
 
-@pytest.mark.serial  # a verdict budget: measured apart from the parallel suites
+@pytest.mark.timed  # a verdict budget: measured apart from the parallel suites
 def test_off_ec2_verdict_within_budget(unanswered_endpoint: str) -> None:
     """No TCP answer at all: exit 125 in <= 1.5 s saying IMDS is unreachable (not on EC2)."""
     result = run_shim(["--", "true"], endpoint=unanswered_endpoint)
@@ -153,7 +153,7 @@ def test_off_ec2_verdict_within_budget(unanswered_endpoint: str) -> None:
     assert "does not look like an EC2 instance" in line
 
 
-@pytest.mark.serial  # a verdict budget: measured apart from the parallel suites
+@pytest.mark.timed  # a verdict budget: measured apart from the parallel suites
 def test_off_ec2_optional_runs_command_without_credentials(unanswered_endpoint: str) -> None:
     """--optional off EC2: one warning, the command runs without credentials, its status returned."""
     result = run_shim(["--optional", "--", *probe_command()], endpoint=unanswered_endpoint)
@@ -165,7 +165,7 @@ def test_off_ec2_optional_runs_command_without_credentials(unanswered_endpoint: 
     assert "pass --optional" not in result.stderr  # no advice to do what was done
 
 
-@pytest.mark.serial  # a verdict budget: measured apart from the parallel suites
+@pytest.mark.timed  # a verdict budget: measured apart from the parallel suites
 def test_connection_refused_is_unreachable() -> None:
     """A refused connection gets the not-on-EC2 verdict at once."""
     result = run_shim(["--", "true"], endpoint=f"http://127.0.0.1:{closed_port()}")
@@ -229,7 +229,7 @@ def test_retry_after_beyond_deadline_gives_up_at_once(simulator: StartSimulator)
     assert len(sim.requests) == 1
 
 
-@pytest.mark.serial  # a verdict budget: measured apart from the parallel suites
+@pytest.mark.timed  # a verdict budget: measured apart from the parallel suites
 def test_busy_until_deadline_fails_within_deadline(simulator: StartSimulator) -> None:
     """A permanently busy IMDS: failure when the deadline runs out, never later."""
     sim = simulator(fail_first=10_000, fail_status=503)
@@ -342,7 +342,7 @@ def test_slow_imds_within_timeout_is_fine(simulator: StartSimulator) -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.serial  # a verdict budget: measured apart from the parallel suites
+@pytest.mark.timed  # a verdict budget: measured apart from the parallel suites
 def test_silent_gets_are_retried_then_fail_by_deadline(simulator: StartSimulator) -> None:
     """GETs slower than --timeout are retried, and the deadline ends it."""
     sim = simulator(latency=0.5)

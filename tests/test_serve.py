@@ -44,8 +44,9 @@ LOAD = REPO / "bench" / "endpoint_load.py"
 JS_SDK = Path(os.environ.get("JS_SDK_DIR", REPO / "build" / "js-sdk"))
 AWS_CLI = "/usr/bin/aws"  # Debian's awscli is v2; a pip-installed `aws` may be v1
 # Seconds-long SDK loops and loads, or a moment measured to a fraction of a second: run apart from
-# the parallel suites, whose own time budgets they would eat into (under qemu-user above all).
-HEAVY = pytest.mark.serial
+# the parallel suites, whose own time budgets they would eat into (under qemu-user above all), two
+# at a time: they mostly wait.
+HEAVY = pytest.mark.timed
 # Signals whose default action does not end a process, and glibc's own two.
 NOT_ENDING_SIGNALS = ("STOP", "TSTP", "CONT", "CHLD", "WINCH", "URG", "32", "33", "SIGTTIN")
 

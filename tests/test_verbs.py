@@ -217,7 +217,7 @@ def test_doctor_hop_limit_with_imdsv1_allowed(simulator: Callable[..., Simulator
     assert steps["credentials"]["status"] == "ok"
 
 
-@pytest.mark.serial  # a verdict budget: measured apart from the parallel suites
+@pytest.mark.timed  # a verdict budget: measured apart from the parallel suites
 def test_doctor_not_on_ec2(unanswered_endpoint: str) -> None:
     """doctor off EC2: exit 125 quickly, the TCP step fails saying IMDS is unreachable."""
     result = run_shim(["doctor", "--format", "json"], endpoint=unanswered_endpoint)

@@ -15,6 +15,8 @@ from helpers import clean_env
 from shim import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
+# One worker makes the wheelhouse once (make test runs with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("wheelhouse")
 
 
 @pytest.fixture(scope="module")
