@@ -701,3 +701,22 @@ def test_serve_as_pid_1_reaps_reports_health_and_stops(engine: Engine, image: st
         assert stopped < STOP_BUDGET
     finally:
         engine("rm", "--force", name, check=False)
+
+
+def test_a_docker_exec_shell_gets_credentials_only_through_imds_shim(
+    engine: Engine, image: str, imds: StartImds
+) -> None:
+    """The README's first screen: `exec C env` has none of the entrypoint command's variables;
+    `exec C imds-shim -- env` fetches them for that one command."""
+    imds("--hop-limit", "2", "--imds-v2-required")
+    name = f"imds-shim-exec-{os.getpid()}"
+    engine("run", "-d", "--name", name, *engine.network(ON_EC2), image, "sh", "-c", ORPHAN_THEN_WAIT)
+    try:
+        _wait_for_ready(engine, name)
+        assert "AWS_ACCESS_KEY_ID" not in environment(engine("exec", name, "env").stdout)
+        shim = status_command(image).split()[0]
+        fetched = environment(engine("exec", name, shim, "--", "env").stdout)
+        assert fetched["AWS_ACCESS_KEY_ID"].startswith("ASIA")
+        assert fetched["AWS_SESSION_TOKEN"] == fetched["AWS_SECURITY_TOKEN"]
+    finally:
+        engine("rm", "--force", name, check=False)
