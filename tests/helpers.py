@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import pytest
 from roots import NATIVE, elf_machine
@@ -209,3 +209,28 @@ class FakeTime:
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
+
+
+def made_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]) -> Path:
+    """A folder that ``make`` fills once per test run, shared by every xdist worker: the first to
+    ask makes it while the others wait (an atomic mkdir is the lock, a marker file says done)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # every worker's base folder is inside the run's own
+    folder, done = shared / name, shared / f"{name}.done"
+    try:
+        (shared / f"{name}.lock").mkdir()
+    except FileExistsError:
+        deadline = time.monotonic() + 600
+        while not done.exists():
+            assert time.monotonic() < deadline, f"{name} was never made"
+            time.sleep(0.1)
+        assert done.read_text() == "ok", f"{name} could not be made: {done.read_text()}"
+        return folder
+    try:
+        make(folder)
+    except BaseException as error:
+        done.write_text(f"failed: {error}")
+        raise
+    done.write_text("ok")
+    return folder

@@ -9,12 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import clean_env, probe_command, run_shim
+from helpers import clean_env, made_once, probe_command, run_shim
 
 from shim.simulator import Simulator
 
-# One worker compiles the locales once (make test runs with --dist loadgroup).
-pytestmark = [pytest.mark.behaviour, pytest.mark.xdist_group("locales")]
+pytestmark = pytest.mark.behaviour
 
 # name: (the locale's source, its charset); CJK and Latin, UTF-8 and legacy.
 LOCALES = {
@@ -33,19 +32,24 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def installed_locales(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """COMPILED, made with localedef into a folder of their own (LOCPATH): installed, for the
-    C library of whoever runs (glibc reads LOCPATH; the bundle's glibc too)."""
+    """COMPILED, made once per run with localedef into a folder of their own (LOCPATH): installed,
+    for the C library of whoever runs (glibc reads LOCPATH; the bundle's glibc too)."""
     if shutil.which("localedef") is None or not Path("/usr/share/i18n/locales/ja_JP").exists():
         pytest.skip("localedef and the locale sources are needed (Debian package locales)")
-    folder = tmp_path_factory.mktemp("locales")
-    for name in COMPILED:
-        source, charset = LOCALES[name]
-        subprocess.run(
-            ["localedef", "-i", source, "-f", charset, str(folder / name)], check=True, capture_output=True
-        )
-    return folder
+
+    def make(folder: Path) -> None:
+        folder.mkdir()
+        for name in COMPILED:
+            source, charset = LOCALES[name]
+            subprocess.run(
+                ["localedef", "-i", source, "-f", charset, str(folder / name)],
+                check=True,
+                capture_output=True,
+            )
+
+    return made_once(tmp_path_factory, "locales", make)
 
 
 @pytest.mark.parametrize(

@@ -10,28 +10,29 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import clean_env
+from helpers import clean_env, made_once
 
 from shim import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
-# One worker makes the wheelhouse once (make test runs with --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("wheelhouse")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A wheelhouse for this interpreter and machine, made by the script make wheelhouse runs."""
-    folder = tmp_path_factory.mktemp("wheelhouse") / "wheelhouse"
-    completed = subprocess.run(
-        [str(ROOT / "scripts" / "make-wheelhouse")],
-        env=dict(os.environ, PYTHON=sys.executable, WHEELHOUSE=str(folder)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr
-    return folder
+    """A wheelhouse for this interpreter and machine, made once per run by the script that make
+    wheelhouse runs."""
+
+    def make(folder: Path) -> None:
+        completed = subprocess.run(
+            [str(ROOT / "scripts" / "make-wheelhouse")],
+            env=dict(os.environ, PYTHON=sys.executable, WHEELHOUSE=str(folder)),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert completed.returncode == 0, completed.stderr
+
+    return made_once(tmp_path_factory, "wheelhouse", make)
 
 
 def install(wheelhouse: Path, venv: Path) -> subprocess.CompletedProcess[str]:
