@@ -106,7 +106,7 @@ def test_stepping_aside_is_healthy(sim: Simulator) -> None:
     assert "stepped aside: AWS_WEB_IDENTITY_TOKEN_FILE is set" in output
 
 
-@pytest.mark.serial
+@pytest.mark.timed  # seconds of waiting for a set to expire; asks its supervisor by PID
 def test_unhealthy_once_imds_is_gone_and_the_set_has_expired_then_healthy_again(
     simulator: Callable[..., Simulator],
 ) -> None:
