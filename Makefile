@@ -27,10 +27,10 @@ demo: $(BIN)/python
 
 # Install the test dependencies and run the whole suite (lint and type checks included): the
 # loopback suites in parallel; then those that wait for seconds or hold a time budget (`timed`),
-# two at a time; then the ones that measure the machine (network namespaces, real engines, the
+# three at a time; then the ones that measure the machine (network namespaces, real engines, the
 # herd, a supervisor at rest) one at a time, so that their timings are not shared with other tests.
 # Exit 5 (nothing selected) of the later runs is fine when PYTEST_ARGS leaves those out.
-TIMED_JOBS ?= 2
+TIMED_JOBS ?= 3
 test: $(BIN)/python
 	$(DEVELOP)
 	$(BIN)/python -m pytest -n $(JOBS) -m "not serial and not timed" $(PYTEST_ARGS)
@@ -82,7 +82,7 @@ BUNDLE_MARKERS ?= behaviour or bundle
 # and passed with two, in no more time.
 EMULATED_JOBS ?= 2
 BUNDLE_JOBS := $(if $(filter arm64 aarch64,$(ARCH)),$(EMULATED_JOBS),$(NATIVE_BUNDLE_JOBS))
-BUNDLE_TIMED_JOBS := $(if $(filter arm64 aarch64,$(ARCH)),1,$(TIMED_JOBS))
+BUNDLE_TIMED_JOBS := $(if $(filter arm64 aarch64,$(ARCH)),1,2)
 TARBALL ?=
 test-bundle: $(BIN)/python
 	$(DEVELOP)
