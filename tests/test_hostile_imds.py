@@ -678,28 +678,6 @@ def test_expect_role_lets_the_expected_role_through(scripted_imds: Callable[...,
     assert run_shim(["--expect-role", "other", "credential-process"], env=env).returncode == FAILED
 
 
-KUBERNETES_CASES = {
-    "node role": ({}, True),
-    "IRSA": ({"AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/app"}, False),
-    "Pod Identity": ({"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": "/var/run/token"}, False),
-}
-
-
-@pytest.mark.parametrize(("preset", "warns"), KUBERNETES_CASES.values(), ids=KUBERNETES_CASES.keys())
-def test_kubernetes_without_a_pod_identity_warns_once(
-    scripted_imds: Callable[..., ScriptedImds], preset: dict[str, str], warns: bool
-) -> None:
-    """In a pod with no IRSA or Pod Identity variable, handing out the node's role is said, once."""
-    server = scripted_imds()
-    env = clean_env(
-        AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, KUBERNETES_SERVICE_HOST="10.0.0.1", **preset
-    )
-    result = run_shim(["export"], env=env)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.count("--expect-role") == (1 if warns else 0)
-    assert ("the node's instance role" in result.stderr) is warns
-
-
 # -- 11. --refresh and a TMPDIR someone else can change ------------------------------------------
 
 

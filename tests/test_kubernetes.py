@@ -8,6 +8,7 @@ from typing import Callable
 
 import pytest
 from helpers import SHIM, clean_env, run_shim
+from scripted_imds import ScriptedImds
 
 from shim.simulator import Simulator
 
@@ -56,6 +57,19 @@ NODE_ROLE_CASES = {
     "IRSA": ({"AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/app"}, False),
     "Pod Identity": ({"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": "/var/run/token"}, False),
 }
+
+
+@pytest.mark.parametrize(("preset", "warns"), NODE_ROLE_CASES.values(), ids=NODE_ROLE_CASES.keys())
+def test_kubernetes_without_a_pod_identity_warns_once(
+    scripted_imds: Callable[..., ScriptedImds], preset: dict[str, str], warns: bool
+) -> None:
+    """In a pod with no IRSA or Pod Identity variable, handing out the node's role is said, once."""
+    server = scripted_imds()
+    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url, **POD, **preset)
+    result = run_shim(["export"], env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("--expect-role") == (1 if warns else 0)
+    assert ("the node's instance role" in result.stderr) is warns
 
 
 @pytest.mark.parametrize(("preset", "warns"), NODE_ROLE_CASES.values(), ids=NODE_ROLE_CASES.keys())
