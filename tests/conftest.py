@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 import helpers
@@ -128,3 +131,21 @@ def scripted_imds() -> Iterator[Callable[..., ScriptedImds]]:
         server.closing.set()
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheelhouse (pure wheels, for every supported Python), made once per run by the script
+    that make wheelhouse runs."""
+
+    def make(folder: Path) -> None:
+        completed = subprocess.run(
+            [str(helpers.HERE.parent / "scripts" / "make-wheelhouse")],
+            env=dict(os.environ, PYTHON=sys.executable, WHEELHOUSE=str(folder)),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert completed.returncode == 0, completed.stderr
+
+    return helpers.made_once(tmp_path_factory, "wheelhouse", make)

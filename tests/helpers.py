@@ -5,6 +5,7 @@ Fixtures live in conftest.py; everything a test imports by name lives here.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -38,6 +39,32 @@ PROBE = str(HERE / "probe.py")
 # Addresses no test may reach from this machine's own network: only from inside the namespaces that
 # tests/e2e builds and removes (docs/development.md).
 METADATA_ADDRESSES = frozenset({"169.254.169.254", "fd00:ec2::254", "169.254.170.2"})
+
+
+@functools.cache
+def build_version() -> str:
+    """The version a build of this checkout is (scripts/version.py): what its wheels, sdist,
+    bundles and images say. An editable install is no build: it says shim.__version__."""
+    completed = subprocess.run(
+        [sys.executable, str(HERE.parent / "scripts" / "version.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout.strip()
+
+
+def build_image_tag() -> str:
+    """build_version() as make image and make publish tag it ('-' for '+', which a tag cannot hold)."""
+    return build_version().replace("+", "-")
+
+
+def version_under_test() -> str:
+    """What `imds-shim --version` says for the shim under test: a bundle is a build."""
+    from shim import __version__
+
+    return build_version() if under_test().UNDER_TEST_IS_BUNDLE else __version__
 
 
 def _installed_shim() -> str | None:

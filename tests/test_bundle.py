@@ -24,13 +24,13 @@ from helpers import (
     INSTALLED_SHIM,
     SHIM,
     UNDER_TEST_IS_BUNDLE,
+    build_version,
     clean_env,
     probe_command,
     run_shim,
 )
 from roots import KINDS, NOBODY, elf_machine, make_root, parse_envdump, why_not
 
-from shim import __version__
 from shim.simulator import Simulator
 
 pytestmark = [
@@ -232,7 +232,7 @@ def shipped_distributions() -> dict[str, str]:
 def test_each_bundled_distribution_keeps_its_metadata() -> None:
     """imds-shim, requests, urllib3, idna and tenacity each keep .dist-info/METADATA (and only they)."""
     assert set(shipped_distributions()) == BUNDLED_DISTRIBUTIONS
-    assert shipped_distributions()["imds-shim"] == __version__
+    assert shipped_distributions()["imds-shim"] == build_version()
 
 
 def test_the_sbom_names_what_is_shipped() -> None:

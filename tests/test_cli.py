@@ -7,9 +7,16 @@ import subprocess
 import urllib.request
 
 import pytest
-from helpers import EMULATED, EMULATOR_LOSES_SPAWN_ERRORS, SHIM, clean_env, closed_port, run_shim
+from helpers import (
+    EMULATED,
+    EMULATOR_LOSES_SPAWN_ERRORS,
+    SHIM,
+    clean_env,
+    closed_port,
+    run_shim,
+    version_under_test,
+)
 
-from shim import __version__
 from shim.command_line import parse_command_line
 from shim.config import DOCTOR_FORMATS, EXPORT_FORMATS, OPTIONS, Config
 from shim.exit_codes import MEANINGS
@@ -87,7 +94,9 @@ def test_version() -> None:
     """--version prints the version and the interpreter's (the frozen one, in the bundle)."""
     result = run_shim(["--version"])
     assert result.returncode == 0
-    assert re.fullmatch(rf"imds-shim {re.escape(__version__)} \(CPython 3\.\d+\.\d+\)\n", result.stdout)
+    assert re.fullmatch(
+        rf"imds-shim {re.escape(version_under_test())} \(CPython 3\.\d+\.\d+\)\n", result.stdout
+    )
 
 
 BAD_INPUT = [

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,8 +18,8 @@ ROOT = Path(__file__).parent.parent
 @pytest.mark.parametrize(
     "command",
     [
-        ["ruff", "check", "shim", "tests", "bench"],
-        ["ruff", "format", "--check", "shim", "tests", "bench"],
+        ["ruff", "check", "shim", "tests", "bench", "scripts", "setup.py"],
+        ["ruff", "format", "--check", "shim", "tests", "bench", "scripts", "setup.py"],
         ["mypy"],
     ],
     ids=["ruff", "ruff format", "mypy"],
@@ -75,14 +76,17 @@ def test_package_has_no_import_cycles() -> None:
 
 @pytest.mark.parametrize("path", ["Dockerfile.example", "examples/any-image/Dockerfile", "README.md"])
 def test_recipes_name_this_version(path: str) -> None:
-    """Every `imds-shim==X` and `imds-shim:X` in the recipes and the README is this release."""
+    """Every `imds-shim==X` and `imds-shim:X` in the recipes and the README is the latest release,
+    the newest dated heading in CHANGELOG.md."""
     import re
 
-    from shim import __version__
-
+    found = re.search(
+        r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$", (ROOT / "CHANGELOG.md").read_text(), re.M
+    )
+    assert found, "CHANGELOG.md has no release"
     named = set(re.findall(r"imds-shim(?:==|:)(\d+\.\d+\.\d+)", (ROOT / path).read_text()))
-    assert named <= {__version__}
-    assert path != "examples/any-image/Dockerfile" or named == {__version__}
+    assert named <= {found[1]}
+    assert path != "examples/any-image/Dockerfile" or named == {found[1]}
 
 
 def test_the_readmes_python_recipe_is_dockerfile_example() -> None:
@@ -99,10 +103,7 @@ def test_the_readmes_python_recipe_is_dockerfile_example() -> None:
     assert [line for line in lines if line and line not in dockerfile] == []
     commented = {line.lstrip("#").strip() for line in dockerfile if line.startswith("#")}
     commands = [line.strip() for block in blocks if block.startswith("sh") for line in block.splitlines()[1:]]
-    assert (
-        "make -C /path/to/imds-shim wheelhouse PYTHON_VERSION=3.12 PLATFORM=manylinux2014_x86_64 \\"
-        in commands
-    )
+    assert 'make -C /path/to/imds-shim wheelhouse WHEELHOUSE="$PWD/imds-shim-wheelhouse"' in commands
     assert [line for line in commands if line and line not in commented] == []
 
 
@@ -167,3 +168,46 @@ def test_every_package_of_the_shim_is_in_the_wheel() -> None:
         ".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "shim").rglob("__init__.py")
     )
     assert listed == found
+
+
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+# The jobs that publish something, and so may ask for an OIDC token.
+PUBLISHING_JOBS = {"pypi", "image", "release-page"}
+
+
+def _workflow(path: Path) -> dict[Any, Any]:
+    import yaml
+
+    loaded = yaml.safe_load(path.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def test_there_are_the_two_workflows() -> None:
+    """CI on pull requests and main, and the release on tags (make lint would pass with none)."""
+    assert [path.name for path in WORKFLOWS] == ["ci.yml", "release.yml"]
+    assert _workflow(WORKFLOWS[1])[True] == {"push": {"tags": ["v*"]}}  # YAML reads `on` as True
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda path: path.name)
+def test_workflow_hygiene(path: Path) -> None:
+    """Every action pinned to a full commit SHA with its tag in a comment; no permissions at the
+    top; id-token only where a job publishes; no checkout keeps its credentials; full history (the
+    version counts commits)."""
+    import re
+
+    text = path.read_text()
+    uses = re.findall(r"uses: (\S+)(.*)", text)
+    assert uses
+    for action, comment in uses:
+        assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", action), action
+        assert re.fullmatch(r" # v\d+(\.\d+)*", comment), f"{action}: the tag in a comment"
+    workflow = _workflow(path)
+    assert workflow["permissions"] == {}
+    for name, job in workflow["jobs"].items():
+        permissions = job.get("permissions", {})
+        assert ("id-token" in permissions) == (name in PUBLISHING_JOBS), name
+        for step in job["steps"]:
+            if step.get("uses", "").startswith("actions/checkout@"):
+                assert step["with"]["persist-credentials"] is False
+                assert step["with"]["fetch-depth"] == 0

@@ -1,8 +1,10 @@
-"""make wheelhouse: imds-shim and its dependencies as wheels with their hashes, which pip installs
-with ``--require-hashes`` and nothing else, and refuses as soon as one byte of one wheel changes."""
+"""make wheelhouse: imds-shim and its dependencies as pure wheels with their hashes, which pip
+installs with ``--require-hashes`` and nothing else on every supported Python (one wheelhouse for
+every image), and refuses as soon as one byte of one wheel changes."""
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
@@ -10,37 +12,36 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import clean_env, made_once
+from helpers import build_version, clean_env
 
-from shim import __version__
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="session")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A wheelhouse for this interpreter and machine, made once per run by the script that make
-    wheelhouse runs."""
-
-    def make(folder: Path) -> None:
-        completed = subprocess.run(
-            [str(ROOT / "scripts" / "make-wheelhouse")],
-            env=dict(os.environ, PYTHON=sys.executable, WHEELHOUSE=str(folder)),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert completed.returncode == 0, completed.stderr
-
-    return made_once(tmp_path_factory, "wheelhouse", make)
+# The oldest, a middle and the newest Python that imds-shim supports: the one wheelhouse made
+# above (by whichever Python runs the tests) installs on each.
+PYTHONS = ("3.9", "3.11", "3.13")
 
 
-def install(wheelhouse: Path, venv: Path) -> subprocess.CompletedProcess[str]:
-    """The README's install command, into a fresh virtualenv."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+def interpreter(version: str) -> str | None:
+    """pythonX.Y under pyenv's root (as .ci/run finds them), else on PATH; None when none starts."""
+    pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    found = sorted(glob.glob(f"{pyenv_root}/versions/{version}.*/bin/python{version}"))
+    for candidate in [*found[-1:], shutil.which(f"python{version}")]:
+        if candidate and subprocess.run([candidate, "-c", "pass"], capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+def install(wheelhouse: Path, venv: Path, python: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The README's install command, into a fresh virtualenv: of this Python, by this pip; or of
+    another Python, by that venv's own pip (as in an image: this pip may not run on it)."""
+    if python is None:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+        pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
+    else:
+        subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
+        pip = [str(venv / "bin" / "python"), "-m", "pip"]
     return subprocess.run(
         [
-            *(sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install"),
+            *pip,
+            "install",
             *("--disable-pip-version-check", "--no-index", "--find-links", str(wheelhouse)),
             *("--require-hashes", "-r", str(wheelhouse / "requirements.txt")),
         ],
@@ -56,14 +57,30 @@ def test_the_wheelhouse_pins_every_wheel_by_its_hash(wheelhouse: Path) -> None:
     lines = [line for line in (wheelhouse / "requirements.txt").read_text().splitlines() if line[:1] != "#"]
     assert len(lines) == len(wheels) >= 4
     assert all(" --hash=sha256:" in line for line in lines)
-    assert f"imds-shim=={__version__}" in {line.split()[0] for line in lines}
+    assert f"imds-shim=={build_version()}" in {line.split()[0] for line in lines}
     assert {"requests", "tenacity", "urllib3", "idna"} <= {line.split("==")[0] for line in lines}
 
 
-def test_installs_with_require_hashes_and_fetches(wheelhouse: Path, tmp_path: Path) -> None:
-    """The wheelhouse installs into a fresh venv with no index, and that imds-shim works."""
+def test_every_wheel_is_pure(wheelhouse: Path) -> None:
+    """Nothing in it is for one interpreter or one architecture: charset-normalizer's pure wheel,
+    not its compiled ones."""
+    tags = {wheel.name: wheel.name.rsplit("-", 3)[1:] for wheel in wheelhouse.glob("*.whl")}
+    assert any(name.startswith("charset_normalizer-") for name in tags)
+    assert {name: tag for name, tag in tags.items() if tag[1:] != ["none", "any.whl"]} == {}
+    assert all(tag[0] in ("py3", "py2.py3") for tag in tags.values())
+
+
+@pytest.mark.parametrize("version", PYTHONS)
+def test_installs_with_require_hashes_on_every_supported_python(
+    wheelhouse: Path, tmp_path: Path, version: str
+) -> None:
+    """The one wheelhouse installs into a fresh venv of Python 3.9, 3.11 and 3.13 with no index,
+    and that imds-shim fetches and says the version it was built as."""
+    python = interpreter(version)
+    if python is None:
+        pytest.skip(f"no Python {version} here (CI has it under pyenv)")
     venv = tmp_path / "venv"
-    completed = install(wheelhouse, venv)
+    completed = install(wheelhouse, venv, python)
     assert completed.returncode == 0, completed.stderr
     shim = str(venv / "bin" / "imds-shim")
     run = subprocess.run(
@@ -75,6 +92,8 @@ def test_installs_with_require_hashes_and_fetches(wheelhouse: Path, tmp_path: Pa
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("ASIA")
+    said = subprocess.run([shim, "--version"], capture_output=True, text=True, timeout=60)
+    assert said.stdout.startswith(f"imds-shim {build_version()} (CPython {version}.")
 
 
 def test_one_changed_byte_in_any_wheel_fails_the_install(wheelhouse: Path, tmp_path: Path) -> None:

@@ -35,10 +35,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import BOTOCORE_LOOP
+from helpers import BOTOCORE_LOOP, build_image_tag, build_version
 from roots import NATIVE, NOBODY, elf_machine, make_root, parse_envdump, why_not
 
-from shim import __version__
 from shim.imds_protocol import ROLE_PATH, TOKEN_PATH
 
 from .conftest import ROOT, Roots
@@ -48,11 +47,13 @@ from .netns import StartImds, Topology, record
 BUILDER_IMAGE = "localhost/imds-shim-builder:e2e"
 BARE_IMAGE = "localhost/imds-shim-bare:e2e"
 EXAMPLE_INDEX_IMAGE = "localhost/imds-shim-example-index:e2e"
-BUILDER_PYTHON = "3.13"  # the builder root is make bundle's trixie root
 WHEELHOUSE = "imds-shim-wheelhouse"
 IMAGES = {"example": "localhost/imds-shim-example:e2e", "any-image": "localhost/imds-shim-any-image:e2e"}
 ANY_IMAGE = ROOT / "examples" / "any-image"
-ARM64_TARBALL = ROOT / "dist" / f"imds-shim-{__version__}-linux-aarch64.tar.gz"
+ARM64_TARBALL = ROOT / "dist" / f"imds-shim-{build_version()}-linux-aarch64.tar.gz"
+# What examples/any-image copies from: the published image, which the tests replace with the one
+# make image made from this checkout (imds-shim:TAG).
+PUBLISHED_IMAGE = re.compile(r"ghcr\.io/imds-shim/imds-shim:\d+\.\d+\.\d+ ")
 DOCKER_HOP_LIMIT_BUDGET = 2.5  # the whole `docker run`, engine overhead included
 DOCKER_OFF_EC2_BUDGET = 3.0
 STOP_BUDGET = 5.0  # well under the 10 s grace period after which the engine kills
@@ -106,8 +107,7 @@ def make_wheelhouse(folder: Path) -> None:
     """The README's first command: make wheelhouse for the image's Python, into the app's folder."""
     subprocess.run(
         [
-            *("make", "-s", "-C", str(ROOT), "wheelhouse", f"PYTHON_VERSION={BUILDER_PYTHON}"),
-            *(f"PLATFORM=manylinux2014_{NATIVE}", f"WHEELHOUSE={folder}"),
+            *("make", "-s", "-C", str(ROOT), "wheelhouse", f"WHEELHOUSE={folder}"),
         ],
         check=True,
         capture_output=True,
@@ -158,6 +158,10 @@ def any_image_app(work: Path, name: str, kind: str, machine: str = NATIVE) -> tu
     root of ``machine`` in its app/: (context, the root without the command, to import as a base)."""
     context = work / name
     shutil.copytree(ANY_IMAGE, context)
+    dockerfile = context / "Dockerfile"
+    recipe, count = PUBLISHED_IMAGE.subn(f"imds-shim:{build_image_tag()} ", dockerfile.read_text())
+    assert count == 1, "examples/any-image/Dockerfile copies from ghcr.io/imds-shim/imds-shim:X.Y.Z"
+    dockerfile.write_text(recipe)
     root = work / f"{name}-root"
     command = root / make_root(kind, root, machine=machine).relative_to("/")
     shutil.move(command, context / "app" / "envdump")
@@ -206,7 +210,8 @@ def _build_arm64(engine: Engine, work: Path) -> None:
     if engine.name == "docker":
         dockerfile = context / "Dockerfile"
         recipe = dockerfile.read_text()
-        dockerfile.write_text(recipe.replace(f"imds-shim:{__version__} ", f"imds-shim:{__version__}-arm64 "))
+        tag = build_image_tag()
+        dockerfile.write_text(recipe.replace(f"imds-shim:{tag} ", f"imds-shim:{tag}-arm64 "))
     engine.build(context / "Dockerfile", context, ARM64_IMAGE, platform="linux/arm64", BASE="scratch")
 
 
@@ -282,7 +287,7 @@ def test_example_installs_the_wheelhouse_not_the_build_context(engine: Engine, e
         "run", "--rm", "--entrypoint", "/opt/imds-shim/bin/pip", example, "list", "--format", "json"
     )
     installed = {package["name"].lower(): package["version"] for package in json.loads(completed.stdout)}
-    assert installed["imds-shim"] == __version__
+    assert installed["imds-shim"] == build_version()
     assert "my-app" not in installed
     assert {"requests", "tenacity"} <= set(installed)
 
@@ -329,7 +334,7 @@ def exported_files(engine: Engine, image: str, *paths: str) -> dict[str, bytes]:
 def test_make_image_holds_the_bundle_and_nothing_else(engine: Engine) -> None:
     """make image: imds-shim:VERSION and one image per architecture, FROM scratch with only
     /opt/imds-shim, whose launcher is that architecture's; --version runs in it as it is."""
-    assert engine.tags[0] == f"imds-shim:{__version__}"
+    assert engine.tags[0] == f"imds-shim:{build_image_tag()}"
     machines = {"amd64": "x86_64", "arm64": "aarch64"}
     for tag in engine.tags[1:]:
         arch = tag.rsplit("-", 1)[1]
@@ -341,7 +346,7 @@ def test_make_image_holds_the_bundle_and_nothing_else(engine: Engine) -> None:
         if arch == "arm64" and why_no_arm64():
             continue
         completed = engine("run", "--rm", "--network", "none", tag, "--version")
-        assert completed.stdout.startswith(f"imds-shim {__version__} (CPython 3.")
+        assert completed.stdout.startswith(f"imds-shim {build_version()} (CPython 3.")
 
 
 def test_make_image_labels_version_revision_and_source(engine: Engine) -> None:
@@ -351,7 +356,7 @@ def test_make_image_labels_version_revision_and_source(engine: Engine) -> None:
     revision = head.stdout.strip()
     for tag in engine.tags[1:]:
         labels = json.loads(engine("image", "inspect", "--format", "{{json .Config.Labels}}", tag).stdout)
-        assert labels["org.opencontainers.image.version"] == __version__
+        assert labels["org.opencontainers.image.version"] == build_version()
         assert labels["org.opencontainers.image.revision"].startswith(revision)
         assert labels["org.opencontainers.image.source"] not in ("", "unknown")
         assert labels["io.github.imds-shim.signature"] == "SHA256SUMS.minisig"
