@@ -82,6 +82,8 @@ def command_environment(
     except CredentialsUnavailable as error:
         if not config.optional:
             raise
+        if config.serve:
+            return waiting_for_imds(config, environment, standing, error)
         log.warning(f"{error}; running the command without credentials (--optional)")
         if standing is not None:
             standing.note = f"running without credentials (--optional): {error}"
@@ -105,6 +107,25 @@ def command_environment(
 
         return environment, [ExpirySignal(config.expiry_signal, fetched.credentials)]
     return environment, []
+
+
+def waiting_for_imds(
+    config: Config, environ: Mapping[str, str], standing: Standing | None, error: CredentialsUnavailable
+) -> tuple[dict[str, str], list[Service]]:
+    """``--serve --optional`` with IMDS down at the start: the command starts now, with the endpoint,
+    which answers 503 until the renewals, retried with backoff, bring a first set."""
+    import time
+
+    from shim.lifetime.endpoint import serving_environment
+
+    assert standing is not None
+    log.warning(
+        f"{error}; starting the command with the endpoint, which has no credentials until IMDS answers "
+        "(--optional); trying again with backoff"
+    )
+    standing.failures, standing.last_error = 1, str(error)
+    standing.note = f"waiting for IMDS since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+    return serving_environment(config, environ, None, standing)
 
 
 def load_supervisor() -> None:

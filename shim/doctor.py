@@ -301,7 +301,10 @@ def doctor(config: Config, environ: Mapping[str, str]) -> int:
             client.close()
     else:
         report.skip_rest(("imdsv2 token", "role", "credentials", "region/account"), "no TCP")
-    if os.getpid() == 1:
+    if os.getpid() == 1 and config.supervised:
+        # The image's entrypoint runs in a supervised mode: there imds-shim is PID 1 and the init.
+        report.add("pid 1", "info", f"running as PID 1; under {config.mode} imds-shim is the init itself")
+    elif os.getpid() == 1:
         report.add(
             "pid 1",
             "warn",

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+PIPE_BUF = 4096  # Linux: a write of at most this many bytes enters a pipe whole or not at all
 DEFAULT_LEVEL = "warning"
 
 
@@ -91,7 +92,9 @@ def non_blocking_stderr() -> tuple[Callable[[bytes], bool], int | None]:
     ``O_NONBLOCK`` on descriptor 2 itself would change the command's stderr too (the flag belongs
     to the open file, which both share). A pipe or terminal is opened again through /proc, which
     gives this process an open file of its own; a socket is sent to with ``MSG_DONTWAIT``; a
-    regular file never blocks.
+    regular file never blocks. Where /proc will not open it (no /proc, or a pipe of another user's:
+    ``gosu app imds-shim ...`` keeps root's pipe, and the reopen is checked against its owner),
+    each write is made not to wait by itself: :func:`_each_write_nowait`.
     """
     import stat
 
@@ -105,15 +108,45 @@ def non_blocking_stderr() -> tuple[Callable[[bytes], bool], int | None]:
 
         stream = socket.socket(fileno=os.dup(2))
         return (
-            lambda line: _sent(lambda: stream.send(line, socket.MSG_DONTWAIT), len(line))
+            lambda line: _sent(
+                lambda: stream.send(line, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL), len(line)
+            )
         ), stream.fileno()
     descriptor = 2
     if stat.S_ISFIFO(kind) or stat.S_ISCHR(kind):
         try:
             descriptor = os.open("/proc/self/fd/2", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:  # no /proc: a blocking write is the best there is
-            descriptor = 2
+        except OSError:
+            return _each_write_nowait(2), 2
     return (lambda line: _sent(lambda: os.write(descriptor, line), len(line))), descriptor
+
+
+def _each_write_nowait(descriptor: int) -> Callable[[bytes], bool]:
+    """A writer to a descriptor whose open file must stay blocking: ``pwritev2(RWF_NOWAIT)``,
+    which pipes honour on recent kernels (EAGAIN when full); else a write only when ``select``
+    finds room, which for a pipe means a free page, so a line under 4 KiB goes in whole at once."""
+    import errno
+    import select
+
+    nowait = [True]  # until the kernel says this file does not take RWF_NOWAIT
+
+    def write(line: bytes) -> bool:
+        line = line if len(line) <= PIPE_BUF else line[: PIPE_BUF - 1] + b"\n"
+        if nowait[0]:
+            try:
+                return os.pwritev(descriptor, [line], -1, os.RWF_NOWAIT) == len(line)
+            except OSError as error:
+                if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ESPIPE):
+                    return False  # full (EAGAIN), closed, or broken: the line is lost
+                nowait[0] = False
+        try:
+            if not select.select([], [descriptor], [], 0)[1]:
+                return False
+        except (OSError, ValueError):
+            return False
+        return _sent(lambda: os.write(descriptor, line), len(line))
+
+    return write
 
 
 def _sent(send: Callable[[], int], length: int) -> bool:

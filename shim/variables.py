@@ -61,14 +61,15 @@ def export_into(environ: MutableMapping[str, str], variables: Mapping[str, str])
     environ.update(variables)
 
 
-def identity_without_keys(environ: Mapping[str, str], fetched: Fetched) -> dict[str, str]:
+def identity_without_keys(environ: Mapping[str, str], fetched: Fetched | None) -> dict[str, str]:
     """``environ`` without static keys, plus region and account: for the modes whose credentials
-    come from elsewhere (--refresh's profile, --serve's endpoint), which static keys would outrank."""
+    come from elsewhere (--refresh's profile, --serve's endpoint), which static keys would outrank.
+    ``fetched`` None: nothing known from IMDS yet, so only a preset region."""
     environment = {
         name: value for name, value in environ.items() if name not in (*STATIC_CREDENTIALS, ACCOUNT_ID)
     }
-    environment.update(region_variables(environ, fetched.region))
-    if fetched.account_id:
+    environment.update(region_variables(environ, fetched.region if fetched else None))
+    if fetched and fetched.account_id:
         environment[ACCOUNT_ID] = fetched.account_id
     return environment
 

@@ -60,9 +60,10 @@ class LoopDriver:
         self.answers = answers
         self.asked: list[float] = []
         self.watched: dict[int, Callable[[], None]] = {}
-        self.store = CredentialStore(credentials("AKIA0", first_expiry), None, clock=self.time.clock)
+        first = credentials("AKIA0", first_expiry)
+        self.store = CredentialStore(first, None, clock=self.time.clock)
         self.standing = Standing("--serve")
-        self.standing.hold(ROLE, self.store.credentials)
+        self.standing.hold(ROLE, first)
         config = Config.from_settings(
             parse_command_line(["--serve", "--", "true"], {}).settings, in_pod=False
         )
@@ -108,6 +109,7 @@ def test_a_healthy_imds_is_asked_once_per_set_at_the_due_moment() -> None:
     loop = LoopDriver(fresh, first_expiry=6 * HOUR)
     loop.run_until(17 * HOUR)
     assert loop.asked == [6 * HOUR - 900, 12 * HOUR - 1800]
+    assert loop.store.credentials is not None
     assert loop.store.credentials.access_key_id == "AKIA2"
     assert (loop.standing.renewed_at, loop.standing.failures) == (12 * HOUR - 1800, 0)
 
@@ -128,6 +130,7 @@ def test_imds_down_is_retried_with_backoff_and_the_set_served_meanwhile(
     loop.run_until(7 * HOUR)
     due = 6 * HOUR - 900
     assert loop.asked == [due, due + 1, due + 3, due + 7]
+    assert loop.store.credentials is not None
     assert loop.store.credentials.access_key_id == "AKIA1"
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 4, lines  # the default level: three failures and the recovery

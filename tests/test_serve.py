@@ -7,6 +7,7 @@ The companion process is looked for in /proc: it must be gone soon after the com
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from helpers import BOTOCORE_LOOP, HERE, SHIM, START_SLACK, clean_env, probe_command, run_shim
+from helpers import BOTOCORE_LOOP, HERE, SHIM, START_SLACK, clean_env, closed_port, probe_command, run_shim
 
 from shim.imds_protocol import ROLE_PATH
 from shim.simulator import Simulator
@@ -573,3 +574,122 @@ def test_a_request_trickling_for_longer_than_5_s_is_cut_off(sim: Simulator) -> N
     result = run_shim(["--serve", "--", sys.executable, "-c", script], endpoint=sim.url, timeout=60)
     assert result.returncode == 0, result.stderr
     assert 4 <= int(result.stdout) <= 7
+
+
+# `setpriv`, as an entrypoint that drops privileges runs the shim (gosu, su-exec alike): user
+# nobody, keeping only the right to search folders, so that it reaches this machine's Python under
+# /root; the right to write to files of others' (CAP_DAC_OVERRIDE) it does not keep.
+AS_NOBODY = [
+    *("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"),
+    *("--inh-caps=-all,+dac_read_search", "--ambient-caps=-all,+dac_read_search"),
+]
+
+
+@pytest.mark.timed  # polls for seconds
+def test_a_shim_running_as_another_user_than_its_full_stderr_pipes_owner_keeps_serving(
+    simulator: Callable[..., Simulator],
+) -> None:
+    """`gosu app imds-shim --serve ...`: stderr is root's pipe, full and never read, which the shim
+    (as nobody) may not open again non-blocking. Its renewal warnings are lost, not waited for:
+    every request is still answered, at the command's pace."""
+    if os.geteuid() != 0:
+        pytest.skip("running the shim as another user needs root")
+    sim = simulator(expires_in=2)
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"x" * 4096)
+    os.set_blocking(write_end, True)  # as the shim gets it: a blocking pipe it shares
+    try:
+        process = subprocess.Popen(
+            [*AS_NOBODY, SHIM, "--serve", "--", *CLIENT, "poll", "4", "--wait-for-go"],
+            env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=write_end,
+            text=True,
+        )
+        os.close(write_end)
+        assert process.stdout is not None
+        assert process.stdin is not None
+        assert json.loads(process.stdout.readline())["status"] == 200
+        assert process.stdout.readline() == "ready\n"
+        sim.stop()  # renewals now fail, and each failure is a warning for the full pipe
+        process.stdin.write("go\n")
+        process.stdin.close()
+        polls = [json.loads(line) for line in process.stdout]
+        assert process.wait(timeout=30) == 0
+    finally:
+        os.close(read_end)
+    # 200 while the set lasts, then 503 (expired, IMDS gone): answered either way, never waited on.
+    assert {poll["status"] for poll in polls} <= {200, 503}
+    assert len(polls) > 20
+    gaps = [later["before"] - earlier["before"] for earlier, later in zip(polls, polls[1:])]
+    assert max(gaps) < 1.5, gaps  # the client polls every 0.1 s; a blocked supervisor answers none
+
+
+# The command for an outage at the start: says its endpoint and token, then waits for stdin's end.
+SAY_ENDPOINT = (
+    "import os, sys; print(os.environ['AWS_CONTAINER_CREDENTIALS_FULL_URI'], "
+    "os.environ['AWS_CONTAINER_AUTHORIZATION_TOKEN'], flush=True); sys.stdin.read()"
+)
+
+
+def _ask_endpoint(url: str, token: str) -> tuple[int, dict[str, Any]]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": token})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.mark.timed  # waits for the renewals' backoff
+def test_serve_optional_recovers_from_an_outage_at_the_start(simulator: Callable[..., Simulator]) -> None:
+    """IMDS down at the start: with --optional the command starts at once with the endpoint, which
+    answers 503 and status 1 ("waiting"); once IMDS answers, the endpoint serves and status is 0,
+    without a restart."""
+    port = closed_port()
+    process = subprocess.Popen(
+        [SHIM, "--serve", "--optional", "--", sys.executable, "-c", SAY_ENDPOINT],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=f"http://127.0.0.1:{port}"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url, token = process.stdout.readline().split()
+        code, document = _ask_endpoint(url, token)
+        assert (code, document["Code"]) == (503, "CredentialsUnavailable")
+        waiting = subprocess.run(
+            [SHIM, "status", "--pid", str(process.pid)], env={}, capture_output=True, text=True
+        )
+        assert waiting.returncode == 1
+        assert re.match(
+            r"imds-shim status: unhealthy: mode --serve, waiting for IMDS since "
+            r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ, \d+ failures in a row, last error: ",
+            waiting.stdout,
+        ), waiting.stdout
+        sim = simulator(port=port)  # IMDS is back, at the same address
+        deadline = time.monotonic() + 60  # the retries back off to every 30 s at most
+        while (answer := _ask_endpoint(url, token))[0] != 200:
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.2)
+        assert answer[1]["AccessKeyId"] == next(iter(sim.state.issued.values())).access_key_id
+        healthy = subprocess.run(
+            [SHIM, "status", "--pid", str(process.pid)], env={}, capture_output=True, text=True
+        )
+        assert healthy.returncode == 0, healthy.stdout
+        assert healthy.stdout.startswith(
+            "imds-shim status: ok: mode --serve, role imds-shim-simulated-role, "
+        )
+    finally:
+        _, stderr = process.communicate("", timeout=30)
+    assert process.returncode == 0, stderr
+    assert "--serve: renewed again after" in stderr

@@ -6,13 +6,16 @@ process of its own beside the supervised command, here with an empty environment
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 from helpers import SHIM, START_SLACK, clean_env, run_shim
@@ -44,7 +47,7 @@ def finish(process: subprocess.Popen[str]) -> str:
     return stderr
 
 
-def status(process: subprocess.Popen[str] | None = None) -> tuple[int, str]:
+def status(process: subprocess.Popen[Any] | None = None) -> tuple[int, str]:
     """``imds-shim status`` with an empty environment, as a health check runs it; with ``--pid``
     of ``process`` when given (the parallel suites run many supervisors on one host, where a
     container has one)."""
@@ -179,3 +182,129 @@ def test_status_takes_no_command_and_no_option_but_pid() -> None:
         result = run_shim(args)
         assert result.returncode == 125
         assert len(result.stderr.splitlines()) == 1
+
+
+# Binds the status name the shim will want (it will have this PID once exec'd), hands it to a
+# forked squatter that answers everyone "ok" with a role of its own, then execs the shim.
+# A squatter that binds the status name the shim will want (the shim will have this PID once
+# exec'd) and answers everyone "ok" with a role of its own; the shim is exec'd once it listens.
+SQUAT_THEN_EXEC = r"""
+import json, os, socket, sys
+from shim.lifetime.status import socket_name
+ready_read, ready_write = os.pipe()
+squatter = os.fork()
+if squatter == 0:
+    squat = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    squat.bind(socket_name(os.getppid()))
+    squat.listen(64)
+    os.write(ready_write, b"x")
+    lie = {"mode": "--serve", "role": "SQUATTER-ROLE", "key": "ASIA…SQAT", "expires_at": 4102444800.0,
+           "renewed_at": None, "failures": 0, "last_error": None, "note": None}
+    while True:
+        peer, _ = squat.accept()
+        peer.send(json.dumps(lie).encode())
+        peer.close()
+assert os.read(ready_read, 1) == b"x"
+with open(os.environ.pop("SQUATTER_PIDFILE"), "w") as pidfile:
+    pidfile.write(str(squatter))
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def test_a_squatter_on_the_name_is_not_believed_and_the_supervisor_stays_reachable(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Another process bound the supervisor's name first: status answers from the supervisor
+    (under its suffixed name), never the squatter's "ok"; the supervisor says so once."""
+    pidfile = tmp_path / "squatter"
+    process = subprocess.Popen(
+        [sys.executable, "-c", SQUAT_THEN_EXEC, SHIM, "--serve", "--", *WAIT],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, SQUATTER_PIDFILE=str(pidfile)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "up\n"
+        code, output = status(process)
+    finally:
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    stderr = finish(process)
+    assert code == 0, output
+    assert output.startswith("imds-shim status: ok: mode --serve, role imds-shim-simulated-role, ")
+    assert "SQUATTER" not in output
+    held = [line for line in stderr.splitlines() if "holds the name" in line]
+    assert len(held) == 1, stderr
+    assert re.search(r"imds-shim: warning: status: another process in this network namespace holds", held[0])
+
+
+def test_a_name_held_by_someone_else_is_not_my_supervisor(tmp_path: Path) -> None:
+    """status --pid of a process whose name another process holds: unhealthy, and whose it is."""
+    from shim.lifetime.status import socket_name
+
+    target = subprocess.Popen(["sleep", "60"])
+    squat = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        squat.bind(socket_name(target.pid))
+        squat.listen(8)
+        code, output = status(target)
+    finally:
+        squat.close()
+        target.kill()
+        target.wait()
+    assert code == 1
+    assert output == (
+        f"imds-shim status: unhealthy: the status socket of PID {target.pid} is held by another process "
+        f"(PID {os.getpid()}, uid {os.geteuid()}), not by imds-shim's supervisor\n"
+    )
+
+
+def _flood(name: bytes, stop: int, held: int) -> int:
+    """A process of user nobody that connects to ``name`` as fast as it can until ``stop`` reads
+    end-of-file (or 60 s pass); its PID. ``held``: the pipe's other end, closed in the child."""
+    child = os.fork()
+    if child != 0:
+        return child
+    try:
+        os.close(held)
+        os.setgid(65534)
+        os.setuid(65534)
+        os.set_blocking(stop, False)
+        ends = time.monotonic() + 60
+        while time.monotonic() < ends:
+            with contextlib.suppress(BlockingIOError):
+                if os.read(stop, 1) == b"":
+                    break
+            for _ in range(50):
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                client.setblocking(False)
+                with contextlib.suppress(OSError):
+                    client.connect(name)
+                client.close()
+    finally:
+        os._exit(0)
+
+
+@pytest.mark.timed  # two flooders and twenty checks: apart from the parallel suites
+def test_health_checks_answer_through_a_connect_flood_from_another_user(sim: Simulator) -> None:
+    """Two processes of another user flood the supervisor's socket with connections: every one of
+    twenty health checks still answers ok."""
+    if os.geteuid() != 0:
+        pytest.skip("flooding as another user needs root")
+    from shim.lifetime.status import socket_name
+
+    process = supervised(["--serve"], sim)
+    stop_read, stop_write = os.pipe()
+    flooders = [_flood(socket_name(process.pid), stop_read, stop_write) for _ in range(2)]
+    os.close(stop_read)
+    try:
+        results = [status(process) for _ in range(20)]
+    finally:
+        os.close(stop_write)
+        for flooder in flooders:
+            os.waitpid(flooder, 0)
+    finish(process)
+    assert [code for code, _ in results] == [0] * 20, [output for code, output in results if code]

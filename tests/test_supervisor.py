@@ -7,6 +7,7 @@ group and terminal, its exit status as the shim's parent sees it, and what is le
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -33,7 +34,12 @@ SUPERVISED_MODES = pytest.mark.parametrize(
     "mode", [["--serve"], ["--expiry-signal", "USR1"], ["--init"]], ids=["serve", "expiry-signal", "init"]
 )
 # Catchable, and each sent to the shim alone: the command must get each one exactly once.
-FORWARDED = ["SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGALRM", "SIGCONT"]
+# SIGPIPE and SIGXFSZ too, which CPython ignores in the shim while the command has them at their
+# defaults (Yelp/dumb-init's own signal test sends every one of these).
+FORWARDED = [
+    *("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGALRM", "SIGCONT"),
+    *("SIGPIPE", "SIGXFSZ"),
+]
 
 # The command: counts every signal it gets for 0.6 s after "ready", then prints the counts.
 COUNTER = """
@@ -360,3 +366,94 @@ def _switches(pid: int) -> int:
         if line.endswith("ctxt_switches:") or "ctxt_switches" in line:
             total += int(line.split()[1])
     return total
+
+
+# The command for a storm: ignores the storm's signal, says it is up, exits 7 once stdin closes.
+STORM_COMMAND = """
+import signal, sys
+signal.signal(signal.SIGRTMIN + 1, signal.SIG_IGN)
+print("up", flush=True)
+sys.stdin.read()
+sys.exit(7)
+"""
+
+
+def _storm(pid: int, stop: int) -> int:
+    """A process that queues SIGRTMIN+1 to ``pid`` as fast as it can until ``stop`` reads
+    end-of-file, ``pid`` is gone, or 60 s pass; its PID. It holds no other descriptor of the
+    test's: a copy of the command's stdin would keep it from ever reading its end."""
+    child = os.fork()
+    if child != 0:
+        return child
+    try:
+        os.closerange(3, stop)
+        os.closerange(stop + 1, 65536)
+        os.set_blocking(stop, False)
+        ends = time.monotonic() + 60
+        while time.monotonic() < ends:
+            with contextlib.suppress(BlockingIOError):
+                if os.read(stop, 1) == b"":
+                    break
+            for _ in range(1000):
+                try:
+                    os.kill(pid, signal.SIGRTMIN + 1)
+                except ProcessLookupError:
+                    os._exit(0)
+                except OSError:  # the queue is full for now (RLIMIT_SIGPENDING)
+                    break
+    finally:
+        os._exit(0)
+
+
+@pytest.mark.timed  # two processes flooding a third: apart from the parallel suites
+@SUPERVISED_MODES
+def test_a_storm_of_queued_signals_never_costs_the_commands_exit(sim: Simulator, mode: list[str]) -> None:
+    """Two processes queue real-time signals at the shim as fast as they can while the command
+    exits: the wakeup pipe overflows, and the shim still notices the exit and ends with its code."""
+    process = subprocess.Popen(
+        [SHIM, *mode, "--", sys.executable, "-c", STORM_COMMAND],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdin is not None
+    assert process.stdout.readline() == "up\n"
+    stop_read, stop_write = os.pipe()
+    storms = [_storm(process.pid, stop_read) for _ in range(2)]
+    os.close(stop_read)
+    try:
+        time.sleep(0.5)  # the storm itself: long enough to fill a 64 KiB pipe many times over
+        process.stdin.close()
+        returncode = process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    finally:
+        os.close(stop_write)
+        for storm in storms:
+            os.waitpid(storm, 0)
+    assert returncode == 7
+
+
+def test_a_sigpipe_the_shim_raises_at_itself_is_not_forwarded(simulator: Callable[..., Simulator]) -> None:
+    """The shim's renewal warnings go to a stderr pipe nobody reads any more: its own write raises
+    SIGPIPE at itself, which is its business, not the command's (which counts none)."""
+    sim = simulator(expires_in=2)
+    read_end, write_end = os.pipe()
+    process = subprocess.Popen(
+        [SHIM, "--serve", "--", sys.executable, "-c", COUNTER, "SIGPIPE"],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, COUNT_FOR="4"),
+        stdout=subprocess.PIPE,
+        stderr=write_end,
+        text=True,
+    )
+    os.close(write_end)
+    os.close(read_end)  # from now on, a write to stderr raises SIGPIPE at the writer
+    assert process.stdout is not None
+    json.loads(process.stdout.readline())
+    sim.stop()  # the renewal due 1 s after the start fails, and its warning meets the broken pipe
+    output, _ = process.communicate(timeout=30)
+    assert json.loads(output) == {}
+    assert process.returncode == 0

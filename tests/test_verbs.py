@@ -301,3 +301,25 @@ def test_doctor_hints_at_an_init_when_pid_1(sim: Simulator) -> None:
     assert "pid 1" in completed.stdout
     assert "docker run --init" in completed.stdout
     assert "pid 1" not in run_shim(["doctor"], endpoint=sim.url).stdout
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="needs root and unshare to make a PID namespace",
+)
+@pytest.mark.parametrize(("variable", "mode"), [("IMDS_SHIM_SERVE", "--serve"), ("IMDS_SHIM_INIT", "--init")])
+def test_doctor_as_pid_1_of_a_supervised_image_gives_no_init_advice(
+    sim: Simulator, variable: str, mode: str
+) -> None:
+    """`docker run IMAGE imds-shim doctor` in an image with IMDS_SHIM_SERVE=1: imds-shim is the
+    init there, so doctor says so instead of asking for docker run --init."""
+    completed = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", SHIM, "doctor"],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, **{variable: "1"}),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert completed.returncode == 0, completed.stdout
+    assert f"running as PID 1; under {mode} imds-shim is the init itself" in completed.stdout
+    assert "--init (or tini)" not in completed.stdout

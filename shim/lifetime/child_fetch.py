@@ -58,8 +58,9 @@ def start_fetch(work: Callable[[], Fetched]) -> tuple[int, int]:
 def _run_in_child(work: Callable[[], Fetched], answer: int) -> None:
     status = 0
     try:
-        # The supervisor's wakeup pipe is the parent's: a signal here must not be taken for its own.
-        signals.set_wakeup_fd(-1)
+        # The supervisor blocks the signals it reads from its queue; a fetch needs SIGALRM (its
+        # time limit) like any other process, and the parent's queue is not the child's.
+        signals.pthread_sigmask(signals.SIG_SETMASK, ())
         # Nor may the child hold the endpoint's sockets: once the supervisor is gone, nothing
         # must accept a connection.
         _close_all_but(answer, log.descriptor)

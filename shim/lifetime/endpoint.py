@@ -11,6 +11,8 @@ waits in the listen queue, never refused; then the supervisor's loop serves it
 (:mod:`shim.lifetime.renewal`): no request waits for IMDS while the cached set is valid.
 
 - while IMDS is down the cached set is served until it expires, and never after: a 503 instead;
+- with ``--optional``, when IMDS gave nothing at the start, the command starts at once with the
+  endpoint, which answers 503 until the renewals (backing off to every 30 s) bring a first set;
 - only ``GET`` of the one path, with exactly the token in ``Authorization`` (compared in constant
   time), gets credentials: 401 without it, 403 with another, and the connection is closed after
   any 4xx; requests are bounded in size (8 KiB) and time (a whole request within 5 s of
@@ -67,13 +69,18 @@ REASONS = {
 
 
 class CredentialStore:
-    """The set the endpoint hands out, already rendered, and when it is due for renewal."""
+    """The set the endpoint hands out, already rendered, and when it is due for renewal; no set
+    yet (``--optional`` with IMDS down at the start) until the first :meth:`replace`."""
 
     def __init__(
-        self, credentials: Credentials, account_id: str | None, clock: Callable[[], float] = time.time
+        self, credentials: Credentials | None, account_id: str | None, clock: Callable[[], float] = time.time
     ) -> None:
         self.account_id, self.clock = account_id, clock
-        self.replace(credentials)
+        self.credentials: Credentials | None = None
+        self.body: bytes | None = None
+        self.expires_at = self.due_at = 0.0
+        if credentials is not None:
+            self.replace(credentials)
 
     def replace(self, credentials: Credentials) -> None:
         document = {
@@ -92,7 +99,7 @@ class CredentialStore:
         self.due_at = renewal_due(expires_at, self.clock())
 
     def answer(self) -> bytes | None:
-        """The JSON to hand out, or None once the set has expired."""
+        """The JSON to hand out, or None once the set has expired (or before the first)."""
         return self.body if self.clock() < self.expires_at else None
 
 
@@ -234,7 +241,7 @@ class EndpointServer(Service):
             f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n{closing}\r\n"
         ).encode() + body
         try:
-            sent = connection.sock.send(response)
+            sent = connection.sock.send(response, socket.MSG_NOSIGNAL)  # SIGPIPE is the command's
         except OSError:
             return False
         return keep and sent == len(response)  # a client that does not read its answers is dropped
@@ -255,6 +262,10 @@ class EndpointServer(Service):
         if len(authorization) > 1 or not compare_digest(authorization[0], self.token):
             return 403, _error("Forbidden", "wrong authorization token")
         body = self.store.answer()
+        if body is None and self.store.credentials is None:
+            return 503, _error(
+                "CredentialsUnavailable", "no credentials yet: IMDS has not answered since the start"
+            )
         if body is None:
             return 503, _error("CredentialsExpired", "IMDS has not renewed the credentials in time")
         return 200, body
@@ -277,10 +288,11 @@ def listening_socket() -> socket.socket:
 
 
 def serving_environment(
-    config: Config, environ: Mapping[str, str], fetched: Fetched, standing: Standing
+    config: Config, environ: Mapping[str, str], fetched: Fetched | None, standing: Standing
 ) -> tuple[dict[str, str], list[Service]]:
     """The command's environment (the endpoint's URL and token, region, account, no static keys)
-    and the services that serve and renew it; the socket is already listening."""
+    and the services that serve and renew it; the socket is already listening. ``fetched`` None:
+    IMDS gave nothing at the start (``--optional``), and the renewals bring the first set."""
     listener = listening_socket()
     port = listener.getsockname()[1]
     token = os.urandom(TOKEN_BYTES).hex()
@@ -290,10 +302,14 @@ def serving_environment(
         environment.pop(name, None)
     environment[FULL_URI] = url
     environment[AUTHORIZATION_TOKEN] = token
-    store = CredentialStore(fetched.credentials, fetched.account_id)
-    due_in = format_duration(store.due_at - store.clock())
-    log.info(
-        f"--serve: credentials at {url}, renewed from IMDS in {due_in} "
-        f"({format_time(datetime.fromtimestamp(store.due_at, timezone.utc))})"
-    )
+    if fetched is None:
+        store = CredentialStore(None, None)
+        log.info(f"--serve: the endpoint at {url} answers 503 until IMDS gives a first set")
+    else:
+        store = CredentialStore(fetched.credentials, fetched.account_id)
+        due_in = format_duration(store.due_at - store.clock())
+        log.info(
+            f"--serve: credentials at {url}, renewed from IMDS in {due_in} "
+            f"({format_time(datetime.fromtimestamp(store.due_at, timezone.utc))})"
+        )
     return environment, [EndpointServer(listener, store, token), Renewer(store, standing, config)]

@@ -81,7 +81,12 @@ class Renewer(Service):
     ) -> None:
         self.store, self.standing, self.config, self.clock, self.rng = store, standing, config, clock, rng
         self.launch = launch
-        self.next_try = store.due_at
+        # No set yet (--optional, IMDS down at the start): the start's failure was the first.
+        self.next_try = (
+            store.due_at
+            if store.credentials is not None
+            else clock() + retry_delay(max(standing.failures, 1), 0.0, rng)
+        )
         self.supervisor: Supervisor | None = None
         self.child: int | None = None
         self.answer: int | None = None
@@ -151,7 +156,7 @@ class Renewer(Service):
                 f"--serve: the instance's role changed from {standing.role} to {fresh.role}; "
                 f"serving {fresh.role}'s credentials from now on (--expect-role NAME refuses that)"
             )
-        if fresh.credentials.expiration <= store.credentials.expiration:
+        if store.credentials is not None and fresh.credentials.expiration <= store.credentials.expiration:
             # IMDS has not rotated yet: no failure, but asked again with the same backoff.
             self.unrotated += 1
             self.next_try = self.clock() + retry_delay(
@@ -170,7 +175,7 @@ class Renewer(Service):
             log.warning(f"--serve: renewed again after {standing.failures} failed attempts: {message}")
         else:
             log.info(f"--serve: renewed: {message}")
-        standing.failures, standing.last_error = 0, None
+        standing.failures, standing.last_error, standing.note = 0, None, None
         self.next_try = store.due_at
 
     def _failed(self, reason: str) -> None:
@@ -178,7 +183,7 @@ class Renewer(Service):
         standing.failures += 1
         standing.last_error = reason
         left = store.expires_at - self.clock()
-        if left > 0:
+        if left > 0 and store.credentials is not None:
             serving = (
                 f"serving the current set until it expires at "
                 f"{format_time(store.credentials.expiration)} (in {format_duration(left)})"

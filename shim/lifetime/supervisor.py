@@ -4,7 +4,9 @@ Read from tini, dumb-init and catatonit, and kept to what a container needs:
 
 - **forwarding**: every signal a command can catch, sent to the shim, is sent on to the command
   once (not the synchronous ones a fault raises, nor SIGTTIN and SIGTTOU, which the shim ignores
-  for itself so that it is never stopped for writing to a terminal);
+  for itself so that it is never stopped for writing to a terminal). SIGPIPE and SIGXFSZ too:
+  CPython ignores them at start, but the command runs with them at their defaults; the ones the
+  shim's own failed writes raise stay the shim's (sockets send with ``MSG_NOSIGNAL``);
 - **reaping**: every child that ends is waited for, so orphans handed to the shim as PID 1 never
   stay zombies;
 - **signal state**: the command gets the dispositions and mask the shim inherited, as an exec
@@ -16,10 +18,11 @@ Read from tini, dumb-init and catatonit, and kept to what a container needs:
   after the fork); as PID 1 the kernel does that for the whole namespace anyway;
 - **exit status**: the command's own code, or 128+N when signal N killed it.
 
-Signals arrive through CPython's wakeup pipe (:func:`signal.set_wakeup_fd`), so the loop waits in
-one ``select`` on that pipe and on every descriptor of the services, with the time to the
-services' next due moment as its timeout. A signal is only ever sent to the command while it has
-not been waited for: until then its PID cannot be given to another process.
+Signals for the command are blocked in the shim and read from a signalfd
+(:mod:`shim.lifetime.signal_queue`), so the loop waits in one ``select`` on that descriptor and on
+every descriptor of the services, with the time to the services' next due moment as its timeout,
+and no storm of signals can keep it from reaping. A signal is only ever sent to the command while
+it has not been waited for: until then its PID cannot be given to another process.
 """
 
 from __future__ import annotations
@@ -30,14 +33,16 @@ import os
 import selectors
 
 from shim.errors import ShimError, raised_at
-from shim.execute import command_error, restore_inherited_dispositions
+from shim.execute import PYTHON_IGNORED_SIGNALS, command_error, restore_inherited_dispositions
 from shim.lifetime.child_fetch import fork_or_fail
+from shim.lifetime.signal_queue import SignalQueue, raised_by_the_shim_itself
 from shim.log import flush_standard_streams, log
+from shim.runtime import inherited_ignored_signals
 
 TYPE_CHECKING = False  # no typing import at run time: every supervised start loads this
 if TYPE_CHECKING:
     import signal as signals
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from typing import NoReturn
 
     Handler = Callable[[], None]
@@ -108,17 +113,18 @@ class Supervisor:
         self, path: str, argv: Sequence[str], environ: Mapping[str, str], placeholders: Sequence[int] = ()
     ) -> int:
         """Start the command and supervise it until it ends; its exit status, as a shell tells it."""
-        wake_read, wake_write = os.pipe()
-        os.set_blocking(wake_read, False)
-        os.set_blocking(wake_write, False)
-        signals.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
-        self.watch(wake_read, lambda: self._on_signals(wake_read))
-        inherited = take_signals()
+        inherited, taken = take_signals()
+        started_with = signals.pthread_sigmask(signals.SIG_BLOCK, taken)
+        queue = SignalQueue(taken)
+        self.watch(queue.descriptor, lambda: self._on_signals(queue))
         self._reap()  # the first fetch's child, if it ended before SIGCHLD was ours to hear
         try:
             for service in self.services:
                 service.attach(self)
-            self.command_pid = start_command(path, argv, environ, inherited)
+            self.command_pid = start_command(path, argv, environ, inherited, started_with)
+            # The shim reads what it takes from its queue; the rest it must feel, whatever mask it
+            # was started with (a fault's signal, say).
+            signals.pthread_sigmask(signals.SIG_SETMASK, taken)
             for service in self.services:
                 service.command_started(self.command_pid)
             detach_standard_input_and_output(placeholders)
@@ -137,6 +143,7 @@ class Supervisor:
             for service in self.services:
                 service.close()
             self._reap()  # helpers the services just killed
+            queue.close()
         return self.command_status
 
     @staticmethod
@@ -151,16 +158,12 @@ class Supervisor:
             )
             return None
 
-    def _on_signals(self, wake_read: int) -> None:
-        try:
-            arrived = os.read(wake_read, 512)
-        except BlockingIOError:
-            return
-        for signum in arrived:
-            if signum == signals.SIGCHLD:
-                self._reap()
-            else:
+    def _on_signals(self, queue: SignalQueue) -> None:
+        """Forward what arrived, then reap (a batch a turn: see :mod:`shim.lifetime.signal_queue`)."""
+        for signum, code, sender in queue.take():
+            if signum != signals.SIGCHLD and not raised_by_the_shim_itself(code, sender):
                 self.signal_command(signum)
+        self._reap()
 
     def _reap(self) -> None:
         """Wait for every child that has ended: the command, a helper, or an orphan handed to PID 1."""
@@ -179,21 +182,29 @@ class Supervisor:
 
 
 def _noop(signum: int, frame: object) -> None:
-    """The Python-level handler: the wakeup pipe already told the loop."""
+    """The Python-level handler of a signal the shim takes: blocked, it never runs, but SIGCHLD
+    must not stay ignored (the kernel would reap the command itself), and installing one tells
+    the signals a process may take from the few glibc keeps for itself."""
 
 
-def take_signals() -> dict[int, object]:
-    """Handle every forwardable signal (and SIGCHLD) in the shim; what each was before.
+def take_signals() -> tuple[dict[int, object], set[int]]:
+    """Take every forwardable signal (and SIGCHLD) from the shim's handlers: what each was before,
+    for the command, and the set to block and read from the signal queue.
 
     A signal the shim inherited as ignored stays ignored, and is not forwarded: the command would
     have inherited it ignored from an exec too. SIGCHLD is always handled (an inherited ignore would
     make the kernel reap the command before its status could be read) and given back in the child.
+    SIGPIPE and SIGXFSZ count as ignored only if they were before Python started.
     """
     previous: dict[int, object] = {}
+    taken: set[int] = set()
+    inherited_ignored = inherited_ignored_signals()
     for signum in sorted(signals.valid_signals()):
         if signum in SYNCHRONOUS or signum in UNCATCHABLE:
             continue
         before = signals.getsignal(signum)
+        if signum in PYTHON_IGNORED_SIGNALS and signum not in inherited_ignored:
+            before = signals.SIG_DFL  # CPython's ignore, not the one the shim was started with
         if before == signals.SIG_IGN and signum != signals.SIGCHLD:
             continue
         handler = signals.SIG_IGN if signum in IGNORED_BY_THE_SHIM else _noop
@@ -202,29 +213,35 @@ def take_signals() -> dict[int, object]:
         except (OSError, ValueError):  # glibc's own 32 and 33
             continue
         previous[signum] = signals.SIG_DFL if before is None else before
-    return previous
+        if handler is _noop:
+            taken.add(signum)
+    return previous, taken
 
 
 def start_command(
-    path: str, argv: Sequence[str], environ: Mapping[str, str], inherited: Mapping[int, object]
+    path: str,
+    argv: Sequence[str],
+    environ: Mapping[str, str],
+    inherited: Mapping[int, object],
+    mask: Iterable[int],
 ) -> int:
-    """Fork and exec the command; its PID. An exec that fails is reported over a close-on-exec
-    pipe and raised here as 126 or 127; a fork that fails is the shim's own error (125)."""
+    """Fork and exec the command with the signal ``mask`` the shim was started with; its PID. An
+    exec that fails is reported over a close-on-exec pipe and raised here as 126 or 127; a fork
+    that fails is the shim's own error (125)."""
     report_read, report_write = os.pipe()  # both close-on-exec
     # Blocked across the fork, so that no handler of the shim's runs in the child before exec.
-    mask = signals.pthread_sigmask(signals.SIG_BLOCK, signals.valid_signals())
+    held = signals.pthread_sigmask(signals.SIG_BLOCK, signals.valid_signals())
     flush_standard_streams()
     try:
         pid = fork_or_fail()
     except ShimError:
-        signals.pthread_sigmask(signals.SIG_SETMASK, mask)
+        signals.pthread_sigmask(signals.SIG_SETMASK, held)
         os.close(report_read)
         os.close(report_write)
         raise
     if pid == 0:
         _become_command(path, argv, environ, inherited, mask, report_write)
-    # The shim must hear SIGCHLD and what it forwards, whatever mask it was started with.
-    signals.pthread_sigmask(signals.SIG_SETMASK, set())
+    signals.pthread_sigmask(signals.SIG_SETMASK, held)
     os.close(report_write)
     report = b""
     while chunk := _read_retrying(report_read):
@@ -250,14 +267,13 @@ def _become_command(
     argv: Sequence[str],
     environ: Mapping[str, str],
     inherited: Mapping[int, object],
-    mask: object,
+    mask: Iterable[int],
     report: int,
 ) -> NoReturn:
     """In the child: the signal state an exec would have had, its own group, the terminal, exec."""
     number = 0
     try:
         shim_pid, shim_group = os.getppid(), os.getpgid(os.getppid())
-        signals.set_wakeup_fd(-1)
         for signum, disposition in inherited.items():
             signals.signal(signum, disposition)  # type: ignore[arg-type]
         restore_inherited_dispositions()
@@ -265,7 +281,7 @@ def _become_command(
         _take_the_terminal(shim_group)
         if shim_pid != 1:  # as PID 1, the kernel ends the whole namespace with the shim
             _die_with(shim_pid)
-        signals.pthread_sigmask(signals.SIG_SETMASK, mask)  # type: ignore[arg-type]
+        signals.pthread_sigmask(signals.SIG_SETMASK, mask)
         os.execve(path, list(argv), dict(environ))
     except OSError as error:
         number = error.errno or errno.ENOEXEC
