@@ -261,3 +261,29 @@ def made_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callabl
         raise
     done.write_text("ok")
     return folder
+
+
+def hammering(burst: Callable[[], bool], stop: int, user: int | None = None) -> int:
+    """A forked process that runs ``burst`` over and over, as fast as it can (as ``user``, when
+    given), until ``stop`` reads end-of-file, ``burst`` returns False, or 60 s pass; its PID. It
+    keeps no other descriptor of the test's: a copy of a command's stdin, say, would keep that
+    command from ever reading its end."""
+    child = os.fork()
+    if child != 0:
+        return child
+    try:
+        os.closerange(3, stop)
+        os.closerange(stop + 1, 65536)
+        if user is not None:
+            os.setgid(user)
+            os.setuid(user)
+        os.set_blocking(stop, False)
+        ends = time.monotonic() + 60
+        while time.monotonic() < ends and burst():
+            try:
+                if os.read(stop, 1) == b"":
+                    break
+            except BlockingIOError:
+                pass
+    finally:
+        os._exit(0)

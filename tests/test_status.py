@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from helpers import SHIM, START_SLACK, clean_env, run_shim
+from helpers import SHIM, START_SLACK, clean_env, hammering, run_shim
 
 from shim.simulator import Simulator
 
@@ -262,30 +262,14 @@ def test_a_name_held_by_someone_else_is_not_my_supervisor(tmp_path: Path) -> Non
     )
 
 
-def _flood(name: bytes, stop: int, held: int) -> int:
-    """A process of user nobody that connects to ``name`` as fast as it can until ``stop`` reads
-    end-of-file (or 60 s pass); its PID. ``held``: the pipe's other end, closed in the child."""
-    child = os.fork()
-    if child != 0:
-        return child
-    try:
-        os.close(held)
-        os.setgid(65534)
-        os.setuid(65534)
-        os.set_blocking(stop, False)
-        ends = time.monotonic() + 60
-        while time.monotonic() < ends:
-            with contextlib.suppress(BlockingIOError):
-                if os.read(stop, 1) == b"":
-                    break
-            for _ in range(50):
-                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                client.setblocking(False)
-                with contextlib.suppress(OSError):
-                    client.connect(name)
-                client.close()
-    finally:
-        os._exit(0)
+def _connect_50_times(name: bytes) -> bool:
+    for _ in range(50):
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.setblocking(False)
+        with contextlib.suppress(OSError):
+            client.connect(name)
+        client.close()
+    return True
 
 
 @pytest.mark.timed  # two flooders and twenty checks: apart from the parallel suites
@@ -298,7 +282,8 @@ def test_health_checks_answer_through_a_connect_flood_from_another_user(sim: Sim
 
     process = supervised(["--serve"], sim)
     stop_read, stop_write = os.pipe()
-    flooders = [_flood(socket_name(process.pid), stop_read, stop_write) for _ in range(2)]
+    name = socket_name(process.pid)
+    flooders = [hammering(lambda: _connect_50_times(name), stop_read, user=65534) for _ in range(2)]
     os.close(stop_read)
     try:
         results = [status(process) for _ in range(20)]
