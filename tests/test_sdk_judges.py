@@ -3,7 +3,7 @@ network namespace that has only loopback, so that none of them can fall back to 
 
 - aws-sdk-go v1 (1.44) and v2 (config 1.17), Debian 12's packages, built offline in GOPATH mode
   (``GO111MODULE=off``, ``GOPATH=...:/usr/share/gocode``): each follows the endpoint through
-  renewals of a set that lives 3 s;
+  renewals of a set that lives 8 s;
 - Debian 12's Ruby SDK (aws-sdk-core 3.168) reads only ``AWS_CONTAINER_CREDENTIALS_RELATIVE_URI``:
   it finds no credentials under ``--serve``, which is what docs/sdks.md says of SDKs too old for
   ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` (use ``--refresh`` or static keys for them).
@@ -30,8 +30,8 @@ GO_PACKAGES = {
     "v1": "/usr/share/gocode/src/github.com/aws/aws-sdk-go",
     "v2": "/usr/share/gocode/src/github.com/aws/aws-sdk-go-v2",
 }
-LIFETIME = 3  # seconds a simulated set lives: renewed every 1.5 s
-FOR = 10  # seconds each judge asks: time for at least two of its own refreshes
+LIFETIME = 8  # seconds a simulated set lives: renewed every 4 s, with room for a loaded machine
+FOR = 13  # seconds each judge asks: long enough for at least two renewals
 
 
 def _why_not(*needed: str) -> str | None:

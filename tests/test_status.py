@@ -272,7 +272,7 @@ def _connect_50_times(name: bytes) -> bool:
     return True
 
 
-@pytest.mark.timed  # two flooders and twenty checks: apart from the parallel suites
+@pytest.mark.serial  # two flooders take both cores: alone, so no other test pays
 def test_health_checks_answer_through_a_connect_flood_from_another_user(sim: Simulator) -> None:
     """Two processes of another user flood the supervisor's socket with connections: every one of
     twenty health checks still answers ok."""

@@ -432,7 +432,7 @@ def _queue_signals(pid: int) -> bool:
     return True
 
 
-@pytest.mark.timed  # two processes flooding a third: apart from the parallel suites
+@pytest.mark.serial  # two processes flooding a third take both cores: alone, so no other test pays
 @SUPERVISED_MODES
 def test_a_storm_of_queued_signals_never_costs_the_commands_exit(sim: Simulator, mode: list[str]) -> None:
     """Two processes queue real-time signals at the shim as fast as they can while the command
