@@ -53,7 +53,7 @@ ANY_IMAGE = ROOT / "examples" / "any-image"
 ARM64_TARBALL = ROOT / "dist" / f"imds-shim-{build_version()}-linux-aarch64.tar.gz"
 # What examples/any-image copies from: the published image, which the tests replace with the one
 # make image made from this checkout (imds-shim:TAG).
-PUBLISHED_IMAGE = re.compile(r"ghcr\.io/imds-shim/imds-shim:\d+\.\d+\.\d+ ")
+PUBLISHED_IMAGE = re.compile(r"COPY --from=ghcr\.io/imds-shim/imds-shim:\d+\.\d+\.\d+ ")
 DOCKER_HOP_LIMIT_BUDGET = 2.5  # the whole `docker run`, engine overhead included
 DOCKER_OFF_EC2_BUDGET = 3.0
 STOP_BUDGET = 5.0  # well under the 10 s grace period after which the engine kills
@@ -159,7 +159,9 @@ def any_image_app(work: Path, name: str, kind: str, machine: str = NATIVE) -> tu
     context = work / name
     shutil.copytree(ANY_IMAGE, context)
     dockerfile = context / "Dockerfile"
-    recipe, count = PUBLISHED_IMAGE.subn(f"imds-shim:{build_image_tag()} ", dockerfile.read_text())
+    recipe, count = PUBLISHED_IMAGE.subn(
+        f"COPY --from=imds-shim:{build_image_tag()} ", dockerfile.read_text()
+    )
     assert count == 1, "examples/any-image/Dockerfile copies from ghcr.io/imds-shim/imds-shim:X.Y.Z"
     dockerfile.write_text(recipe)
     root = work / f"{name}-root"
