@@ -114,7 +114,7 @@ sys.stdin.read()
 def test_every_normal_signal_is_forwarded_once(sim: Simulator, mode: list[str]) -> None:
     """Each of them, sent to the shim after the one before has arrived (a stop signal discards a
     pending SIGCONT, and the other way round), reaches the command exactly once."""
-    assert len(EVERY_NORMAL_SIGNAL) == 19  # Linux: all below SIGRTMIN, less the excluded
+    assert len(EVERY_NORMAL_SIGNAL) >= 18  # Linux: 19 below SIGRTMIN, less the excluded (3.9 lacks SIGSTKFLT)
     process = start(mode, [sys.executable, "-c", ECHOER, *EVERY_NORMAL_SIGNAL], sim)
     assert process.stdout is not None
     assert process.stdin is not None
