@@ -6,7 +6,7 @@ For comparison only, like curl_recipe.sh: no retries, no deadline, no checks, no
 variables, nothing of imds-shim's own, just the client's imports and four round trips. bench/run.py
 times each client beside ``imds-shim -- true``, so that every run shows how much of a fetch is the
 HTTP client's and whether a bar set against curl + jq is within that client's reach. requests is
-imported the shim's lean way (shim.lean_requests), urllib3 with the same importlib.metadata
+imported the shim's lean way (shim.imds.lean_requests), urllib3 with the same importlib.metadata
 stand-in, so that each row is the cheapest that client gets.
 """
 
@@ -18,7 +18,7 @@ import sys
 import types
 from typing import Callable
 
-from shim.imds_protocol import IDENTITY_DOCUMENT_PATH, ROLE_PATH, TOKEN_HEADER, TOKEN_PATH, TOKEN_TTL_HEADER
+from shim.imds.protocol import IDENTITY_DOCUMENT_PATH, ROLE_PATH, TOKEN_HEADER, TOKEN_PATH, TOKEN_TTL_HEADER
 
 ENDPOINT = os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"]
 Send = Callable[[str, str, dict[str, str]], bytes]
@@ -32,7 +32,7 @@ def answered(method: str, path: str, status: int, body: bytes) -> bytes:
 
 
 def with_requests() -> Send:
-    from shim.lean_requests import requests
+    from shim.imds.lean_requests import requests
 
     session = requests.Session()
     session.trust_env = False

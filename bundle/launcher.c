@@ -32,7 +32,7 @@
 #error "build with -DLOADER='\"ld-linux-x86-64.so.2\"' (the loader's name in lib/, ld-linux-aarch64.so.1 on arm64)"
 #endif
 #define PROGRAM "imds-shim-python"
-/* A copy of shim/exit_codes.py's SHIM_FAILED, the status of the shim's own failures;
+/* A copy of shim/command_line/exit_codes.py's SHIM_FAILED, the status of the shim's own failures;
  * tests/test_bundle.py checks that the two agree. */
 #define FAILED 125
 /* Copies of the names in shim/runtime.py, which reads them. */

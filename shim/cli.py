@@ -11,8 +11,9 @@ import os
 import sys
 
 from shim import __version__
-from shim.command_line import Invocation, error_exit_code_from, help_text, parse_command_line
-from shim.config import DOCTOR, EXEC, SIMULATE, STATUS, Config, Option
+from shim.command_line.config import DOCTOR, EXEC, SIMULATE, STATUS, Config, Option
+from shim.command_line.exit_codes import COMMAND_NOT_EXECUTABLE, COMMAND_NOT_FOUND, SIGNAL_BASE
+from shim.command_line.parse import Invocation, error_exit_code_from, help_text, parse_command_line
 from shim.errors import (
     CommandNotExecutable,
     CommandNotFound,
@@ -22,7 +23,6 @@ from shim.errors import (
     raised_at,
 )
 from shim.execute import interruptible, replace_process
-from shim.exit_codes import COMMAND_NOT_EXECUTABLE, COMMAND_NOT_FOUND, SIGNAL_BASE
 from shim.log import flush_standard_streams, log, write_stdout
 from shim.runtime import as_this_program, is_imds_shim, launch_environment
 from shim.step_aside import clear_identity, in_pod, node_role_warning, reason_to_step_aside
@@ -39,9 +39,9 @@ if TYPE_CHECKING:
 def fetch_credentials(config: Config, environ: Mapping[str, str]) -> Fetched:
     """Everything IMDS has for this run. Imports the HTTP stack, so only fetching paths call it."""
     from shim.credentials import describe
-    from shim.deadline import Deadline
-    from shim.fetch import fetch
-    from shim.imds import ImdsClient
+    from shim.imds.client import ImdsClient
+    from shim.imds.deadline import Deadline
+    from shim.imds.fetch import fetch
 
     warning = node_role_warning(environ, config.expect_role)
     if warning:
@@ -91,7 +91,7 @@ def command_environment(
     if standing is not None:
         standing.hold(fetched.role, fetched.credentials)
     if config.refresh:
-        from shim.refresh import refreshing_environment
+        from shim.lifetime.refresh import refreshing_environment
 
         return refreshing_environment(config, environment, fetched), []
     if config.serve:
@@ -143,7 +143,7 @@ def load_supervisor() -> None:
 def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
     """Run the verb; returns an exit status, or does not return at all (exec)."""
     if invocation.verb == SIMULATE:
-        from shim.simulator import simulate
+        from shim.simulator.server import simulate
 
         return simulate(invocation.settings, invocation.command, environ)
     if invocation.verb == STATUS:
@@ -198,7 +198,7 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
 def _verb_options(verb: str) -> Sequence[Option]:
     """The options only one verb has; the simulator's module is imported for its own verb only."""
     if verb == SIMULATE:
-        from shim.simulator_knobs import SIMULATOR_OPTIONS
+        from shim.simulator.knobs import SIMULATOR_OPTIONS
 
         return SIMULATOR_OPTIONS
     return ()
@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 def _help(invocation: Invocation) -> str:
     if invocation.verb == SIMULATE:
-        from shim.simulator import simulator_help
+        from shim.simulator.server import simulator_help
 
         return simulator_help()
     return help_text()

@@ -11,7 +11,7 @@ class Credentials:
     """Temporary credentials; ``repr`` shows only the masked key ID, never the secrets.
 
     A plain class, not a dataclass: on the healthy path nothing else imports ``dataclasses``.
-    Built only by :mod:`shim.imds_answers`, so every field has been checked.
+    Built only by :mod:`shim.imds.answers`, so every field has been checked.
     """
 
     __slots__ = ("access_key_id", "account_id", "expiration", "secret_access_key", "session_token")

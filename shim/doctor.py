@@ -17,13 +17,13 @@ from dataclasses import asdict, dataclass
 from typing import Callable, TypeVar
 
 from shim import __version__
-from shim.config import Config
+from shim.command_line.config import Config
 from shim.credentials import format_duration, format_time, seconds_left
-from shim.deadline import Deadline
 from shim.errors import ShimError, Transient
-from shim.fetch import discover_role, lookup_identity, role_credentials
-from shim.imds import ImdsClient, unreachable_message
-from shim.imds_protocol import HOP_LIMIT_CAUSE, ROLE_PATH, hop_limit_fix
+from shim.imds.client import ImdsClient, unreachable_message
+from shim.imds.deadline import Deadline
+from shim.imds.fetch import discover_role, lookup_identity, role_credentials
+from shim.imds.protocol import HOP_LIMIT_CAUSE, ROLE_PATH, hop_limit_fix
 from shim.log import log, printable, write_stdout
 from shim.step_aside import (
     OWN_ENDPOINT,

@@ -12,10 +12,10 @@ import errno
 import os
 import stat
 
+from shim.command_line.values import shown
 from shim.errors import CommandNotExecutable, CommandNotFound, Interrupted, ShimError
 from shim.log import flush_standard_streams
 from shim.runtime import inherited_ignored_signals
-from shim.setting_values import shown
 
 TYPE_CHECKING = False  # no typing import at run time: this is the step-aside path
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Callable
 
-from shim.config import CREDENTIAL_PROCESS
+from shim.command_line.config import CREDENTIAL_PROCESS
 from shim.credentials import Fetched, format_time
 from shim.errors import ShimError
 from shim.variables import ACCOUNT_ID, exported_variables

@@ -16,8 +16,8 @@ import pytest
 from helpers import METADATA_ADDRESSES
 from scripted_imds import Reply, ScriptedImds, healthy
 
-from shim.simulator import Simulator
-from shim.simulator_knobs import Knobs
+from shim.simulator.knobs import Knobs
+from shim.simulator.server import Simulator
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -27,12 +27,12 @@ from scripted_imds import (
     as_body,
 )
 
-from shim.exit_codes import COMMAND_NOT_EXECUTABLE as NOT_EXECUTABLE
-from shim.exit_codes import COMMAND_NOT_FOUND as NOT_FOUND
-from shim.exit_codes import SHIM_FAILED as FAILED
-from shim.imds_protocol import IDENTITY_DOCUMENT_PATH as IDENTITY
-from shim.imds_protocol import ROLE_PATH as ROLE
-from shim.simulator import Simulator
+from shim.command_line.exit_codes import COMMAND_NOT_EXECUTABLE as NOT_EXECUTABLE
+from shim.command_line.exit_codes import COMMAND_NOT_FOUND as NOT_FOUND
+from shim.command_line.exit_codes import SHIM_FAILED as FAILED
+from shim.imds.protocol import IDENTITY_DOCUMENT_PATH as IDENTITY
+from shim.imds.protocol import ROLE_PATH as ROLE
+from shim.simulator.server import Simulator
 
 # Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
 pytestmark = pytest.mark.behaviour

@@ -31,7 +31,7 @@ from helpers import (
 )
 from roots import KINDS, NOBODY, elf_machine, make_root, parse_envdump, why_not
 
-from shim.simulator import Simulator
+from shim.simulator.server import Simulator
 
 pytestmark = [
     pytest.mark.bundle,
@@ -493,7 +493,7 @@ def test_an_empty_argv_still_runs(sim: Simulator) -> None:
 
 def test_the_launchers_exit_status_is_the_shims() -> None:
     """bundle/launcher.c keeps a copy of the shim's failure status: the two agree."""
-    from shim.exit_codes import SHIM_FAILED
+    from shim.command_line.exit_codes import SHIM_FAILED
 
     source = (Path(__file__).parent.parent / "bundle" / "launcher.c").read_text()
     assert f"#define FAILED {SHIM_FAILED}\n" in source

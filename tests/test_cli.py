@@ -17,12 +17,12 @@ from helpers import (
     version_under_test,
 )
 
-from shim.command_line import parse_command_line
-from shim.config import DOCTOR_FORMATS, EXPORT_FORMATS, OPTIONS, Config
-from shim.exit_codes import MEANINGS
-from shim.imds_protocol import REGION_PATH
-from shim.simulator import Simulator
-from shim.simulator_knobs import SIMULATOR_OPTIONS
+from shim.command_line.config import DOCTOR_FORMATS, EXPORT_FORMATS, OPTIONS, Config
+from shim.command_line.exit_codes import MEANINGS
+from shim.command_line.parse import parse_command_line
+from shim.imds.protocol import REGION_PATH
+from shim.simulator.knobs import SIMULATOR_OPTIONS
+from shim.simulator.server import Simulator
 
 # Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
 pytestmark = pytest.mark.behaviour

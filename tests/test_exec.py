@@ -22,7 +22,7 @@ from helpers import (
     run_shim,
 )
 
-from shim.simulator import Simulator
+from shim.simulator.server import Simulator
 
 # Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
 pytestmark = pytest.mark.behaviour

@@ -32,10 +32,10 @@ from scripted_imds import (
     as_body,
 )
 
-from shim.imds_protocol import IDENTITY_DOCUMENT_PATH as IDENTITY
-from shim.imds_protocol import REGION_PATH as REGION
-from shim.imds_protocol import ROLE_PATH as ROLE
-from shim.imds_protocol import TOKEN_PATH
+from shim.imds.protocol import IDENTITY_DOCUMENT_PATH as IDENTITY
+from shim.imds.protocol import REGION_PATH as REGION
+from shim.imds.protocol import ROLE_PATH as ROLE
+from shim.imds.protocol import TOKEN_PATH
 
 # Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
 pytestmark = pytest.mark.behaviour

@@ -10,8 +10,8 @@ from typing import Callable
 import pytest
 from helpers import START_SLACK, clean_env, closed_port, probe_command, run_shim
 
-from shim.imds_protocol import IDENTITY_DOCUMENT_PATH, REGION_PATH, ROLE_PATH, TOKEN_PATH
-from shim.simulator import REDIRECT_TARGET, Simulator
+from shim.imds.protocol import IDENTITY_DOCUMENT_PATH, REGION_PATH, ROLE_PATH, TOKEN_PATH
+from shim.simulator.server import REDIRECT_TARGET, Simulator
 
 # Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
 pytestmark = pytest.mark.behaviour
@@ -412,7 +412,7 @@ def test_ipv6_endpoint(simulator: StartSimulator) -> None:
 # back in Python. In the shim this is SIGTERM landing just before poll().
 MISSED_SIGNAL_SCRIPT = """
 import os, signal, socket, sys, threading, time
-from shim.time_limit import time_limit
+from shim.imds.time_limit import time_limit
 
 
 class Stopped(Exception):

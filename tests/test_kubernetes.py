@@ -10,7 +10,7 @@ import pytest
 from helpers import SHIM, clean_env, run_shim
 from scripted_imds import ScriptedImds
 
-from shim.simulator import Simulator
+from shim.simulator.server import Simulator
 
 pytestmark = pytest.mark.behaviour
 

@@ -1,4 +1,4 @@
-"""What the fetch path imports: requests without the parts imds-shim never uses (shim/lean_requests.py).
+"""What the fetch path imports: requests without the parts imds-shim never uses (shim/imds/lean_requests.py).
 
 Every import is paid at every container start. Each test runs a fresh interpreter, so that nothing
 this test process imported hides a cost.
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import clean_env
 
-from shim.simulator import Simulator
+from shim.simulator.server import Simulator
 
 SOURCE = str(Path(__file__).resolve().parents[1])
 
@@ -49,7 +49,7 @@ def test_a_fetch_imports_no_detector_and_no_importlib_metadata(sim: Simulator) -
     completed = python(LOADED_AT_EXEC, AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url)
     assert completed.returncode == 0, completed.stderr
     loaded = set(completed.stdout.splitlines())
-    assert {"requests", "urllib3", "shim.fetch"} <= loaded  # the fetch ran, up to the exec
+    assert {"requests", "urllib3", "shim.imds.fetch"} <= loaded  # the fetch ran, up to the exec
     kept_out = {"charset_normalizer", "chardet", "importlib.metadata", "certifi", "inspect"}
     assert loaded & kept_out == set()
 
@@ -60,7 +60,7 @@ def test_the_metadata_stand_in_forwards_and_leaves() -> None:
     if importlib.util.find_spec("urllib3.http2") is None:  # urllib3 1.26 (chosen on Python 3.9, say)
         pytest.skip("this urllib3 has no HTTP/2 module, the one that imports importlib.metadata")
     completed = python(
-        "import sys, shim.lean_requests, urllib3.http2 as h2\n"
+        "import sys, shim.imds.lean_requests, urllib3.http2 as h2\n"
         "assert 'importlib.metadata' not in sys.modules\n"
         "import importlib.metadata as real\n"
         "assert real.version('requests') == h2.version('requests'), h2.version\n"

@@ -10,8 +10,8 @@ from typing import Callable
 import pytest
 from helpers import SHIM, clean_env
 
-from shim.imds_protocol import IDENTITY_DOCUMENT_PATH, ROLE_PATH, TOKEN_PATH
-from shim.simulator import Simulator
+from shim.imds.protocol import IDENTITY_DOCUMENT_PATH, ROLE_PATH, TOKEN_PATH
+from shim.simulator.server import Simulator
 
 SHIMS = 100
 RATE = 50  # requests per second; real IMDS throttles per instance and sends no Retry-After

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import clean_env, made_once, probe_command, run_shim
 
-from shim.simulator import Simulator
+from shim.simulator.server import Simulator
 
 pytestmark = pytest.mark.behaviour
 

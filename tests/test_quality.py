@@ -57,9 +57,19 @@ def _run_time_imports(path: Path) -> set[str]:
     return found
 
 
+def _module_name(path: Path) -> str:
+    """``shim/imds/client.py`` -> ``shim.imds.client``; a package's ``__init__`` is the package."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    return {_module_name(path): _run_time_imports(path) for path in (ROOT / "shim").rglob("*.py")}
+
+
 def test_package_has_no_import_cycles() -> None:
     """No shim module imports, however lazily, a module that imports it back."""
-    graph = {f"shim.{path.stem}": _run_time_imports(path) for path in (ROOT / "shim").glob("*.py")}
+    graph = _import_graph()
 
     def cycle_from(module: str, trail: tuple[str, ...]) -> tuple[str, ...] | None:
         for target in sorted(graph.get(module, ())):
@@ -72,6 +82,66 @@ def test_package_has_no_import_cycles() -> None:
 
     cycles = [cycle for module in sorted(graph) if (cycle := cycle_from(module, (module,)))]
     assert cycles == [], " -> ".join(cycles[0])
+
+
+# What each part of the shim may import from outside itself (its __init__ docstring says the
+# same in words): the IMDS client and the command line never reach up into the modes and verbs,
+# and the simulator shares only the protocol facts with the client it is a stand-in for.
+MAY_IMPORT = {
+    "shim.command_line": {"shim.errors", "shim.log", "shim.imds.protocol"},
+    "shim.imds": {
+        "shim.errors",
+        "shim.log",
+        "shim.credentials",
+        "shim.variables",
+        "shim.command_line.config",
+        "shim.command_line.values",
+    },
+    "shim.simulator": {
+        "shim.errors",
+        "shim.log",
+        "shim.runtime",
+        "shim.execute",
+        "shim.command_line.config",
+        "shim.command_line.exit_codes",
+        "shim.command_line.parse",
+        "shim.command_line.values",
+        "shim.imds.protocol",
+    },
+    "shim.lifetime": {
+        "shim.errors",
+        "shim.log",
+        "shim.runtime",
+        "shim.execute",
+        "shim.credentials",
+        "shim.variables",
+        "shim.command_line.config",
+        "shim.command_line.values",
+        "shim.imds.answers",
+        "shim.imds.fetch",
+    },
+}
+
+
+@pytest.mark.parametrize("package", sorted(MAY_IMPORT))
+def test_each_part_imports_only_what_it_may(package: str) -> None:
+    """A subpackage's modules import, from outside it, only what MAY_IMPORT allows it."""
+    outside = {
+        f"{module} imports {target}"
+        for module, targets in _import_graph().items()
+        if module == package or module.startswith(f"{package}.")
+        for target in targets
+        if not target.startswith(f"{package}.") and target not in MAY_IMPORT[package]
+    }
+    assert sorted(outside) == []
+
+
+def test_the_top_of_the_package_stays_small() -> None:
+    """At most 12 modules sit directly in shim/; the parts live in subpackages (docs/development.md)."""
+    top = sorted(path.name for path in (ROOT / "shim").glob("*.py"))
+    parts = sorted(init.parent.name for init in (ROOT / "shim").glob("*/__init__.py"))
+    assert len(top) <= 12, top
+    assert parts == ["command_line", "imds", "lifetime", "simulator"]
 
 
 @pytest.mark.parametrize("path", ["Dockerfile.example", "examples/any-image/Dockerfile", "README.md"])
@@ -120,7 +190,7 @@ def _readme_table(first_cell: str) -> list[list[str]]:
 
 def test_the_readme_options_table_is_the_option_table() -> None:
     """README's options table has one row per option: its flag, variables and default, as --help has them."""
-    from shim.config import OPTIONS
+    from shim.command_line.config import OPTIONS
 
     rows = {row[0].split("`")[1]: row for row in _readme_table("`--")}
     assert sorted(rows) == sorted(" ".join((*option.flags, option.metavar)).strip() for option in OPTIONS), (
@@ -141,7 +211,7 @@ def test_the_readme_options_table_is_the_option_table() -> None:
 
 def test_the_readme_exit_codes_are_the_shims() -> None:
     """README's exit-code table lists every status of the shim's own, with no other number."""
-    from shim.exit_codes import MEANINGS
+    from shim.command_line.exit_codes import MEANINGS
 
     numbers = [row[0] for row in _readme_table("1")]
     assert numbers == [status for status, _ in MEANINGS]
@@ -149,7 +219,7 @@ def test_the_readme_exit_codes_are_the_shims() -> None:
 
 def test_the_backoff_figures_in_the_docs_are_the_policys() -> None:
     """docs/imds.md quotes the retry policy's base, cap and throttled base as the code has them."""
-    from shim.tenacity_policy import BACKOFF_BASE, BACKOFF_CAP, THROTTLED_BACKOFF_BASE
+    from shim.imds.tenacity_policy import BACKOFF_BASE, BACKOFF_CAP, THROTTLED_BACKOFF_BASE
 
     text = " ".join((ROOT / "docs" / "imds.md").read_text().split())
     assert (

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import pytest
 from helpers import clean_env, run_shim
 
-from shim.simulator import Simulator
+from shim.simulator.server import Simulator
 
 # Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
 pytestmark = pytest.mark.behaviour

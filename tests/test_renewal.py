@@ -10,8 +10,8 @@ from typing import Callable
 import pytest
 from helpers import FakeTime
 
-from shim.command_line import parse_command_line
-from shim.config import Config
+from shim.command_line.config import Config
+from shim.command_line.parse import parse_command_line
 from shim.credentials import Credentials, Fetched
 from shim.errors import ImdsUnreachable
 from shim.lifetime import child_fetch

@@ -8,10 +8,10 @@ import pytest
 import tenacity
 from helpers import FakeTime
 
-from shim.deadline import Deadline
 from shim.errors import ConnectFailed, Throttled, Transient
-from shim.tenacity_policy import BACKOFF_CAP, retry_policy
-from shim.try_first import with_retries
+from shim.imds.deadline import Deadline
+from shim.imds.tenacity_policy import BACKOFF_CAP, retry_policy
+from shim.imds.try_first import with_retries
 
 
 def failing(times: int, error: Exception) -> Callable[[], str]:

@@ -24,8 +24,8 @@ from typing import Any, Callable
 import pytest
 from helpers import BOTOCORE_LOOP, HERE, SHIM, START_SLACK, clean_env, closed_port, probe_command, run_shim
 
-from shim.imds_protocol import ROLE_PATH
-from shim.simulator import Simulator
+from shim.imds.protocol import ROLE_PATH
+from shim.simulator.server import Simulator
 
 # Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
 pytestmark = pytest.mark.behaviour

@@ -10,7 +10,7 @@ from typing import Callable
 import pytest
 from helpers import clean_env, probe_command, run_shim
 
-from shim.simulator import Simulator
+from shim.simulator.server import Simulator
 from shim.step_aside import IDENTITY_FAMILY
 
 # Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.

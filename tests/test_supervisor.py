@@ -25,7 +25,7 @@ from typing import Callable
 import pytest
 from helpers import SHIM, START_SLACK, clean_env, hammering, run_shim
 
-from shim.simulator import Simulator
+from shim.simulator.server import Simulator
 
 pytestmark = pytest.mark.behaviour
 

@@ -9,7 +9,7 @@ from typing import Callable
 import pytest
 from helpers import clean_env, probe_command, run_shim
 
-from shim.simulator import Simulator
+from shim.simulator.server import Simulator
 
 # Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
 pytestmark = pytest.mark.behaviour

@@ -14,10 +14,10 @@ from typing import Callable
 import pytest
 from helpers import EXPORTED_VARIABLES, SHIM, START_SLACK, clean_env, probe_command, run_shim
 
-from shim.config import EXPORT_FORMATS
+from shim.command_line.config import EXPORT_FORMATS
 from shim.credentials import Credentials, Fetched
 from shim.formats import render
-from shim.simulator import Simulator
+from shim.simulator.server import Simulator
 
 # Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
 pytestmark = pytest.mark.behaviour

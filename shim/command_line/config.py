@@ -1,7 +1,7 @@
 """Configuration: the table of options, and the :class:`Config` resolved from it.
 
 Every option is one :class:`Option` row: its flags, its ``IMDS_SHIM_*`` twin, the AWS SDKs' own
-variables, its parser, its default and its help. :mod:`shim.command_line` reads argv and the
+variables, its parser, its default and its help. :mod:`shim.command_line.parse` reads argv and the
 environment through this table, and makes ``--help`` from it, so neither can forget a twin or
 restate a default. This module must stay cheap to import, because the step-aside path runs it: no
 ``re``, ``typing``, ``dataclasses`` or ``enum`` at run time (each costs milliseconds at every
@@ -10,8 +10,8 @@ container start; together they would double the cost of stepping aside).
 
 from __future__ import annotations
 
-from shim.exit_codes import SHIM_FAILED
-from shim.setting_values import (
+from shim.command_line.exit_codes import SHIM_FAILED
+from shim.command_line.values import (
     count,
     ending_signal,
     endpoint,
@@ -66,7 +66,7 @@ DOCTOR_FORMATS = ("text", "json")
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from shim.setting_values import Parser, Value
+    from shim.command_line.values import Parser, Value
 
     # Options that only one verb has (the simulator's), asked for by verb name: the caller
     # knows the verbs' modules, this one does not.

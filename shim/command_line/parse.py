@@ -1,15 +1,15 @@
 """The command line: argv split into verb, options and command, and ``--help`` made from the table.
 
 Precedence for every setting: flag > ``IMDS_SHIM_*`` > the SDK-wide variable > default (the rows
-of :data:`shim.config.OPTIONS`). Everything after the first ``--`` is the command, taken verbatim:
-never parsed, re-quoted or given to a shell. Cheap to import, like :mod:`shim.config`: the
-step-aside path runs it.
+of :data:`.config.OPTIONS`). Everything after the first ``--`` is the command, taken verbatim: never
+parsed, re-quoted or given to a shell. Cheap to import, like :mod:`.config`: the step-aside path
+runs it.
 """
 
 from __future__ import annotations
 
 from shim import __version__
-from shim.config import (
+from shim.command_line.config import (
     CREDENTIAL_PROCESS,
     DOCTOR,
     DOCTOR_FORMATS,
@@ -24,16 +24,16 @@ from shim.config import (
     Option,
     Settings,
 )
+from shim.command_line.exit_codes import MEANINGS, SHIM_FAILED
+from shim.command_line.values import flag_word, shown, whole_number
 from shim.errors import UsageError
-from shim.exit_codes import MEANINGS, SHIM_FAILED
-from shim.setting_values import flag_word, shown, whole_number
 
 TYPE_CHECKING = False  # no typing import at run time: this is the step-aside path
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from shim.config import VerbOptions
-    from shim.setting_values import Value
+    from shim.command_line.config import VerbOptions
+    from shim.command_line.values import Value
 
 
 def no_verb_options(verb: str) -> Sequence[Option]:

@@ -9,7 +9,7 @@ message instead of reaching ``int()``. Cheap to import: the step-aside path reso
 from __future__ import annotations
 
 from shim.errors import UsageError
-from shim.imds_protocol import IPV4_ENDPOINT, IPV6_ENDPOINT
+from shim.imds.protocol import IPV4_ENDPOINT, IPV6_ENDPOINT
 from shim.log import LEVELS
 
 TYPE_CHECKING = False  # no typing import at run time: this is the step-aside path

@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
+from shim.command_line.values import DIGITS, is_iam_name, whole_number
 from shim.credentials import Credentials
 from shim.errors import Transient
 from shim.log import log
-from shim.setting_values import DIGITS, is_iam_name, whole_number
 
 MAX_TOKEN_BYTES = 1024
 MAX_REGION_LENGTH = 40

@@ -16,7 +16,7 @@ second would keep a reader waiting for hours. So every answer also runs under a 
 own (connecting, then four times ``--timeout``), never past the overall deadline, enforced by an interval
 timer: the one way to interrupt a read that keeps making progress, in headers and body alike.
 
-Every answer goes through :mod:`shim.imds_answers` before anything uses it. The token and every
+Every answer goes through :mod:`shim.imds.answers` before anything uses it. The token and every
 response body stay inside this module: exceptions and log lines carry only methods, paths, status
 codes and timings.
 """
@@ -30,8 +30,7 @@ import time
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 from shim import __version__
-from shim.config import Config
-from shim.deadline import Deadline
+from shim.command_line.config import Config
 from shim.errors import (
     ConnectFailed,
     CredentialsUnavailable,
@@ -44,18 +43,19 @@ from shim.errors import (
     Transient,
     UsageError,
 )
-from shim.imds_answers import parse_retry_after, parse_token
-from shim.imds_protocol import (
+from shim.imds.answers import parse_retry_after, parse_token
+from shim.imds.deadline import Deadline
+from shim.imds.lean_requests import requests, urllib3
+from shim.imds.protocol import (
     HOP_LIMIT_CAUSE,
     TOKEN_HEADER,
     TOKEN_PATH,
     TOKEN_TTL_HEADER,
     hop_limit_fix,
 )
-from shim.lean_requests import requests, urllib3
+from shim.imds.time_limit import Overdue, time_limit
+from shim.imds.try_first import with_retries
 from shim.log import log
-from shim.time_limit import Overdue, time_limit
-from shim.try_first import with_retries
 
 # The shim lives for seconds; a short-lived token is worth less to anyone who might see it.
 TOKEN_TTL_SECONDS = 60
@@ -319,7 +319,7 @@ class ImdsClient:
     def get(self, path: str, parse: Callable[[bytes], T], attempts: int | None = None) -> T | None:
         """GET ``path`` under the retry policy: what ``parse`` makes of the body, None on 404.
 
-        ``parse`` (from :mod:`shim.imds_answers`) runs inside the retry loop: a body it rejects by
+        ``parse`` (from :mod:`shim.imds.answers`) runs inside the retry loop: a body it rejects by
         raising :class:`Transient` is fetched again, like a 5xx.
         """
 

@@ -1,6 +1,6 @@
 """The fetch sequence: role, then its credentials, then (when needed) region and account.
 
-Each answer is checked by :mod:`shim.imds_answers` inside the client's retry loop, so a garbled one
+Each answer is checked by :mod:`shim.imds.answers` inside the client's retry loop, so a garbled one
 is fetched again like a 5xx.
 """
 
@@ -9,13 +9,13 @@ from __future__ import annotations
 import urllib.parse
 from collections.abc import Mapping
 
-from shim.config import Config
+from shim.command_line.config import Config
 from shim.credentials import Credentials, Fetched, format_duration, format_time, seconds_left
-from shim.deadline import Deadline
 from shim.errors import CredentialsUnavailable, ImdsUnreachable, NoRoleAttached, RoleNotFound, UnexpectedRole
-from shim.imds import ImdsClient
-from shim.imds_answers import Identity, parse_credentials, parse_identity_document, parse_region, parse_role
-from shim.imds_protocol import IDENTITY_DOCUMENT_PATH, REGION_PATH, ROLE_PATH
+from shim.imds.answers import Identity, parse_credentials, parse_identity_document, parse_region, parse_role
+from shim.imds.client import ImdsClient
+from shim.imds.deadline import Deadline
+from shim.imds.protocol import IDENTITY_DOCUMENT_PATH, REGION_PATH, ROLE_PATH
 from shim.log import log
 from shim.variables import REGION_VARIABLES
 

@@ -50,11 +50,13 @@ def _stand_ins() -> dict[str, types.ModuleType | None]:
         name: None for name in DETECTORS if name not in sys.modules
     }
     if METADATA not in sys.modules:
-        metadata = types.ModuleType(METADATA, "Stand-in while requests loads; see shim.lean_requests.")
+        metadata = types.ModuleType(METADATA, "Stand-in while requests loads; see shim.imds.lean_requests.")
         metadata.version = _version  # type: ignore[attr-defined]
         kept_out[METADATA] = metadata
     if sys.modules.get(CERTIFI) is None:  # not loaded, or marked absent
-        certifi = types.ModuleType(CERTIFI, "No CA bundle: IMDS speaks plain HTTP; see shim.lean_requests.")
+        certifi = types.ModuleType(
+            CERTIFI, "No CA bundle: IMDS speaks plain HTTP; see shim.imds.lean_requests."
+        )
         certifi.where = lambda: ""  # type: ignore[attr-defined]
         kept_out[CERTIFI] = certifi
     return kept_out

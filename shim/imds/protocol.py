@@ -1,6 +1,6 @@
 """IMDS as every part of imds-shim must agree on it: addresses, paths, headers, and the hop-limit story.
 
-The client (:mod:`shim.imds`), the simulator, ``doctor`` and the tests take these from here, so a
+The client (:mod:`shim.imds.client`), the simulator, ``doctor`` and the tests take these from here, so a
 path or the advice for the hop-limit symptom is written once. It imports nothing: the simulator and
 the step-aside path must not pay for ``requests``.
 """

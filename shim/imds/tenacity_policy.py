@@ -14,7 +14,7 @@
 - ``stop``: the attempt budget, or the overall :class:`Deadline`, whichever comes first; a sleep
   that would end past the deadline is not taken.
 
-Imported only once a request has failed (see :func:`shim.try_first.with_retries`).
+Imported only once a request has failed (see :func:`shim.imds.try_first.with_retries`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from tenacity.retry import retry_base
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from shim.deadline import Deadline
 from shim.errors import ConnectFailed, Throttled, Transient
+from shim.imds.deadline import Deadline
 
 # The lower-case class names below follow tenacity's own (stop_after_attempt, wait_random, ...).
 BACKOFF_BASE = 0.05

@@ -1,6 +1,6 @@
 """A time limit on a blocking call, enforced with SIGALRM, that also lets pending signals through.
 
-Used by the IMDS client (:mod:`shim.imds`) around every answer: the socket timeouts bound each
+Used by the IMDS client (:mod:`shim.imds.client`) around every answer: the socket timeouts bound each
 read, and this bounds the whole answer, so that a body trickling a byte at a time cannot hold
 the container past ``--deadline``.
 """

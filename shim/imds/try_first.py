@@ -1,4 +1,4 @@
-"""The first try without tenacity, and every further try under the policy of :mod:`shim.tenacity_policy`.
+"""The first try without tenacity, and every further try under the policy of :mod:`shim.imds.tenacity_policy`.
 
 :func:`with_retries` makes the first attempt directly and builds the tenacity policy only once
 something has failed: tenacity and the modules it pulls in cost ~15 ms to import, and a healthy
@@ -11,8 +11,8 @@ import random
 import time
 from typing import Callable, TypeVar
 
-from shim.deadline import Deadline
 from shim.errors import Transient
+from shim.imds.deadline import Deadline
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ def with_retries(
     except Transient as failure:
         first_failure: list[Transient] = [failure]
 
-    from shim.tenacity_policy import retry_policy
+    from shim.imds.tenacity_policy import retry_policy
 
     def replay_then_attempt() -> T:
         if first_failure:

@@ -1,4 +1,4 @@
-"""The lifetime modes: imds-shim stays as the command's parent for as long as the command runs.
+"""The lifetime modes: how the command's credentials outlive the start.
 
 Two process models, chosen by the mode:
 
@@ -15,4 +15,12 @@ Two process models, chosen by the mode:
 The loop sleeps in one ``select`` on everything it waits for (signals through the wakeup pipe,
 sockets, the renewal child's pipe) with the time to its next due moment as the timeout: at rest
 it does not wake up at all.
+
+``--refresh`` (:mod:`.refresh`) is the exec model's way to renew: the command's SDK calls
+``imds-shim credential-process`` back through a private config file.
+
+May import: the shared modules (:mod:`shim.errors`, :mod:`shim.log`, :mod:`shim.runtime`,
+:mod:`shim.execute`, :mod:`shim.credentials`, :mod:`shim.variables`), the resolved configuration,
+and of :mod:`shim.imds` only the answer checks and, inside a forked fetch child, the fetch; never
+the verbs or the simulator.
 """

@@ -6,7 +6,7 @@ for each fetch loads them, fetches, writes the result to a pipe and exits; the p
 Start-up pays one fork (about a millisecond), not a second import.
 
 The child is the shim's own code, and every value in what it sends was already held to its shape
-at the one boundary (:mod:`shim.imds_answers`) inside the child. A failure comes back as the name
+at the one boundary (:mod:`shim.imds.answers`) inside the child. A failure comes back as the name
 of its :mod:`shim.errors` class and its message (which never carries a secret), and is raised again
 in the parent, so exit codes and ``--optional`` work as in a fetch in the same process.
 """

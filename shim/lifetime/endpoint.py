@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
-from shim.config import Config
+from shim.command_line.config import Config
 from shim.credentials import Credentials, Fetched, format_duration, format_time
 from shim.errors import ShimError
 from shim.lifetime.renewal import Renewer, renewal_due

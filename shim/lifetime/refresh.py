@@ -19,13 +19,13 @@ import shlex
 import stat
 from collections.abc import Mapping
 
-from shim.config import CREDENTIAL_PROCESS, Config
+from shim.command_line.config import CREDENTIAL_PROCESS, Config
+from shim.command_line.values import shown
 from shim.credentials import Fetched
 from shim.errors import ShimError
-from shim.imds_answers import is_region
+from shim.imds.answers import is_region
 from shim.log import log
 from shim.runtime import this_program
-from shim.setting_values import shown
 from shim.variables import REGION_VARIABLES, identity_without_keys
 
 

@@ -22,7 +22,7 @@ TYPE_CHECKING = False  # no typing import at run time
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from shim.config import Config
+    from shim.command_line.config import Config
     from shim.credentials import Fetched
     from shim.lifetime.endpoint import CredentialStore
     from shim.lifetime.standing import Standing
@@ -116,7 +116,7 @@ class Renewer(Service):
         config = self.config
 
         def renew() -> Fetched:
-            from shim.fetch import fresh_credentials
+            from shim.imds.fetch import fresh_credentials
 
             return fresh_credentials(config)
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from shim.config import SIMULATE, Option
+from shim.command_line.config import SIMULATE, Option
+from shim.command_line.values import natural, port, role_name, seconds, shown, signed_seconds, text
 from shim.errors import UsageError
-from shim.setting_values import natural, port, role_name, seconds, shown, signed_seconds, text
 
 if TYPE_CHECKING:
-    from shim.setting_values import Parser, Value
+    from shim.command_line.values import Parser, Value
 
 CREDENTIALS_FAULTS = ("malformed", "oversized", "redirect", "error-code", "missing-token")
 

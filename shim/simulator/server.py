@@ -25,11 +25,11 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
-from shim.command_line import option_lines
+from shim.command_line.exit_codes import COMMAND_NOT_EXECUTABLE, COMMAND_NOT_FOUND, SIGNAL_BASE
+from shim.command_line.parse import option_lines
 from shim.errors import UsageError
 from shim.execute import command_error, locate
-from shim.exit_codes import COMMAND_NOT_EXECUTABLE, COMMAND_NOT_FOUND, SIGNAL_BASE
-from shim.imds_protocol import (
+from shim.imds.protocol import (
     IDENTITY_DOCUMENT_PATH,
     REGION_PATH,
     ROLE_PATH,
@@ -39,10 +39,10 @@ from shim.imds_protocol import (
 )
 from shim.log import log, write_stdout
 from shim.runtime import as_this_program
-from shim.simulator_knobs import SIMULATOR_OPTIONS, Knobs
+from shim.simulator.knobs import SIMULATOR_OPTIONS, Knobs
 
 if TYPE_CHECKING:
-    from shim.setting_values import Value
+    from shim.command_line.values import Value
 
 INSTANCE_ID = "i-0123456789abcdef0"
 REDIRECT_TARGET = "/latest/meta-data/redirected"  # a client that follows redirects asks for it

@@ -38,7 +38,7 @@ import pytest
 from helpers import BOTOCORE_LOOP, build_image_tag, build_version
 from roots import NATIVE, NOBODY, elf_machine, make_root, parse_envdump, why_not
 
-from shim.imds_protocol import ROLE_PATH, TOKEN_PATH
+from shim.imds.protocol import ROLE_PATH, TOKEN_PATH
 
 from .conftest import ROOT, Roots
 from .engines import DOCKER_CLIENT, OFF_EC2, ON_EC2, Docker, Engine, Podman
