@@ -13,7 +13,13 @@ import sys
 from shim import __version__
 from shim.command_line.config import DOCTOR, EXEC, SIMULATE, STATUS, Config, Option
 from shim.command_line.exit_codes import COMMAND_NOT_EXECUTABLE, COMMAND_NOT_FOUND, SIGNAL_BASE
-from shim.command_line.parse import Invocation, error_exit_code_from, help_text, parse_command_line
+from shim.command_line.parse import (
+    Invocation,
+    error_exit_code_from,
+    help_text,
+    log_format_from,
+    parse_command_line,
+)
 from shim.errors import (
     CommandNotExecutable,
     CommandNotFound,
@@ -38,7 +44,7 @@ if TYPE_CHECKING:
 
 def fetch_credentials(config: Config, environ: Mapping[str, str]) -> Fetched:
     """Everything IMDS has for this run. Imports the HTTP stack, so only fetching paths call it."""
-    from shim.credentials import describe
+    from shim.credentials import describe, described_fields
     from shim.imds.client import ImdsClient
     from shim.imds.deadline import Deadline
     from shim.imds.fetch import fetch
@@ -51,7 +57,8 @@ def fetch_credentials(config: Config, environ: Mapping[str, str]) -> Fetched:
         fetched = fetch(client, config, environ)
     finally:
         client.close()
-    log.info(describe(fetched, client.deadline.elapsed()))
+    elapsed = client.deadline.elapsed()
+    log.info(describe(fetched, elapsed), **described_fields(fetched, elapsed))
     return fetched
 
 
@@ -154,6 +161,8 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
         write_stdout(f"imds-shim status: {line}\n")
         return verdict
     config = Config.from_settings(invocation.settings, in_pod=in_pod(environ))
+    if invocation.verb == EXEC:
+        log.mode = config.lifetime
     command = invocation.command
     standing: Standing | None = None
     placeholders: list[int] = []
@@ -209,6 +218,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args = list(sys.argv[1:] if argv is None else argv)
     env = launch_environment(os.environ) if environ is None else dict(environ)
     error_exit_code = error_exit_code_from(env, args)
+    log.set_format(log_format_from(env, args))
     try:
         invocation = parse_command_line(args, env, _verb_options)
         if invocation.show_help:
@@ -220,23 +230,28 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             write_stdout(f"imds-shim {__version__} (CPython {'.'.join(map(str, sys.version_info[:3]))})\n")
             return 0
         log.set_level(invocation.settings.text("log_level") or "warning")
+        log.set_format(invocation.settings.text("log_format") or "text")
+        log.mode = invocation.verb
         if "error_exit_code" in invocation.settings:  # the simulator has no such option
             error_exit_code = invocation.settings.whole("error_exit_code")
         return _dispatch(invocation, env)
     except Interrupted as interruption:
         return SIGNAL_BASE + interruption.signum
     except CommandNotFound as error:
-        log.error(str(error))
+        log.error(str(error), exit_code=COMMAND_NOT_FOUND)
         return COMMAND_NOT_FOUND
     except CommandNotExecutable as error:
-        log.error(str(error))
+        log.error(str(error), exit_code=COMMAND_NOT_EXECUTABLE)
         return COMMAND_NOT_EXECUTABLE
     except ShimError as error:
-        log.error(str(error))
+        log.error(str(error), exit_code=error_exit_code)
         return error_exit_code
     except Exception as error:
         # Only the type and place: an arbitrary message could quote a value we must not print.
-        log.error(f"internal error {type(error).__name__} at {raised_at(error)}; please report it")
+        log.error(
+            f"internal error {type(error).__name__} at {raised_at(error)}; please report it",
+            exit_code=error_exit_code,
+        )
         return error_exit_code
 
 

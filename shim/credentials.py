@@ -78,6 +78,21 @@ def format_duration(seconds: float) -> str:
     return f"{sign}{secs}s"
 
 
+def described_fields(fetched: Fetched, elapsed: float) -> dict[str, str | int | float | None]:
+    """What :func:`describe` says, as the fields of a JSON log line (the key ID masked)."""
+    credentials = fetched.credentials
+    return {
+        "role": fetched.role,
+        "imds_version": fetched.imds_version,
+        "key_id": credentials.masked_key_id,
+        "expires": format_time(credentials.expiration),
+        "region": fetched.region,
+        "account": fetched.account_id,
+        "requests": fetched.requests_sent,
+        "elapsed_ms": round(elapsed * 1000),
+    }
+
+
 def describe(fetched: Fetched, elapsed: float) -> str:
     """The one ``-v`` line: role, IMDS version, masked key, expiry, region, account, cost."""
     credentials = fetched.credentials

@@ -1,5 +1,10 @@
 """The shim's own output: one-line messages on stderr, and a verb's result on stdout.
 
+Each message is one line, as text (``imds-shim: LEVEL: message``, the default) or, with
+``--log-format json``, one JSON object for a log pipeline: ``time`` (RFC 3339 UTC), ``level``,
+``message``, ``mode``, and the fields the message carries in words (``role``, ``key_id`` masked,
+``expires``, ``failures``, ...).
+
 Not the ``logging`` module: the step-aside path must stay cheap, and nothing here needs handlers,
 propagation or formatting configuration. Callers never pass secrets; key IDs go through
 :func:`mask_key_id`.
@@ -20,23 +25,31 @@ from shim.errors import ShimError
 TYPE_CHECKING = False  # no typing import at run time: this is the step-aside path
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Union
+
+    Field = Union[str, int, float, None]
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+LOG_FORMATS = ("text", "json")
 PIPE_BUF = 4096  # Linux: a write of at most this many bytes enters a pipe whole or not at all
 DEFAULT_LEVEL = "warning"
 
 
 class Logger:
-    """Writes ``imds-shim: LEVEL: message`` lines to stderr at or above the configured level.
+    """Writes ``imds-shim: LEVEL: message`` lines (or JSON lines) to stderr at or above the
+    configured level.
 
-    Once a supervised command runs (:meth:`supervising`), every line starts with an RFC 3339 UTC
-    timestamp (it may be read hours later), and writing never blocks: a stalled log collector
-    loses lines, and the supervisor goes on serving credentials.
+    Once a supervised command runs (:meth:`supervising`), every text line starts with an RFC 3339
+    UTC timestamp (it may be read hours later; a JSON line always has its ``time``), and writing
+    never blocks: a stalled log collector loses lines, and the supervisor goes on serving
+    credentials.
     """
 
     def __init__(self) -> None:
         self.threshold = LEVELS[DEFAULT_LEVEL]
         self.timestamps = False
+        self.json = False
+        self.mode: str | None = None  # the verb or lifetime mode, a field of every JSON line
         self.write_line: Callable[[bytes], bool] | None = None
         self.descriptor: int | None = None  # what write_line writes to, when it is a descriptor of its own
         self.lost = 0
@@ -49,18 +62,25 @@ class Logger:
     def set_level(self, level: str) -> None:
         self.threshold = LEVELS[level]
 
+    def set_format(self, log_format: str) -> None:
+        self.json = log_format == "json"
+
     def enabled(self, level: str) -> bool:
         return LEVELS[level] >= self.threshold
 
-    def _emit(self, level: str, message: str) -> None:
+    def _emit(self, level: str, message: str, fields: dict[str, Field]) -> None:
         if not self.enabled(level) or sys.stderr is None:
             return
-        line = f"imds-shim: {level}: {printable(message)}\n"
-        if self.timestamps:
-            line = time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()) + line
+        lost = self.lost if self.write_line is not None else 0
+        if self.json:
+            line = self._json_line(level, message, fields, lost)
+        else:
+            line = f"imds-shim: {level}: {printable(message)}\n"
+            if self.timestamps:
+                line = time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()) + line
+            if lost:
+                line = f"{line[:-1]} ({lost} earlier lines lost: stderr was full)\n"
         if self.write_line is not None:
-            if self.lost:
-                line = f"{line[:-1]} ({self.lost} earlier lines lost: stderr was full)\n"
             self.lost = 0 if self.write_line(line.encode("utf-8", "replace")) else self.lost + 1
             return
         try:
@@ -69,17 +89,34 @@ class Logger:
         except OSError:  # a closed or broken pipe: nobody is listening
             pass
 
-    def debug(self, message: str) -> None:
-        self._emit("debug", message)
+    def _json_line(self, level: str, message: str, fields: dict[str, Field], lost: int) -> str:
+        """One JSON object a line; ASCII only, so no byte of a value can end or forge a line."""
+        import json  # only when asked for: the text form is the step-aside path's
 
-    def info(self, message: str) -> None:
-        self._emit("info", message)
+        now = time.time()
+        record: dict[str, Field] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
+            "level": level,
+            "message": message,
+            "program": "imds-shim",
+            "mode": self.mode,
+        }
+        record.update(fields)
+        if lost:
+            record["lines_lost"] = lost
+        return json.dumps({k: v for k, v in record.items() if v is not None}, ensure_ascii=True) + "\n"
 
-    def warning(self, message: str) -> None:
-        self._emit("warning", message)
+    def debug(self, message: str, **fields: Field) -> None:
+        self._emit("debug", message, fields)
 
-    def error(self, message: str) -> None:
-        self._emit("error", message)
+    def info(self, message: str, **fields: Field) -> None:
+        self._emit("info", message, fields)
+
+    def warning(self, message: str, **fields: Field) -> None:
+        self._emit("warning", message, fields)
+
+    def error(self, message: str, **fields: Field) -> None:
+        self._emit("error", message, fields)
 
 
 log = Logger()

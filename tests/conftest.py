@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import helpers
 import pytest
-from helpers import METADATA_ADDRESSES
+from helpers import METADATA_ADDRESSES, Running, clean_env
 from scripted_imds import Reply, ScriptedImds, healthy
 
 from shim.simulator.knobs import Knobs
@@ -68,6 +68,22 @@ def simulator() -> Iterator[Callable[..., Simulator]]:
     yield start
     for sim in started:
         sim.stop()
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[..., Running]]:
+    """Start imds-shim with ``args`` (a clean environment plus ``env``) as a :class:`Running`;
+    each one's process group is killed after the test, whatever happened."""
+    started: list[Running] = []
+
+    def start(args: list[str], **env: str) -> Running:
+        shim = Running(args, clean_env(**env))
+        started.append(shim)
+        return shim
+
+    yield start
+    for shim in started:
+        shim.kill()
 
 
 @pytest.fixture

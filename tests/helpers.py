@@ -287,3 +287,124 @@ def hammering(burst: Callable[[], bool], stop: int, user: int | None = None) -> 
                 pass
     finally:
         os._exit(0)
+
+
+class Running:
+    """An imds-shim started in a session of its own, its stdout and stderr read line by line as
+    they come, so that a test waits for what it needs (a line, under a deadline) rather than for
+    time. Made by the ``running`` fixture, which kills the session on teardown: a failed assertion
+    leaves no supervisor behind for the next test's ``status`` to find."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        import queue
+        import threading
+
+        self.process = subprocess.Popen(
+            [under_test().SHIM, *args],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.pid = self.process.pid
+        self.lines: dict[str, queue.Queue[str | None]] = {"stdout": queue.Queue(), "stderr": queue.Queue()}
+        self.seen: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._readers = [
+            threading.Thread(target=self._read, args=(name, stream), daemon=True)
+            for name, stream in (("stdout", self.process.stdout), ("stderr", self.process.stderr))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, name: str, stream: Any) -> None:
+        for line in stream:
+            self.lines[name].put(line)
+        self.lines[name].put(None)
+
+    def wait_for(self, predicate: Callable[[str], bool], stream: str = "stderr", timeout: float = 30) -> str:
+        """The first line from now on for which ``predicate`` holds; fails at end-of-file or after
+        ``timeout`` seconds, with everything the stream said."""
+        import queue
+
+        ends = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines[stream].get(timeout=max(0.0, ends - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no such line on {stream} in {timeout} s: {self.seen}") from None
+            if line is None:
+                self.lines[stream].put(None)  # end-of-file stays end-of-file
+                raise AssertionError(f"{stream} ended without such a line: {self.seen}")
+            self.seen[stream].append(line)
+            if predicate(line):
+                return line
+
+    def finish(self, stdin: str = "", timeout: float = 30) -> tuple[int, str, str]:
+        """Write ``stdin`` and close it, wait for the exit; the exit status and all of stdout and
+        stderr (what :meth:`wait_for` already read included)."""
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(stdin)
+            self.process.stdin.close()
+        except BrokenPipeError:  # the command did not read it
+            pass
+        status = self.process.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=timeout)
+        for name, lines in self.lines.items():
+            while (line := lines.get_nowait() if not lines.empty() else None) is not None:
+                self.seen[name].append(line)
+        return status, "".join(self.seen["stdout"]), "".join(self.seen["stderr"])
+
+    def kill(self) -> None:
+        """SIGKILL to the whole session's process group (the shim, the command, what they started)."""
+        import contextlib
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
+DOCS = HERE.parent / "docs"
+# The pages whose every snippet a test runs: a ``console`` session runs as written
+# (tests/test_docs.py); any other block is preceded by ``<!-- test: NAME -->``, naming the test
+# that reads it with doc_blocks() and runs it.
+OPERATOR_PAGES = ("compose.md", "ecs.md", "kubernetes.md", "troubleshooting.md", "exit-codes.md")
+
+
+class DocBlock(NamedTuple):
+    page: str
+    language: str
+    text: str
+    test: str | None  # the test named in the comment just before the block
+
+
+def doc_blocks(page: str) -> list[DocBlock]:
+    """The fenced blocks of ``docs/PAGE`` in order (indented ones in lists included, unindented)."""
+    import re
+
+    blocks = []
+    lines = (DOCS / page).read_text().splitlines()
+    index = 0
+    while index < len(lines):
+        opening = re.fullmatch(r"( *)```(\w*)", lines[index])
+        if not opening:
+            index += 1
+            continue
+        indent, language = len(opening.group(1)), opening.group(2)
+        above = next((line.strip() for line in reversed(lines[:index]) if line.strip()), "")
+        named = re.fullmatch(r"<!-- test: (\w+) -->", above)
+        end = lines.index(" " * indent + "```", index + 1)
+        text = "\n".join(line[indent:] for line in lines[index + 1 : end])
+        blocks.append(DocBlock(page, language, text + "\n", named.group(1) if named else None))
+        index = end + 1
+    return blocks
+
+
+def doc_block(page: str, test: str, language: str) -> str:
+    """The one ``language`` block of ``docs/PAGE`` that names ``test``."""
+    (block,) = [b.text for b in doc_blocks(page) if b.test == test and b.language == language]
+    return block

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 import pytest
@@ -42,17 +43,25 @@ SCENARIOS: list[tuple[str, dict[str, Any], list[str], dict[str, str]]] = [
 PRINTS_CREDENTIALS = {"export", "export json", "credential-process"}
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
 @pytest.mark.parametrize(("name", "knobs", "args", "extra_env"), SCENARIOS, ids=[s[0] for s in SCENARIOS])
 def test_no_secret_in_any_output_at_debug_level(
     simulator: Callable[..., Simulator],
+    log_format: str,
     name: str,
     knobs: dict[str, Any],
     args: list[str],
     extra_env: dict[str, str],
 ) -> None:
-    """Secret keys, session tokens and IMDS tokens never appear; key IDs only masked."""
+    """Secret keys, session tokens and IMDS tokens never appear; key IDs only masked. In the JSON
+    form, neither in a line nor in what a line decodes to."""
     sim = simulator(**knobs)
-    env = clean_env(IMDS_SHIM_LOG_LEVEL="debug", AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, **extra_env)
+    env = clean_env(
+        IMDS_SHIM_LOG_LEVEL="debug",
+        IMDS_SHIM_LOG_FORMAT=log_format,
+        AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url,
+        **extra_env,
+    )
     result = run_shim(["-vv", *args], env=env)
     assert sim.requests, "the scenario never reached the simulator"
     secrets = [*sim.state.tokens]
@@ -60,6 +69,9 @@ def test_no_secret_in_any_output_at_debug_level(
         secrets += [issued.secret_access_key, issued.token, issued.access_key_id]
     secrets += [value for key, value in extra_env.items() if "SECRET" in key]
     logged = result.stderr + ("" if name in PRINTS_CREDENTIALS else result.stdout)
+    if log_format == "json":
+        decoded = [json.loads(line) for line in result.stderr.splitlines()]
+        logged += "\n".join(str(value) for record in decoded for value in record.values())
     for secret in secrets:
         assert secret not in logged, f"{name}: a secret leaked"
         assert secret[4:-4] not in logged, f"{name}: part of a secret leaked"

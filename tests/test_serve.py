@@ -478,14 +478,20 @@ def test_works_against_moto(moto_endpoint: str) -> None:
 
 
 @HEAVY
-def test_no_secret_or_token_in_the_logs_across_renewals(simulator: Callable[..., Simulator]) -> None:
-    """At debug level, across renewals and refused requests: no secret, session token or either token."""
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_no_secret_or_token_in_the_logs_across_renewals(
+    simulator: Callable[..., Simulator], log_format: str
+) -> None:
+    """At debug level, across renewals and refused requests, as text and as JSON lines: no secret,
+    session token or either token."""
     sim = simulator(expires_in=3)
     script = (
         f'echo "$AWS_CONTAINER_AUTHORIZATION_TOKEN"; {client_line("auth")} >/dev/null; '
         f"{client_line('poll', '4')} >/dev/null"
     )
-    result = run_shim(["-vv", "--serve", "--", "sh", "-c", script], endpoint=sim.url)
+    result = run_shim(
+        ["-vv", "--log-format", log_format, "--serve", "--", "sh", "-c", script], endpoint=sim.url
+    )
     assert result.returncode == 0, result.stderr
     assert "--serve: renewed" in result.stderr
     secrets = [result.stdout.strip(), *sim.state.tokens]

@@ -17,6 +17,7 @@ from shim.command_line.values import (
     endpoint,
     endpoint_mode,
     exit_code,
+    log_format,
     log_level,
     process_id,
     role_name,
@@ -276,6 +277,15 @@ OPTIONS: tuple[Option, ...] = (
         verbs=frozenset({*FETCH_VERBS, SIMULATE}),
     ),
     Option(
+        "log_format",
+        ("--log-format",),
+        "text, or json: one JSON object a line on stderr (time, level, message, mode, fields)",
+        log_format,
+        "text",
+        "FORMAT",
+        verbs=frozenset({*FETCH_VERBS, SIMULATE, STATUS}),
+    ),
+    Option(
         "format",
         ("--format",),
         f"export: {', '.join(EXPORT_FORMATS)}; doctor: {', '.join(DOCTOR_FORMATS)}",
@@ -314,6 +324,7 @@ class Config:
         init: bool,
         error_exit_code: int,
         log_level: str,
+        log_format: str,
         format: str | None,
         in_pod: bool,
     ) -> None:
@@ -322,7 +333,7 @@ class Config:
         self.deadline, self.no_imds_v1, self.override = deadline, no_imds_v1, override
         self.optional, self.refresh, self.error_exit_code = optional, refresh, error_exit_code
         self.serve, self.expiry_signal, self.init = serve, expiry_signal, init
-        self.log_level, self.format = log_level, format
+        self.log_level, self.log_format, self.format = log_level, log_format, format
         # In a Kubernetes pod: the hop-limit advice differs there (see imds_protocol.hop_limit_fix).
         self.in_pod = in_pod
 
@@ -339,6 +350,17 @@ class Config:
         if self.expiry_signal is not None:
             return "--expiry-signal"
         return "--init --refresh" if self.refresh else "--init"
+
+    @property
+    def lifetime(self) -> str:
+        """The entrypoint's mode in a word, as the JSON log lines name it."""
+        if self.serve:
+            return "serve"
+        if self.expiry_signal is not None:
+            return "expiry-signal"
+        if self.init:
+            return "init"
+        return "refresh" if self.refresh else "exec"
 
     @property
     def connect_timeout(self) -> float:
@@ -370,6 +392,7 @@ class Config:
             init=settings.flag("init"),
             error_exit_code=settings.whole("error_exit_code"),
             log_level=str(settings["log_level"]),
+            log_format=str(settings["log_format"]),
             format=settings.text("format"),
             in_pod=in_pod,
         )
@@ -387,6 +410,8 @@ class Config:
             repr(self.deadline),
             "--log-level",
             self.log_level,
+            "--log-format",
+            self.log_format,
         ]
         if self.role:
             flags += ["--role", self.role]

@@ -27,6 +27,7 @@ from shim.command_line.config import (
 from shim.command_line.exit_codes import MEANINGS, SHIM_FAILED
 from shim.command_line.values import flag_word, shown, whole_number
 from shim.errors import UsageError
+from shim.log import LOG_FORMATS
 
 TYPE_CHECKING = False  # no typing import at run time: this is the step-aside path
 if TYPE_CHECKING:
@@ -203,19 +204,33 @@ def _check_modes(settings: Settings) -> None:
         )
 
 
+def _given_early(environ: Mapping[str, str], argv: Sequence[str], flag: str, variable: str) -> list[str]:
+    """The values of ``flag`` before ``--``, then of ``variable``: read before the settings are
+    resolved, so that even a usage error honours them."""
+    head = _split_at_separator(argv)[0]
+    candidates = [t.partition("=")[2] for t in head if t.startswith(f"{flag}=")]
+    if flag in head:
+        position = head.index(flag) + 1
+        candidates += head[position : position + 1]
+    candidates.append(environ.get(variable, ""))
+    return candidates
+
+
 def error_exit_code_from(environ: Mapping[str, str], argv: Sequence[str]) -> int:
     """Best effort: the exit code for a usage error found before the settings could be resolved."""
-    head = _split_at_separator(argv)[0]
-    candidates = [t.partition("=")[2] for t in head if t.startswith("--error-exit-code=")]
-    if "--error-exit-code" in head:
-        position = head.index("--error-exit-code") + 1
-        candidates += head[position : position + 1]
-    candidates.append(environ.get("IMDS_SHIM_ERROR_EXIT_CODE", ""))
-    for candidate in candidates:
+    for candidate in _given_early(environ, argv, "--error-exit-code", "IMDS_SHIM_ERROR_EXIT_CODE"):
         number = whole_number(candidate)
         if number is not None and 1 <= number <= 255:
             return number
     return SHIM_FAILED
+
+
+def log_format_from(environ: Mapping[str, str], argv: Sequence[str]) -> str:
+    """Best effort: the log format for a usage error found before the settings could be resolved."""
+    for candidate in _given_early(environ, argv, "--log-format", "IMDS_SHIM_LOG_FORMAT"):
+        if candidate.lower() in LOG_FORMATS:
+            return candidate.lower()
+    return LOG_FORMATS[0]
 
 
 def option_lines(options: Sequence[Option]) -> list[str]:

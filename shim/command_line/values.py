@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from shim.errors import UsageError
 from shim.imds.protocol import IPV4_ENDPOINT, IPV6_ENDPOINT
-from shim.log import LEVELS
+from shim.log import LEVELS, LOG_FORMATS
 
 TYPE_CHECKING = False  # no typing import at run time: this is the step-aside path
 if TYPE_CHECKING:
@@ -160,6 +160,13 @@ def log_level(value: str, what: str) -> str:
     """One of debug, info, warning, error."""
     if value.lower() not in LEVELS:
         raise UsageError(f"{what}: expected one of {', '.join(LEVELS)}, got {shown(value)}")
+    return value.lower()
+
+
+def log_format(value: str, what: str) -> str:
+    """text or json."""
+    if value.lower() not in LOG_FORMATS:
+        raise UsageError(f"{what}: expected one of {', '.join(LOG_FORMATS)}, got {shown(value)}")
     return value.lower()
 
 

@@ -304,12 +304,17 @@ def serving_environment(
     environment[AUTHORIZATION_TOKEN] = token
     if fetched is None:
         store = CredentialStore(None, None)
-        log.info(f"--serve: the endpoint at {url} answers 503 until IMDS gives a first set")
+        log.info(f"--serve: the endpoint at {url} answers 503 until IMDS gives a first set", url=url)
     else:
         store = CredentialStore(fetched.credentials, fetched.account_id)
         due_in = format_duration(store.due_at - store.clock())
+        renew_at = format_time(datetime.fromtimestamp(store.due_at, timezone.utc))
         log.info(
-            f"--serve: credentials at {url}, renewed from IMDS in {due_in} "
-            f"({format_time(datetime.fromtimestamp(store.due_at, timezone.utc))})"
+            f"--serve: credentials at {url}, renewed from IMDS in {due_in} ({renew_at})",
+            url=url,
+            role=fetched.role,
+            key_id=fetched.credentials.masked_key_id,
+            expires=format_time(fetched.credentials.expiration),
+            renew_at=renew_at,
         )
     return environment, [EndpointServer(listener, store, token), Renewer(store, standing, config)]

@@ -38,10 +38,14 @@ class ExpirySignal(Service):
             log.warning("--expiry-signal: the keys have already expired; no signal will be sent")
             self.due_at = None
             return
+        signal_at = format_time(datetime.fromtimestamp(self.due_at, timezone.utc))
         log.info(
             f"--expiry-signal: signal {signum} goes to the command in {format_duration(self.due_at - now)} "
-            f"({format_time(datetime.fromtimestamp(self.due_at, timezone.utc))}); the keys expire at "
-            f"{format_time(credentials.expiration)}"
+            f"({signal_at}); the keys expire at {format_time(credentials.expiration)}",
+            signal=signum,
+            signal_at=signal_at,
+            key_id=credentials.masked_key_id,
+            expires=format_time(credentials.expiration),
         )
 
     def attach(self, supervisor: Supervisor) -> None:
@@ -55,5 +59,8 @@ class ExpirySignal(Service):
             return left
         self.due_at = None
         if self.supervisor.signal_command(self.signum):
-            log.info(f"--expiry-signal: the credentials are due for renewal: sent signal {self.signum}")
+            log.info(
+                f"--expiry-signal: the credentials are due for renewal: sent signal {self.signum}",
+                signal=self.signum,
+            )
         return None

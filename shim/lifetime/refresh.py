@@ -152,5 +152,5 @@ def refreshing_environment(config: Config, environ: Mapping[str, str], fetched: 
     environment["AWS_CONFIG_FILE"] = path
     # The Go SDK v1 reads the config file only when asked to.
     environment["AWS_SDK_LOAD_CONFIG"] = "1"
-    log.info(f"--refresh: credentials come from credential_process in {path}")
+    log.info(f"--refresh: credentials come from credential_process in {path}", config_file=str(path))
     return environment

@@ -154,7 +154,9 @@ class Renewer(Service):
         if standing.role is not None and fresh.role != standing.role:
             log.warning(
                 f"--serve: the instance's role changed from {standing.role} to {fresh.role}; "
-                f"serving {fresh.role}'s credentials from now on (--expect-role NAME refuses that)"
+                f"serving {fresh.role}'s credentials from now on (--expect-role NAME refuses that)",
+                role=fresh.role,
+                previous_role=standing.role,
             )
         if store.credentials is not None and fresh.credentials.expiration <= store.credentials.expiration:
             # IMDS has not rotated yet: no failure, but asked again with the same backoff.
@@ -171,10 +173,18 @@ class Renewer(Service):
             f"{fresh.credentials.masked_key_id} expires at {format_time(fresh.credentials.expiration)}, "
             f"renewing again in {format_duration(store.due_at - self.clock())}"
         )
+        fields: dict[str, str | int | None] = {
+            "role": fresh.role,
+            "key_id": fresh.credentials.masked_key_id,
+            "expires": format_time(fresh.credentials.expiration),
+            "failures": standing.failures,
+        }
         if standing.failures:
-            log.warning(f"--serve: renewed again after {standing.failures} failed attempts: {message}")
+            log.warning(
+                f"--serve: renewed again after {standing.failures} failed attempts: {message}", **fields
+            )
         else:
-            log.info(f"--serve: renewed: {message}")
+            log.info(f"--serve: renewed: {message}", **fields)
         standing.failures, standing.last_error, standing.note = 0, None, None
         self.next_try = store.due_at
 
@@ -190,7 +200,12 @@ class Renewer(Service):
             )
         else:
             serving = "no valid credentials to serve until IMDS answers (the endpoint answers 503)"
-        log.warning(f"--serve: renewal failed ({standing.failures} in a row): {reason}; {serving}")
+        log.warning(
+            f"--serve: renewal failed ({standing.failures} in a row): {reason}; {serving}",
+            role=standing.role,
+            failures=standing.failures,
+            expires=None if store.credentials is None else format_time(store.credentials.expiration),
+        )
         self.next_try = self.clock() + retry_delay(standing.failures, left, self.rng)
 
     def _kill_child(self) -> None:
