@@ -15,7 +15,7 @@ DEVELOP := $(PIP) --no-compile --config-settings editable_mode=compat -e '.[test
 JOBS ?= 6
 NATIVE_BUNDLE_JOBS ?= 4
 
-.PHONY: demo test lint bench bundle test-bundle image release wheelhouse publish
+.PHONY: demo test lint docs bench bundle test-bundle image release wheelhouse publish
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ lint: $(BIN)/python $(ACTIONLINT)
 	$(BIN)/python -m mypy
 	$(ACTIONLINT) '.github/workflows/*.yml'
 	$(BIN)/zizmor --offline --no-progress .github/workflows
+
+# docs/options.md, made from the option tables as --help is (tests/test_docs.py holds them equal).
+docs: $(BIN)/python
+	$(DEVELOP)
+	$(BIN)/python scripts/reference-docs.py
 
 # Start-up benchmark, side by side (see README, "Performance"). BENCH_ARGS=--rounds 3 for a smoke run.
 # With a bundle in dist/ (make bundle), its rows are measured in the same run.

@@ -177,46 +177,6 @@ def test_the_readmes_python_recipe_is_dockerfile_example() -> None:
     assert [line for line in commands if line and line not in commented] == []
 
 
-def _readme_table(first_cell: str) -> list[list[str]]:
-    """The rows of the README table whose first cell starts with ``first_cell``, as lists of cells."""
-    lines = (ROOT / "README.md").read_text().splitlines()
-    rows = [
-        [cell.strip() for cell in line.strip().strip("|").split("|")]
-        for line in lines
-        if line.startswith("|")
-    ]
-    return [row for row in rows if row[0].startswith(first_cell)]
-
-
-def test_the_readme_options_table_is_the_option_table() -> None:
-    """README's options table has one row per option: its flag, variables and default, as --help has them."""
-    from shim.command_line.config import OPTIONS
-
-    rows = {row[0].split("`")[1]: row for row in _readme_table("`--")}
-    assert sorted(rows) == sorted(" ".join((*option.flags, option.metavar)).strip() for option in OPTIONS), (
-        "one row per option, named as in --help"
-    )
-    for option in OPTIONS:
-        _, env_cell, sdk_cell, default_cell = rows[" ".join((*option.flags, option.metavar)).strip()][:4]
-        assert f"`{option.env}`" == env_cell
-        assert [name for name in option.sdk_env if name not in sdk_cell] == []
-        if option.default is False:
-            assert default_cell == "off", option.dest
-        elif option.default is not None:
-            shown = f"{option.default:g}" if isinstance(option.default, float) else str(option.default)
-            assert default_cell == f"`{shown}`", option.dest
-        else:
-            assert "`" not in default_cell, option.dest
-
-
-def test_the_readme_exit_codes_are_the_shims() -> None:
-    """README's exit-code table lists every status of the shim's own, with no other number."""
-    from shim.command_line.exit_codes import MEANINGS
-
-    numbers = [row[0] for row in _readme_table("1")]
-    assert numbers == [status for status, _ in MEANINGS]
-
-
 def test_the_backoff_figures_in_the_docs_are_the_policys() -> None:
     """docs/imds.md quotes the retry policy's base, cap and throttled base as the code has them."""
     from shim.imds.tenacity_policy import BACKOFF_BASE, BACKOFF_CAP, THROTTLED_BACKOFF_BASE

@@ -228,6 +228,10 @@ class Docker(Engine):
                 "--userland-proxy=false",
                 "--bip",
                 DOCKER_BRIDGE,
+                # Networks it makes (Compose's, one a project) in 198.19.0.0/16: the IMDS
+                # namespace routes 198.18.0.0/15 back through the host, as it does for docker0.
+                "--default-address-pool",
+                "base=198.19.0.0/16,size=24",
                 "--storage-driver",
                 "overlay2",
             ],

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import BOTOCORE_LOOP, build_image_tag, build_version
+from helpers import BOTOCORE_LOOP, build_image_tag, build_version, doc_block
 from roots import NATIVE, NOBODY, elf_machine, make_root, parse_envdump, why_not
 
 from shim.imds.protocol import ROLE_PATH, TOKEN_PATH
@@ -727,3 +727,146 @@ def test_a_docker_exec_shell_gets_credentials_only_through_imds_shim(
         assert fetched["AWS_SESSION_TOKEN"] == fetched["AWS_SECURITY_TOKEN"]
     finally:
         engine("rm", "--force", name, check=False)
+
+
+# -- the operator pages (docs/compose.md, docs/ecs.md, docs/kubernetes.md), run as written ------
+
+# Their image is "my-app": the pip-installed example, tagged so. Their commands are replaced by one
+# that waits (the example's app prints a line and ends, which would end the container).
+MY_APP = "my-app"
+COMPOSE = shutil.which("docker-compose")  # Debian's docker-compose (1.29): `docker compose` elsewhere
+
+
+def _as_my_app(engine: Engine) -> None:
+    engine("tag", IMAGES["example"], MY_APP)
+
+
+@pytest.mark.parametrize("engine", ["docker"], indirect=True)
+def test_the_compose_page_runs_under_docker_compose(engine: Engine, imds: StartImds, tmp_path: Path) -> None:
+    """docs/compose.md's file and commands, with Docker Compose against the suite's dockerd: the
+    service turns healthy once its credentials are held, `ps` says so, and `exec ... status` prints
+    the supervisor's line. An override file (a Compose feature) shortens the health interval and
+    gives the service a command that waits; the commands run as `docker-compose`, and `exec` with
+    -T, as there is no terminal."""
+    if COMPOSE is None:
+        pytest.fail("docker-compose is not installed (Debian package docker-compose)")
+    imds("--hop-limit", "2", "--imds-v2-required")
+    name = "test_the_compose_page_runs_under_docker_compose"
+    (tmp_path / "compose.yaml").write_text(doc_block("compose.md", name, "yaml"))
+    (tmp_path / "compose.override.yaml").write_text(
+        "services:\n  app:\n"
+        f"    command: {json.dumps(['sh', '-c', ORPHAN_THEN_WAIT])}\n"
+        "    healthcheck:\n      interval: 1s\n      start_period: 0s\n"
+    )
+    _as_my_app(engine)
+    env = dict(engine.env, COMPOSE_PROJECT_NAME=f"imsh{os.getpid()}")
+
+    def compose(line: str) -> subprocess.CompletedProcess[str]:
+        words = line.split()
+        assert words[:2] == ["docker", "compose"], line
+        if words[2] == "exec":
+            words.insert(3, "-T")
+        return subprocess.run(
+            [COMPOSE, *words[2:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    up, ps, status = doc_block("compose.md", name, "sh").splitlines()
+    try:
+        started = compose(up)
+        assert started.returncode == 0, started.stderr
+        container = compose("docker compose ps -q app").stdout.strip()
+        _wait_for_health(engine, container, "healthy", 30)
+        listed = compose(ps)
+        assert "(healthy)" in listed.stdout, listed.stdout
+        answered = compose(status)
+        assert answered.returncode == 0, answered.stdout + answered.stderr
+        assert answered.stdout.startswith(
+            "imds-shim status: ok: mode --serve, role imds-shim-simulated-role, key ASIA…"
+        ), answered.stdout
+    finally:
+        compose("docker compose down --timeout 5")
+
+
+def _run_with_health_check(engine: Engine, name: str, env: dict[str, str]) -> None:
+    variables = [item for key, value in env.items() for item in ("-e", f"{key}={value}")]
+    engine("run", "-d", "--name", name, *variables, MY_APP, "sh", "-c", ORPHAN_THEN_WAIT)
+    _wait_for_ready(engine, name)
+
+
+@pytest.mark.parametrize("engine", ["docker"], indirect=True)
+def test_the_ecs_task_definition_runs_as_ecs_would_run_it(engine: Engine, imds: StartImds) -> None:
+    """docs/ecs.md's container definition on a bridge network with its environment, the health
+    check run in the container: without a task role the shim serves the instance role and the check
+    passes; with the variable ECS sets for a task role it steps aside without a request to IMDS,
+    and the check passes too."""
+    document = json.loads(
+        doc_block("ecs.md", "test_the_ecs_task_definition_runs_as_ecs_would_run_it", "json")
+    )
+    assert document["networkMode"] == "bridge"  # Docker's default bridge, docker0: one hop
+    (container,) = document["containerDefinitions"]
+    assert container["image"] == MY_APP
+    check = container["healthCheck"]["command"]
+    assert check[0] == "CMD"
+    environment = {item["name"]: item["value"] for item in container["environment"]}
+    server = imds("--hop-limit", "2", "--imds-v2-required")
+    _as_my_app(engine)
+    for task_role in (False, True):
+        name = f"imds-shim-ecs-{os.getpid()}-{task_role}"
+        extra = {"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/e2e"} if task_role else {}
+        before = len(server.settled_requests())
+        try:
+            _run_with_health_check(engine, name, {**environment, **extra})
+            answered = engine("exec", name, *check[1:], check=False)
+            assert answered.returncode == 0, answered.stdout + answered.stderr
+            if task_role:
+                assert "stepped aside: AWS_CONTAINER_CREDENTIALS_RELATIVE_URI is set" in answered.stdout
+                assert server.settled_requests()[before:] == []
+            else:
+                assert answered.stdout.startswith(
+                    "imds-shim status: ok: mode --serve, role imds-shim-simulated-role"
+                )
+        finally:
+            engine("rm", "--force", name, check=False)
+
+
+@pytest.mark.parametrize("engine", ["docker"], indirect=True)
+def test_the_kubernetes_pod_runs_as_the_kubelet_would_run_it(engine: Engine, imds: StartImds) -> None:
+    """docs/kubernetes.md's container with its env, the liveness probe run in the container, in a
+    pod (KUBERNETES_SERVICE_HOST set): with the variables EKS Pod Identity injects the shim steps
+    aside without asking IMDS and the probe passes; without them it serves the node's role, says so,
+    and the probe passes."""
+    import yaml
+
+    pod = yaml.safe_load(
+        doc_block("kubernetes.md", "test_the_kubernetes_pod_runs_as_the_kubelet_would_run_it", "yaml")
+    )
+    (container,) = pod["spec"]["containers"]
+    assert "command" not in container  # args only: the image's ENTRYPOINT, the shim, stays
+    assert container["image"] == MY_APP
+    probe = container["livenessProbe"]["exec"]["command"]
+    environment = {item["name"]: item["value"] for item in container["env"]}
+    in_pod = {"KUBERNETES_SERVICE_HOST": "10.100.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    pod_identity = {
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://169.254.170.23/v1/credentials",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount/"
+        "eks-pod-identity-token",
+    }
+    server = imds("--hop-limit", "2", "--imds-v2-required")
+    _as_my_app(engine)
+    for identity in (pod_identity, {}):
+        name = f"imds-shim-pod-{os.getpid()}-{len(identity)}"
+        before = len(server.settled_requests())
+        try:
+            _run_with_health_check(engine, name, {**environment, **in_pod, **identity})
+            answered = engine("exec", name, *probe, check=False)
+            assert answered.returncode == 0, answered.stdout + answered.stderr
+            if identity:
+                assert "stepped aside: AWS_CONTAINER_CREDENTIALS_FULL_URI is set" in answered.stdout
+                assert server.settled_requests()[before:] == []
+            else:
+                assert answered.stdout.startswith(
+                    "imds-shim status: ok: mode --serve, role imds-shim-simulated-role"
+                )
+                assert "node" in engine("logs", name).stderr  # the warning: the pod gets the node's role
+        finally:
+            engine("rm", "--force", name, check=False)
