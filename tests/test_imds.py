@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from helpers import START_SLACK, clean_env, closed_port, probe_command, run_shim
+from helpers import START_SLACK, clean_env, closed_port, missing, probe_command, run_shim
 
 from shim.imds.protocol import IDENTITY_DOCUMENT_PATH, REGION_PATH, ROLE_PATH, TOKEN_PATH
 from shim.simulator.server import REDIRECT_TARGET, Simulator
@@ -399,7 +399,7 @@ def test_ipv6_endpoint(simulator: StartSimulator) -> None:
     try:
         sim = simulator(host="::1")
     except OSError as error:
-        pytest.skip(f"no IPv6 loopback here: {error}")
+        missing(f"no IPv6 loopback here: {error}")
     result = run_shim(["--", *probe_command()], endpoint=sim.url)
     assert sim.url.startswith("http://[::1]:")
     assert result.returncode == 0, result.stderr

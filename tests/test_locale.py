@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import clean_env, made_once, probe_command, run_shim
+from helpers import clean_env, made_once, missing, probe_command, run_shim
 
 from shim.simulator.server import Simulator
 
@@ -37,7 +37,7 @@ def installed_locales(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """COMPILED, made once per run with localedef into a folder of their own (LOCPATH): installed,
     for the C library of whoever runs (glibc reads LOCPATH; the bundle's glibc too)."""
     if shutil.which("localedef") is None or not Path("/usr/share/i18n/locales/ja_JP").exists():
-        pytest.skip("localedef and the locale sources are needed (Debian package locales)")
+        missing("localedef and the locale sources are needed (Debian package locales)")
 
     def make(folder: Path) -> None:
         folder.mkdir()

@@ -21,7 +21,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import HERE, SHIM, made_once
+from helpers import HERE, SHIM, made_once, missing
 
 pytestmark = [pytest.mark.behaviour, pytest.mark.timed]  # each runs for seconds
 
@@ -48,7 +48,7 @@ def go_judges(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Both Go judges, built once per run, offline, against Debian's packages."""
     reason = _why_not("go", *GO_PACKAGES.values())
     if reason:
-        pytest.skip(reason)
+        missing(reason)
 
     def build(folder: Path) -> None:
         folder.mkdir()
@@ -106,7 +106,7 @@ def test_an_sdk_without_full_uri_support_finds_nothing_under_serve(tmp_path: Pat
     """Ruby's aws-sdk-core 3.168 knows only the relative URI of ECS: no provider at all here."""
     reason = _why_not("ruby", "/usr/share/rubygems-integration/all/gems/aws-sdk-core-3.168.1")
     if reason:
-        pytest.skip(reason)
+        missing(reason)
     completed = in_a_namespace_with_only_loopback(["ruby", str(HERE / "data" / "judge.rb")], tmp_path)
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout) == {"provider": None}

@@ -22,7 +22,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from helpers import BOTOCORE_LOOP, HERE, SHIM, START_SLACK, clean_env, closed_port, probe_command, run_shim
+from helpers import (
+    BOTOCORE_LOOP,
+    HERE,
+    SHIM,
+    START_SLACK,
+    clean_env,
+    closed_port,
+    missing,
+    probe_command,
+    run_shim,
+)
 
 from shim.imds.protocol import ROLE_PATH
 from shim.simulator.server import Simulator
@@ -192,7 +202,7 @@ def test_aws_cli_v2_reads_the_endpoint(sim: Simulator) -> None:
     exists = os.path.exists(AWS_CLI)
     version = subprocess.run([AWS_CLI, "--version"], capture_output=True, text=True) if exists else None
     if version is None or not version.stdout.startswith("aws-cli/2"):
-        pytest.skip(f"AWS CLI v2 not installed at {AWS_CLI} (Debian package awscli)")
+        missing(f"AWS CLI v2 not installed at {AWS_CLI} (Debian package awscli)")
     result = run_shim(
         ["--serve", "--", AWS_CLI, "configure", "export-credentials", "--format", "process"],
         endpoint=sim.url,
@@ -231,7 +241,7 @@ def test_the_javascript_sdk_v3_default_chain_renews_from_the_endpoint(
     """The JS SDK v3's default chain finds the endpoint and follows its renewals."""
     node = shutil.which("node")
     if node is None or not (JS_SDK / "node_modules" / "@aws-sdk" / "credential-providers").is_dir():
-        pytest.skip(f"node or @aws-sdk/credential-providers in {JS_SDK} missing (.ci/run installs them)")
+        missing(f"node or @aws-sdk/credential-providers in {JS_SDK} missing (.ci/run installs them)")
     script = tmp_path / "loop.js"
     script.write_text(JS_LOOP)
     sim = simulator(expires_in=4)
@@ -599,7 +609,7 @@ def test_a_shim_running_as_another_user_than_its_full_stderr_pipes_owner_keeps_s
     (as nobody) may not open again non-blocking. Its renewal warnings are lost, not waited for:
     every request is still answered, at the command's pace."""
     if os.geteuid() != 0:
-        pytest.skip("running the shim as another user needs root")
+        missing("running the shim as another user needs root")
     sim = simulator(expires_in=2)
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from helpers import SHIM, START_SLACK, clean_env, hammering, run_shim
+from helpers import SHIM, START_SLACK, clean_env, hammering, missing, run_shim
 
 from shim.simulator.server import Simulator
 
@@ -143,7 +143,7 @@ def test_unhealthy_once_imds_is_gone_and_the_set_has_expired_then_healthy_again(
 def test_a_process_of_another_user_is_told_nothing(sim: Simulator) -> None:
     """SO_PEERCRED: only the supervisor's own user and root are answered."""
     if os.geteuid() != 0:
-        pytest.skip("switching to another user needs root")
+        missing("switching to another user needs root")
     from shim.lifetime.status import socket_name
 
     process = supervised(["--init"], sim)
@@ -277,7 +277,7 @@ def test_health_checks_answer_through_a_connect_flood_from_another_user(sim: Sim
     """Two processes of another user flood the supervisor's socket with connections: every one of
     twenty health checks still answers ok."""
     if os.geteuid() != 0:
-        pytest.skip("flooding as another user needs root")
+        missing("flooding as another user needs root")
     from shim.lifetime.status import socket_name
 
     process = supervised(["--serve"], sim)

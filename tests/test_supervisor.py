@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from helpers import SHIM, START_SLACK, clean_env, hammering, run_shim
+from helpers import SHIM, START_SLACK, clean_env, hammering, missing, run_shim
 
 from shim.simulator.server import Simulator
 
@@ -196,7 +196,7 @@ def no_more_processes() -> Iterator[Callable[[], object]]:
     v2 = Path("/sys/fs/cgroup")
     parent = v2 if "pids" in _read(v2 / "cgroup.subtree_control") else Path("/sys/fs/cgroup/pids")
     if not (parent / "cgroup.procs").exists():
-        pytest.skip("no pids cgroup controller to limit the shim's processes with")
+        missing("no pids cgroup controller to limit the shim's processes with")
     group = parent / f"imds-shim-test-{os.getpid()}-{time.monotonic_ns()}"
     group.mkdir()
     try:
@@ -233,7 +233,7 @@ def test_a_fork_that_fails_is_one_line_and_125(sim: Simulator, mode: list[str]) 
 def test_orphans_are_reaped_when_the_shim_is_pid_1(sim: Simulator, mode: list[str]) -> None:
     """As PID 1 (no --init, on Kubernetes, FROM scratch): an orphan handed to the shim is no zombie."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("a PID namespace needs root and unshare (util-linux)")
+        missing("a PID namespace needs root and unshare (util-linux)")
     orphan_then_look = (
         "import os, time\n"
         "if os.fork() == 0:\n"
@@ -271,7 +271,7 @@ def test_orphans_are_reaped_when_the_shim_is_pid_1(sim: Simulator, mode: list[st
 def test_sigterm_to_the_shim_as_pid_1_stops_the_command_at_once(sim: Simulator) -> None:
     """docker stop: SIGTERM to PID 1 reaches a command that does not catch it; 143, well under 10 s."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("a PID namespace needs root and unshare (util-linux)")
+        missing("a PID namespace needs root and unshare (util-linux)")
     process = subprocess.Popen(
         [
             "unshare",

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import helpers
 import pytest
+from helpers import missing
 from roots import DEBIAN_ARCHITECTURES, NATIVE
 
 from .netns import IMDS_ADDRESS, TIMINGS, Imds, StartImds, Topology, why_no_namespaces
@@ -46,13 +47,13 @@ def topology() -> Iterator[Topology]:
     """The namespaces, built once per session and always removed."""
     reason = why_no_namespaces()
     if reason:
-        pytest.skip(reason)
+        missing(reason)
     net = Topology(f"imsh{os.getpid() % 100000}")
     try:
         net.build()
     except (subprocess.CalledProcessError, OSError) as error:
         net.remove()
-        pytest.skip(f"cannot build network namespaces here: {error}")
+        missing(f"cannot build network namespaces here: {error}")
     yield net
     net.remove()
 
@@ -114,7 +115,7 @@ def roots() -> Roots:
     """
     reason = _why_no_roots()
     if reason:
-        pytest.skip(reason)
+        missing(reason)
     bare = ROOT / "build" / "e2e-bare-bullseye"
     bootstrap = None
     if not (bare / "usr" / "bin" / "sh").exists():
@@ -136,10 +137,10 @@ def roots() -> Roots:
     if bootstrap is not None:
         _, errors = bootstrap.communicate(timeout=1800)
         if bootstrap.returncode != 0:
-            pytest.skip(f"debootstrap could not build a bare root: {errors[-300:]}")
+            missing(f"debootstrap could not build a bare root: {errors[-300:]}")
         os.rename(f"{bare}.partial", bare)
     if bundle.returncode != 0:
-        pytest.skip(f"make bundle failed: {bundle.stderr[-500:]}")
+        missing(f"make bundle failed: {bundle.stderr[-500:]}")
     return Roots(
         builder=ROOT / "build" / f"trixie-{arch}",
         bare=bare,

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import BOTOCORE_LOOP, build_image_tag, build_version, doc_block
+from helpers import BOTOCORE_LOOP, build_image_tag, build_version, doc_block, missing
 from roots import NATIVE, NOBODY, elf_machine, make_root, parse_envdump, why_not
 
 from shim.imds.protocol import ROLE_PATH, TOKEN_PATH
@@ -225,7 +225,7 @@ def engine(
     that is not this repository: podman, then Docker."""
     reason = _why_no_engine(request.param)
     if reason:
-        pytest.skip(reason)
+        missing(reason)
     work = tmp_path_factory.mktemp(request.param)
     started = time.monotonic()
     engine: Engine = Podman(work, topology) if request.param == "podman" else Docker(topology)
@@ -369,7 +369,7 @@ def test_arm64_recipe_gets_credentials_under_emulation(engine: Engine, imds: Sta
     credentials through the real ENTRYPOINT (qemu-user runs it here; a Graviton host natively)."""
     reason = why_no_arm64()
     if reason:
-        pytest.skip(reason)
+        missing(reason)
     files = exported_files(engine, ARM64_IMAGE, "opt/imds-shim/imds-shim")
     assert elf_machine(files["opt/imds-shim/imds-shim"]) == "aarch64"
     imds("--hop-limit", "2", "--imds-v2-required")
@@ -543,7 +543,7 @@ def minimal(request: pytest.FixtureRequest, engine: Engine) -> str:
     kind = str(request.param)
     reason = None if kind == "bullseye" else why_not(kind)
     if reason:
-        pytest.skip(reason)
+        missing(reason)
     return kind
 
 
@@ -607,7 +607,7 @@ def sdk_image(
         timeout=300,
     )
     if download.returncode != 0:
-        pytest.skip(f"cannot download botocore for the image's Python: {download.stderr[-300:]}")
+        missing(f"cannot download botocore for the image's Python: {download.stderr[-300:]}")
     for pip_wheel in roots.wheels.glob("pip-*.whl"):  # the venv's own pip lags behind their metadata
         shutil.copy(pip_wheel, wheels)
     context = tmp_path_factory.mktemp(f"{engine.name}-sdk")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from helpers import build_image_tag, build_version
+from helpers import build_image_tag, build_version, missing
 from roots import elf_machine
 
 from .conftest import ROOT, Roots
@@ -51,7 +51,7 @@ def in_host_namespace(topology: Topology) -> list[str]:
 def registry(topology: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """docker-registry serving REGISTRY_ADDRESS on plain HTTP, stopped by PID afterwards."""
     if shutil.which("docker-registry") is None or shutil.which("skopeo") is None:
-        pytest.skip("docker-registry or skopeo not installed (Debian packages docker-registry, skopeo)")
+        missing("docker-registry or skopeo not installed (Debian packages docker-registry, skopeo)")
     work = tmp_path_factory.mktemp("registry")
     config = work / "config.yml"
     config.write_text(
@@ -106,7 +106,7 @@ def published(topology: Topology, roots: Roots, registry: str) -> Published:
     one from make release."""
     reason = why_no_arm64()
     if reason:
-        pytest.skip(reason)
+        missing(reason)
     started = time.monotonic()
     first = publish(topology, registry)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -168,7 +168,7 @@ def puller(request: pytest.FixtureRequest, published: Published) -> Iterator[Pul
     podman joins it. Each pulls the index by digest first."""
     reason = _why_no_engine(request.param)
     if reason:
-        pytest.skip(reason)
+        missing(reason)
     topology = published.topology
     engine: Engine
     if request.param == "docker":
