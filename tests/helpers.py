@@ -174,10 +174,27 @@ def in_ci() -> bool:
 
 def missing(reason: str) -> NoReturn:
     """A piece of the machine the test needs is not there: a skip with ``reason`` for a newcomer,
-    a failure under CI, where .ci/run installs it."""
+    a failure under CI, where .ci/run installs it. Either is reported at the test, not here."""
     if in_ci():
         pytest.fail(f"{reason} (CI=true: .ci/run installs this, so its absence is a failure)")
-    pytest.skip(reason)
+    raise pytest.skip.Exception(reason, _use_item_location=True)
+
+
+@functools.cache
+def own_pid_namespace() -> tuple[str, ...]:
+    """The command prefix that runs a command as PID 1 of a PID namespace of its own, with its
+    own /proc, as a container's processes are: there `imds-shim status` sees no supervisor but
+    those the command starts, whatever else runs on the machine. Root needs no user namespace;
+    anyone else maps themselves to root in one (unprivileged user namespaces)."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        missing("unshare is not installed (Debian package util-linux)")
+    user = () if os.geteuid() == 0 else ("--user", "--map-root-user")
+    prefix = (unshare, *user, "--pid", "--fork", "--mount-proc")
+    tried = subprocess.run([*prefix, "true"], capture_output=True, text=True)
+    if tried.returncode != 0:
+        missing(f"cannot make a PID namespace here: {tried.stderr.strip()}")
+    return prefix
 
 
 # qemu-user installs its own handlers for the fatal signals, so a program it runs loses an

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import DOCS, OPERATOR_PAGES, SHIM, clean_env, doc_block, doc_blocks
+from helpers import DOCS, OPERATOR_PAGES, SHIM, clean_env, doc_block, doc_blocks, own_pid_namespace
 
 ROOT = DOCS.parent
 
@@ -71,12 +71,13 @@ def test_each_console_session_prints_what_the_page_says(
     page: str, number: int, session: str, tmp_path: Path
 ) -> None:
     """Each command, run by sh as written (stderr with stdout, in a clean environment whose PATH
-    starts with the imds-shim under test), prints what the page shows."""
+    starts with the imds-shim under test, as PID 1 of a PID namespace of its own, as in a
+    container: `status` sees no other test's supervisor), prints what the page shows."""
     env = clean_env(HOME=str(tmp_path))
     env["PATH"] = f"{os.path.dirname(SHIM)}:{env['PATH']}"
     for command, expected in _commands(session):
         completed = subprocess.run(
-            ["sh", "-c", command],
+            [*own_pid_namespace(), "sh", "-c", command],
             cwd=tmp_path,
             env=env,
             stdin=subprocess.DEVNULL,

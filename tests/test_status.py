@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from helpers import SHIM, START_SLACK, clean_env, hammering, missing, run_shim
+from helpers import SHIM, START_SLACK, clean_env, hammering, missing, own_pid_namespace, run_shim
 
 from shim.simulator.server import Simulator
 
@@ -84,20 +84,27 @@ def test_a_supervised_container_is_healthy_and_says_how_it_stands(
 
 @pytest.mark.serial  # alone, as in a container: no other test's supervisor is there to answer
 def test_status_finds_the_supervisor_by_itself(sim: Simulator) -> None:
-    """No --pid, no variables (a HEALTHCHECK): the supervisor in this PID namespace is found."""
-    process = supervised(["--serve"], sim)
-    code, output = status()
-    finish(process)
-    assert code == 0, output
-    assert output.startswith("imds-shim status: ok: mode --serve, ")
+    """No --pid, no variables (a HEALTHCHECK): the supervisor in this PID namespace is found. The
+    shim is PID 1 of a PID namespace of its own, as in a container, and its command asks."""
+    completed = subprocess.run(
+        [*own_pid_namespace(), SHIM, "--serve", "--", "env", "-i", SHIM, "status"],
+        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert completed.stdout.startswith("imds-shim status: ok: mode --serve, ")
 
 
-@pytest.mark.serial  # alone: no other test's supervisor may answer
 def test_no_supervisor_is_unhealthy_and_says_why() -> None:
-    """Nothing supervising here (the default exec mode, or no imds-shim at all): 1, and why."""
-    code, output = status()
-    assert code == 1
-    assert output.startswith("imds-shim status: unhealthy: no imds-shim supervisor answered")
+    """Nothing supervising in this PID namespace (the default exec mode, or no imds-shim at
+    all), whatever runs beside it on the machine: 1, and why."""
+    completed = subprocess.run(
+        [*own_pid_namespace(), SHIM, "status"], env={}, capture_output=True, text=True, timeout=60
+    )
+    assert completed.returncode == 1
+    assert completed.stdout.startswith("imds-shim status: unhealthy: no imds-shim supervisor answered")
 
 
 def test_stepping_aside_is_healthy(sim: Simulator) -> None:
