@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -54,6 +55,35 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "e2e" in item.path.parts or item.path.name == "test_load.py":
             item.add_marker(pytest.mark.serial)
+
+
+def _children() -> set[int]:
+    """This process's child processes (of every thread: xdist runs tests in the main one)."""
+    found: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            found |= {int(pid) for pid in (task / "children").read_text().split()}
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test() -> Iterator[None]:
+    """Whatever a test started and left running (a supervisor whose test failed before its
+    cleanup, say) is killed when the test ends, with its session when it leads one: no later test,
+    and no `status` that scans for supervisors, ever meets it."""
+    import signal
+
+    before = _children()
+    yield
+    for pid in _children() - before:
+        try:
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
 
 
 @pytest.fixture(autouse=True)

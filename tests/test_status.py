@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from helpers import SHIM, START_SLACK, clean_env, hammering, missing, own_pid_namespace, run_shim
+from helpers import SHIM, Running, clean_env, hammering, missing, own_pid_namespace, run_shim
 
 from shim.simulator.server import Simulator
 
@@ -28,26 +28,23 @@ pytestmark = pytest.mark.behaviour
 WAIT = [sys.executable, "-c", "import sys; print('up', flush=True); sys.stdin.read()"]
 
 
-def supervised(args: list[str], sim: Simulator, **env: str) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [SHIM, *args, "--", *WAIT],
-        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, **env),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    assert process.stdout.readline() == "up\n"
+def supervised(args: list[str], sim: Simulator, **env: str) -> Running:
+    """A supervised shim whose command has said "up" (killed with its session after the test,
+    whatever happens: conftest's _no_process_outlives_its_test)."""
+    process = Running([*args, "--", *WAIT], clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, **env))
+    assert process.wait_for(lambda line: True, stream="stdout") == "up\n"
     return process
 
 
-def finish(process: subprocess.Popen[str]) -> str:
+def finish(process: Running | subprocess.Popen[str]) -> str:
+    """Close the command's stdin and wait: the shim's stderr."""
+    if isinstance(process, Running):
+        return process.finish()[2]
     _, stderr = process.communicate("", timeout=30)
     return stderr
 
 
-def status(process: subprocess.Popen[Any] | None = None) -> tuple[int, str]:
+def status(process: Running | subprocess.Popen[Any] | None = None) -> tuple[int, str]:
     """``imds-shim status`` with an empty environment, as a health check runs it; with ``--pid``
     of ``process`` when given (the parallel suites run many supervisors on one host, where a
     container has one)."""
@@ -171,12 +168,19 @@ def test_a_process_of_another_user_is_told_nothing(sim: Simulator) -> None:
     assert told == b"nothing"
 
 
-def test_lines_after_the_command_started_carry_a_utc_timestamp(simulator: Callable[..., Simulator]) -> None:
+@pytest.mark.timed  # waits for a renewal (the set lives 2 s)
+def test_lines_after_the_command_started_carry_a_utc_timestamp(
+    simulator: Callable[..., Simulator], running: Callable[..., Running]
+) -> None:
     """Read hours later, a renewal line says when; lines before the command starts stay as they were."""
     sim = simulator(expires_in=2)
-    result = run_shim(["-v", "--serve", "--", "sleep", str(3 + START_SLACK)], endpoint=sim.url)
-    assert result.returncode == 0, result.stderr
-    lines = result.stderr.splitlines()
+    shim = running(
+        ["-v", "--serve", "--", "sh", "-c", "read line"], AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url
+    )
+    shim.wait_for(lambda line: "--serve: renewed" in line)
+    returncode, _, stderr = shim.finish("\n")
+    assert returncode == 0, stderr
+    lines = stderr.splitlines()
     assert lines[0].startswith("imds-shim: info: role ")
     renewed = [line for line in lines if "--serve: renewed" in line]
     assert renewed, lines

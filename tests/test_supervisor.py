@@ -286,6 +286,7 @@ def test_orphans_are_reaped_when_the_shim_is_pid_1(sim: Simulator, mode: list[st
     assert result.stdout.split() == ["1", "False", "0"]
 
 
+@pytest.mark.timed  # "at once" (docker stop) is a bound in seconds
 def test_sigterm_to_the_shim_as_pid_1_stops_the_command_at_once(sim: Simulator) -> None:
     """docker stop: SIGTERM to PID 1 reaches a command that does not catch it; 143, well under 10 s."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:

@@ -648,6 +648,21 @@ COUNT_ZOMBIES = (
 )
 
 
+# Whether the orphan (`sleep 0.2`) still runs: a running process has its command line; a zombie
+# has none, so once this says 0 the orphan has exited, reaped or not.
+ORPHAN_RUNNING = (
+    'n=0; for f in /proc/[0-9]*/cmdline; do read -r l < "$f" 2>/dev/null; '
+    'case "$l" in sleep*0.2) n=$((n+1));; esac; done; echo "$n"'
+)
+
+
+def _wait_until_the_orphan_has_exited(engine: Engine, name: str) -> None:
+    deadline = time.monotonic() + 30
+    while engine("exec", name, "sh", "-c", ORPHAN_RUNNING).stdout.strip() != "0":
+        assert time.monotonic() < deadline, "the orphan never exited"
+        time.sleep(0.1)
+
+
 def status_command(image: str) -> str:
     """How a HEALTHCHECK or `exec` runs status in this image."""
     return "/opt/imds-shim/imds-shim status" if image == IMAGES["any-image"] else "imds-shim status"
@@ -691,7 +706,7 @@ def test_serve_as_pid_1_reaps_reports_health_and_stops(engine: Engine, image: st
     )
     try:
         _wait_for_ready(engine, name)
-        time.sleep(0.5)  # the orphan has ended
+        _wait_until_the_orphan_has_exited(engine, name)
         assert engine("exec", name, "cat", "/proc/1/comm").stdout.strip() == "imds-shim"
         assert engine("exec", name, "sh", "-c", COUNT_ZOMBIES).stdout.strip() == "0"
         _wait_for_health(engine, name, "healthy", 20)
