@@ -136,7 +136,6 @@ print(key(), flush=True)
 """
 
 
-@pytest.mark.timed  # the set lives 3 s, so the renewal is due in seconds
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_a_renewal_is_logged_with_its_facts(simulator: Callable[..., Simulator], log_format: str) -> None:
     """Under --serve -v a renewal is one info line: in JSON with the role, the new masked key,
@@ -161,7 +160,6 @@ def test_a_renewal_is_logged_with_its_facts(simulator: Callable[..., Simulator],
     assert RFC3339.fullmatch(renewal["expires"])
 
 
-@pytest.mark.timed  # waits for the renewals' backoff
 def test_failed_renewals_and_the_recovery_are_warnings_with_their_count(
     simulator: Callable[..., Simulator], running: Callable[..., Running]
 ) -> None:

@@ -41,7 +41,6 @@ def issued_keys(sim: Simulator) -> set[str]:
     return {issued.access_key_id for issued in sim.state.issued.values()}
 
 
-@pytest.mark.timed  # waits for a renewal (the set lives 4 s)
 @pytest.mark.parametrize("expect_role", [True, False], ids=["expect-role", "no-expect-role"])
 def test_a_role_that_changes_at_renewal_is_refused_or_announced(
     simulator: Callable[..., Simulator], running: Callable[..., Running], expect_role: bool
@@ -115,7 +114,6 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.timed  # waits for a renewal to start (the set lives 3 s)
 @pytest.mark.parametrize("how", ["killed", "the command ends"])
 def test_a_renewal_child_leaves_nothing_running(
     simulator: Callable[..., Simulator], running: Callable[..., Running], how: str

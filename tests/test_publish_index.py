@@ -22,7 +22,6 @@ from helpers import build_version, clean_env, closed_port
 ROOT = Path(__file__).resolve().parent.parent
 PUBLISH = str(ROOT / "scripts" / "make-publish")
 USER, PASSWORD = "releaser", "an-upload-password-for-this-test"
-pytestmark = pytest.mark.timed  # builds the wheel and the sdist, and starts a server
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from helpers import HERE, SHIM, made_once, missing
 
-pytestmark = [pytest.mark.behaviour, pytest.mark.timed]  # each runs for seconds
+pytestmark = pytest.mark.behaviour  # each runs for seconds, and holds no time budget
 
 GO_JUDGES = HERE / "data" / "go"
 GO_PACKAGES = {

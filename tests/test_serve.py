@@ -57,6 +57,7 @@ AWS_CLI = "/usr/bin/aws"  # Debian's awscli is v2; a pip-installed `aws` may be 
 # Seconds-long SDK loops and loads, or a moment measured to a fraction of a second: run apart from
 # the parallel suites, whose own time budgets they would eat into (under qemu-user above all), two
 # at a time: they mostly wait.
+# Holds a time budget that is the product's promise: run apart, in the timed lane (make test).
 HEAVY = pytest.mark.timed
 # Signals whose default action does not end a process, and glibc's own two.
 NOT_ENDING_SIGNALS = ("STOP", "TSTP", "CONT", "CHLD", "WINCH", "URG", "32", "33", "SIGTTIN")
@@ -161,7 +162,6 @@ def test_the_answer_is_what_the_sdks_read(simulator: Callable[..., Simulator]) -
 # -- renewal ---------------------------------------------------------------------------------------
 
 
-@HEAVY
 def test_botocore_renews_from_the_endpoint_and_never_sees_an_expired_set(
     simulator: Callable[..., Simulator],
 ) -> None:
@@ -181,7 +181,6 @@ def test_botocore_renews_from_the_endpoint_and_never_sees_an_expired_set(
     assert credentials_gets(sim) <= 2 * len(set(keys)) + 1 < len(readings)
 
 
-@HEAVY
 def test_many_processes_share_one_fetch(sim: Simulator) -> None:
     """Twenty SDK processes in the command read the same set; IMDS is asked once."""
     pytest.importorskip("botocore")
@@ -196,7 +195,6 @@ def test_many_processes_share_one_fetch(sim: Simulator) -> None:
     assert credentials_gets(sim) == 1
 
 
-@HEAVY
 def test_aws_cli_v2_reads_the_endpoint(sim: Simulator) -> None:
     """The AWS CLI v2 resolves the served set (export-credentials shows what it got)."""
     exists = os.path.exists(AWS_CLI)
@@ -234,7 +232,6 @@ const ends = Date.now() + Number(process.argv[2]) * 1000;
 """
 
 
-@HEAVY
 def test_the_javascript_sdk_v3_default_chain_renews_from_the_endpoint(
     simulator: Callable[..., Simulator], tmp_path: Path
 ) -> None:
@@ -255,7 +252,6 @@ def test_the_javascript_sdk_v3_default_chain_renews_from_the_endpoint(
     assert all(reading["now"] < reading["expires"] for reading in readings)
 
 
-@HEAVY
 def test_imds_going_away_serves_the_cached_set_until_it_expires_then_503(
     simulator: Callable[..., Simulator],
 ) -> None:
@@ -513,7 +509,6 @@ def test_works_against_moto(moto_endpoint: str) -> None:
 # -- secrets and size ------------------------------------------------------------------------------
 
 
-@HEAVY
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_no_secret_or_token_in_the_logs_across_renewals(
     simulator: Callable[..., Simulator], log_format: str
@@ -691,7 +686,6 @@ def _ask_endpoint(url: str, token: str) -> tuple[int, dict[str, Any]]:
         return error.code, json.loads(error.read())
 
 
-@pytest.mark.timed  # waits for the renewals' backoff
 def test_serve_optional_recovers_from_an_outage_at_the_start(simulator: Callable[..., Simulator]) -> None:
     """IMDS down at the start: with --optional the command starts at once with the endpoint, which
     answers 503 and status 1 ("waiting"); once IMDS answers, the endpoint serves and status is 0,

@@ -113,7 +113,6 @@ def test_stepping_aside_is_healthy(sim: Simulator) -> None:
     assert "stepped aside: AWS_WEB_IDENTITY_TOKEN_FILE is set" in output
 
 
-@pytest.mark.timed  # seconds of waiting for a set to expire; asks its supervisor by PID
 def test_unhealthy_once_imds_is_gone_and_the_set_has_expired_then_healthy_again(
     simulator: Callable[..., Simulator],
 ) -> None:
@@ -168,7 +167,6 @@ def test_a_process_of_another_user_is_told_nothing(sim: Simulator) -> None:
     assert told == b"nothing"
 
 
-@pytest.mark.timed  # waits for a renewal (the set lives 2 s)
 def test_lines_after_the_command_started_carry_a_utc_timestamp(
     simulator: Callable[..., Simulator], running: Callable[..., Running]
 ) -> None:
