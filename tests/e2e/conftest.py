@@ -122,8 +122,8 @@ def roots() -> Roots:
         shutil.rmtree(f"{bare}.partial", ignore_errors=True)
         bootstrap = subprocess.Popen(
             ["debootstrap", "--variant=minbase", "bullseye", f"{bare}.partial", MIRROR],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # debootstrap says why on stdout ("E: ...")
             text=True,
         )
     arch = DEBIAN_ARCHITECTURES[NATIVE]
@@ -135,7 +135,7 @@ def roots() -> Roots:
         timeout=1800,
     )
     if bootstrap is not None:
-        _, errors = bootstrap.communicate(timeout=1800)
+        errors, _ = bootstrap.communicate(timeout=1800)
         if bootstrap.returncode != 0:
             missing(f"debootstrap could not build a bare root: {errors[-300:]}")
         os.rename(f"{bare}.partial", bare)
