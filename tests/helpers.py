@@ -473,3 +473,33 @@ def doc_block(page: str, test: str, language: str) -> str:
     """The one ``language`` block of ``docs/PAGE`` that names ``test``."""
     (block,) = [b.text for b in doc_blocks(page) if b.test == test and b.language == language]
     return block
+
+
+# A command for --serve (and the other modes): says its endpoint and token ("-" for none), then
+# waits until its stdin ends.
+SAY_ENDPOINT = (
+    "import os, sys; print(os.environ.get('AWS_CONTAINER_CREDENTIALS_FULL_URI', '-'), "
+    "os.environ.get('AWS_CONTAINER_AUTHORIZATION_TOKEN', '-'), flush=True); sys.stdin.read()"
+)
+
+
+def ask_endpoint(url: str, token: str) -> tuple[int, dict[str, Any]]:
+    """The --serve endpoint's status and JSON document, as an SDK asks it."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": token})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -8,33 +8,25 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
-from helpers import SHIM, Running, clean_env, closed_port, probe_command, run_shim
+from helpers import (
+    SAY_ENDPOINT,
+    SHIM,
+    Running,
+    alive,
+    ask_endpoint,
+    clean_env,
+    closed_port,
+    probe_command,
+    run_shim,
+)
 
 from shim.simulator.server import Simulator
 
 pytestmark = pytest.mark.behaviour
-
-# The command: prints the endpoint's URL and token (under --serve), then waits for its stdin to close.
-SAY_ENDPOINT = (
-    "import os, sys; print(os.environ.get('AWS_CONTAINER_CREDENTIALS_FULL_URI', '-'), "
-    "os.environ.get('AWS_CONTAINER_AUTHORIZATION_TOKEN', '-'), flush=True); sys.stdin.read()"
-)
-
-
-def ask(url: str, token: str) -> tuple[int, dict[str, Any]]:
-    """The endpoint's status and document."""
-    request = urllib.request.Request(url, headers={"Authorization": token})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def issued_keys(sim: Simulator) -> set[str]:
@@ -56,7 +48,7 @@ def test_a_role_that_changes_at_renewal_is_refused_or_announced(
         AWS_EC2_METADATA_SERVICE_ENDPOINT=f"http://127.0.0.1:{port}",
     )
     url, token = shim.wait_for(lambda line: True, stream="stdout").split()
-    status, document = ask(url, token)
+    status, document = ask_endpoint(url, token)
     assert (status, document["AccessKeyId"] in issued_keys(first)) == (200, True)
     first.stop()
     second = simulator(port=port, role_name="other-role", rotate_every=60)
@@ -64,12 +56,12 @@ def test_a_role_that_changes_at_renewal_is_refused_or_announced(
         refused = shim.wait_for(lambda line: "renewal failed" in line)
         assert "--expect-role app-role" in refused
         assert "other-role" in refused
-        status, document = ask(url, token)
+        status, document = ask_endpoint(url, token)
         assert document.get("AccessKeyId") not in issued_keys(second), document
     else:
         changed = shim.wait_for(lambda line: "role changed" in line)
         assert "the instance's role changed from app-role to other-role" in changed
-        status, document = ask(url, token)
+        status, document = ask_endpoint(url, token)
         assert (status, document["AccessKeyId"] in issued_keys(second)) == (200, True)
     returncode, _, stderr = shim.finish()
     assert returncode == 0, stderr
@@ -106,14 +98,6 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.parametrize("how", ["killed", "the command ends"])
 def test_a_renewal_child_leaves_nothing_running(
     simulator: Callable[..., Simulator], running: Callable[..., Running], how: str
@@ -140,14 +124,14 @@ def test_a_renewal_child_leaves_nothing_running(
         os.kill(renewal, 9)
         failed = shim.wait_for(lambda line: "renewal failed" in line)
         assert "(1 in a row)" in failed
-        assert not _alive(renewal)  # reaped, not a zombie
-        assert ask(url, token)[0] in (200, 503)  # the endpoint still answers
+        assert not alive(renewal)  # reaped, not a zombie
+        assert ask_endpoint(url, token)[0] in (200, 503)  # the endpoint still answers
         returncode, _, _ = shim.finish()
     else:
         returncode, _, _ = shim.finish()
     assert returncode == 0
-    assert not _alive(renewal)
-    assert not _alive(command)
+    assert not alive(renewal)
+    assert not alive(command)
 
 
 @pytest.mark.parametrize(("word", "optional"), [("yes", True), ("on", True), ("no", False), ("off", False)])

@@ -25,8 +25,10 @@ import pytest
 from helpers import (
     BOTOCORE_LOOP,
     HERE,
+    SAY_ENDPOINT,
     SHIM,
     START_SLACK,
+    ask_endpoint,
     clean_env,
     closed_port,
     missing,
@@ -667,25 +669,6 @@ def test_a_shim_running_as_another_user_than_its_full_stderr_pipes_owner_keeps_s
     assert max(gaps) < 1.5, gaps  # the client polls every 0.1 s; a blocked supervisor answers none
 
 
-# The command for an outage at the start: says its endpoint and token, then waits for stdin's end.
-SAY_ENDPOINT = (
-    "import os, sys; print(os.environ['AWS_CONTAINER_CREDENTIALS_FULL_URI'], "
-    "os.environ['AWS_CONTAINER_AUTHORIZATION_TOKEN'], flush=True); sys.stdin.read()"
-)
-
-
-def _ask_endpoint(url: str, token: str) -> tuple[int, dict[str, Any]]:
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url, headers={"Authorization": token})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def test_serve_optional_recovers_from_an_outage_at_the_start(simulator: Callable[..., Simulator]) -> None:
     """IMDS down at the start: with --optional the command starts at once with the endpoint, which
     answers 503 and status 1 ("waiting"); once IMDS answers, the endpoint serves and status is 0,
@@ -702,7 +685,7 @@ def test_serve_optional_recovers_from_an_outage_at_the_start(simulator: Callable
     try:
         assert process.stdout is not None
         url, token = process.stdout.readline().split()
-        code, document = _ask_endpoint(url, token)
+        code, document = ask_endpoint(url, token)
         assert (code, document["Code"]) == (503, "CredentialsUnavailable")
         waiting = subprocess.run(
             [SHIM, "status", "--pid", str(process.pid)], env={}, capture_output=True, text=True
@@ -715,7 +698,7 @@ def test_serve_optional_recovers_from_an_outage_at_the_start(simulator: Callable
         ), waiting.stdout
         sim = simulator(port=port)  # IMDS is back, at the same address
         deadline = time.monotonic() + 60  # the retries back off to every 30 s at most
-        while (answer := _ask_endpoint(url, token))[0] != 200:
+        while (answer := ask_endpoint(url, token))[0] != 200:
             assert time.monotonic() < deadline, answer
             time.sleep(0.2)
         assert answer[1]["AccessKeyId"] == next(iter(sim.state.issued.values())).access_key_id

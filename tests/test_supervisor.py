@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from helpers import SHIM, START_SLACK, clean_env, hammering, missing, run_shim
+from helpers import SHIM, START_SLACK, alive, clean_env, hammering, missing, run_shim
 
 from shim.simulator.server import Simulator
 
@@ -60,15 +60,23 @@ sys.stdin.read()
 MARKER = "SIGRTMAX"
 
 
+def line_within(process: subprocess.Popen[str], seconds: float = 30) -> str:
+    """The command's next line, or a failure after ``seconds`` (never a hang)."""
+    assert process.stdout is not None
+    if not select.select([process.stdout], [], [], seconds)[0]:
+        raise AssertionError(f"no line from the command in {seconds} s (shim {process.pid})")
+    return process.stdout.readline().strip()
+
+
 def arrivals_until_the_marker(process: subprocess.Popen[str], name: str) -> list[str]:
     """Send ``name`` to the shim and wait for it to arrive; then the marker, and everything that
     arrived until it did, and after it until the command ended (its stdin closed)."""
     assert process.stdout is not None
     assert process.stdin is not None
     os.kill(process.pid, getattr(signal, name) if not name.isdigit() else int(name))
-    got = [process.stdout.readline().strip()]
+    got = [line_within(process)]
     os.kill(process.pid, signal.SIGRTMAX)
-    while (line := process.stdout.readline().strip()) not in (MARKER, ""):
+    while (line := line_within(process)) not in (MARKER, ""):
         got.append(line)
     process.stdin.close()
     return got + process.stdout.read().split()
@@ -83,14 +91,6 @@ def start(mode: list[str], command: list[str], sim: Simulator, **env: str) -> su
         stdout=subprocess.PIPE,
         text=True,
     )
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @SUPERVISED_MODES
