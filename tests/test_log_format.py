@@ -69,8 +69,17 @@ SCENARIOS: list[tuple[str, dict[str, Any], list[str], int]] = [
 MODES = {"serve": "serve", "init": "init", "expiry-signal": "expiry-signal", "refresh": "refresh"}
 
 
-@pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize(("name", "knobs", "args", "status"), SCENARIOS, ids=[s[0] for s in SCENARIOS])
+# Every scenario at debug (every line there is) and at the default, warning; info and error,
+# whose filtering is the same code, on the scenarios that have lines at those levels.
+CASES = [
+    pytest.param(level, *scenario, id=f"{scenario[0]}-{level}")
+    for scenario in SCENARIOS
+    for level in LEVELS
+    if level in ("debug", "warning") or scenario[0] in ("exec", "serve", "no role", "usage error")
+]
+
+
+@pytest.mark.parametrize(("level", "name", "knobs", "args", "status"), CASES)
 def test_each_line_is_the_text_lines_json_twin(
     simulator: Callable[..., Simulator],
     level: str,
