@@ -151,7 +151,10 @@ def test_a_renewal_is_logged_with_its_facts(simulator: Callable[..., Simulator],
     its expiry and no failures, in the serve mode."""
     import sys
 
-    sim = simulator(expires_in=3)
+    # A new set every second, so the renewal due halfway through a set's life finds one at its
+    # first try, about 2 s before the old set expires (the simulator's default rotation, half the
+    # lifetime, can leave a renewal 0.5 s or less, and then the command meets a 503).
+    sim = simulator(expires_in=5, rotate_every=1)
     env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, IMDS_SHIM_LOG_FORMAT=log_format)
     result = run_shim(["-v", "--serve", "--", sys.executable, "-c", WAIT_FOR_A_NEW_KEY], env=env)
     assert result.returncode == 0, result.stderr

@@ -169,7 +169,9 @@ def test_botocore_renews_from_the_endpoint_and_never_sees_an_expired_set(
 ) -> None:
     """A long-running botocore loop gets new keys after each renewal, every one unexpired."""
     pytest.importorskip("botocore")
-    sim = simulator(expires_in=4)  # a new set every 2 s, each valid for 4 s
+    # Each set valid for 4 s and a new one every second: a renewal, due halfway through a set's
+    # life, finds a new set at its first try, well before the old one expires, on a busy machine too.
+    sim = simulator(expires_in=4, rotate_every=1)
     result = run_shim(["--serve", "--", sys.executable, "-c", BOTOCORE_LOOP, "9"], endpoint=sim.url)
     assert result.returncode == 0, result.stderr
     readings = [json.loads(line) for line in result.stdout.splitlines()]
@@ -178,8 +180,7 @@ def test_botocore_renews_from_the_endpoint_and_never_sees_an_expired_set(
     assert len(set(keys)) >= 4, "fewer than three renewals"
     assert set(keys) <= issued_keys(sim)
     assert all(reading["now"] < reading["expires"] for reading in readings)
-    # About one IMDS fetch per set, not one per SDK refresh (botocore refreshed at every reading):
-    # a renewal due a moment before the simulator rotates finds the old set and tries once more.
+    # About one IMDS fetch per set, not one per SDK refresh (botocore refreshed at every reading).
     assert credentials_gets(sim) <= 2 * len(set(keys)) + 1 < len(readings)
 
 
@@ -243,7 +244,7 @@ def test_the_javascript_sdk_v3_default_chain_renews_from_the_endpoint(
         missing(f"node or @aws-sdk/credential-providers in {JS_SDK} missing (.ci/run installs them)")
     script = tmp_path / "loop.js"
     script.write_text(JS_LOOP)
-    sim = simulator(expires_in=4)
+    sim = simulator(expires_in=4, rotate_every=1)  # as for botocore: each renewal finds a new set
     env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, NODE_PATH=str(JS_SDK / "node_modules"))
     result = run_shim(["--serve", "--", node, str(script), "7"], env=env, timeout=60)
     assert result.returncode == 0, result.stderr
