@@ -518,7 +518,7 @@ def test_no_secret_or_token_in_the_logs_across_renewals(
 ) -> None:
     """At debug level, across renewals and refused requests, as text and as JSON lines: no secret,
     session token or either token."""
-    sim = simulator(expires_in=3)
+    sim = simulator(expires_in=3, rotate_every=1)  # each renewal finds a new set at its first try
     script = (
         f'echo "$AWS_CONTAINER_AUTHORIZATION_TOKEN"; {client_line("auth")} >/dev/null; '
         f"{client_line('poll', '4')} >/dev/null"

@@ -623,8 +623,9 @@ def sdk_image(
 
 def test_serve_keeps_a_long_running_sdk_loop_renewed(engine: Engine, sdk_image: str, imds: StartImds) -> None:
     """IMDS_SHIM_SERVE=1 through the real ENTRYPOINT: botocore in a service that outlives its
-    credentials (4 s each) follows at least three renewals and never holds an expired set."""
-    server = imds("--hop-limit", "2", "--imds-v2-required", "--expires-in", "4")
+    credentials (4 s each) follows at least three renewals and never holds an expired set. A new
+    set every second, so that each renewal finds one at its first try, well before the old expires."""
+    server = imds("--hop-limit", "2", "--imds-v2-required", "--expires-in", "4", "--rotate-every", "1")
     seconds, completed = engine.run(
         sdk_image, "/opt/sdk/bin/python", "-c", BOTOCORE_LOOP, "10", env={"IMDS_SHIM_SERVE": "1"}
     )
