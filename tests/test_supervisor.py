@@ -61,11 +61,40 @@ MARKER = "SIGRTMAX"
 
 
 def line_within(process: subprocess.Popen[str], seconds: float = 30) -> str:
-    """The command's next line, or a failure after ``seconds`` (never a hang)."""
+    """The command's next line, or a failure after ``seconds`` (never a hang) that tells what the
+    shim and the command were doing. Read a byte at a time from the descriptor: a buffered
+    readline could take a second line with the first, which ``select`` would then never see."""
     assert process.stdout is not None
-    if not select.select([process.stdout], [], [], seconds)[0]:
-        raise AssertionError(f"no line from the command in {seconds} s (shim {process.pid})")
-    return process.stdout.readline().strip()
+    descriptor, line, ends = process.stdout.fileno(), b"", time.monotonic() + seconds
+    while not line.endswith(b"\n"):
+        if not select.select([descriptor], [], [], max(ends - time.monotonic(), 0))[0]:
+            raise AssertionError(
+                f"no line from the command in {seconds} s (got {line!r}); {signal_state(process.pid)}"
+            )
+        byte = os.read(descriptor, 1)
+        if not byte:
+            break
+        line += byte
+    return line.decode().strip()
+
+
+def signal_state(shim: int) -> str:
+    """What the shim and its children block, ignore, catch and have pending, and where they wait."""
+    described = []
+    try:
+        children = [int(child) for child in Path(f"/proc/{shim}/task/{shim}/children").read_text().split()]
+    except OSError:
+        children = []
+    for pid in [shim, *children]:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            wchan = Path(f"/proc/{pid}/wchan").read_text()
+        except OSError as error:
+            described.append(f"{pid}: {error}")
+            continue
+        fields = [line.replace(":\t", " ") for line in status if line.startswith(("Name", "Sig", "ShdPnd"))]
+        described.append(f"{pid}: {', '.join(fields)}, wchan {wchan}")
+    return "; ".join(described)
 
 
 def arrivals_until_the_marker(process: subprocess.Popen[str], name: str) -> list[str]:
@@ -101,8 +130,7 @@ def test_a_signal_sent_to_the_shim_reaches_the_command_once(
     """kill -SIG <shim>: the command gets SIG exactly once (counted until a later signal arrived,
     and on until the command ended)."""
     process = start(mode, [sys.executable, "-c", ECHOER, name, MARKER], sim)
-    assert process.stdout is not None
-    assert process.stdout.readline().startswith("ready ")
+    assert line_within(process).startswith("ready ")
     assert arrivals_until_the_marker(process, name) == [name]
     assert process.wait(timeout=30) == 0
 
@@ -142,8 +170,7 @@ def test_a_real_time_signal_is_forwarded_too(sim: Simulator) -> None:
     """SIGRTMIN+3 (any catchable signal, not only the well-known ones) reaches the command once."""
     number = str(signal.SIGRTMIN + 3)
     process = start(["--init"], [sys.executable, "-c", ECHOER, number, MARKER], sim)
-    assert process.stdout is not None
-    assert process.stdout.readline().startswith("ready ")
+    assert line_within(process).startswith("ready ")
     assert arrivals_until_the_marker(process, number) == [number]
 
 
