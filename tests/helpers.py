@@ -496,6 +496,14 @@ def ask_endpoint(url: str, token: str) -> tuple[int, dict[str, Any]]:
         return error.code, json.loads(error.read())
 
 
+def children(pid: int) -> list[int]:
+    """The PIDs whose parent is ``pid`` (none once it has gone)."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie does not)."""
     try:

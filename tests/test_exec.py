@@ -17,6 +17,7 @@ from helpers import (
     EXPORTED_VARIABLES,
     SHIM,
     UNDER_TEST_IS_BUNDLE,
+    children,
     clean_env,
     probe_command,
     run_shim,
@@ -305,8 +306,7 @@ def test_sigterm_as_pid_1_exits_143(simulator: Callable[..., Simulator]) -> None
         text=True,
     )
     _wait_for_request(sim)
-    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-    os.kill(int(children[0]), signal.SIGTERM)
+    os.kill(children(process.pid)[0], signal.SIGTERM)
     process.communicate(timeout=5)
     assert process.returncode == 143
 

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -18,6 +17,7 @@ from helpers import (
     Running,
     alive,
     ask_endpoint,
+    children,
     clean_env,
     closed_port,
     probe_command,
@@ -94,10 +94,6 @@ def test_init_goes_with_each_mode(sim: Simulator, mode: list[str], sees: str) ->
     assert report["pid"] != process.pid
 
 
-def _children(pid: int) -> list[int]:
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
 @pytest.mark.parametrize("how", ["killed", "the command ends"])
 def test_a_renewal_child_leaves_nothing_running(
     simulator: Callable[..., Simulator], running: Callable[..., Running], how: str
@@ -114,12 +110,12 @@ def test_a_renewal_child_leaves_nothing_running(
     url, token = shim.wait_for(lambda line: True, stream="stdout").split()
     first.stop()
     simulator(port=port, latency=120)  # accepts, then answers nothing for two minutes
-    command = _children(shim.pid)[0]
+    command = children(shim.pid)[0]
     ends = time.monotonic() + 30
-    while len(children := _children(shim.pid)) < 2:  # the renewal child has started
+    while len(kids := children(shim.pid)) < 2:  # the renewal child has started
         assert time.monotonic() < ends, "no renewal started"
         time.sleep(0.05)
-    (renewal,) = [child for child in children if child != command]
+    (renewal,) = [child for child in kids if child != command]
     if how == "killed":
         os.kill(renewal, 9)
         failed = shim.wait_for(lambda line: "renewal failed" in line)

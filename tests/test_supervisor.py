@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from helpers import SHIM, START_SLACK, alive, clean_env, hammering, missing, run_shim
+from helpers import SHIM, START_SLACK, alive, children, clean_env, hammering, missing, run_shim
 
 from shim.simulator.server import Simulator
 
@@ -81,11 +81,7 @@ def line_within(process: subprocess.Popen[str], seconds: float = 30) -> str:
 def signal_state(shim: int) -> str:
     """What the shim and its children block, ignore, catch and have pending, and where they wait."""
     described = []
-    try:
-        children = [int(child) for child in Path(f"/proc/{shim}/task/{shim}/children").read_text().split()]
-    except OSError:
-        children = []
-    for pid in [shim, *children]:
+    for pid in [shim, *children(shim)]:
         try:
             status = Path(f"/proc/{pid}/status").read_text().splitlines()
             wchan = Path(f"/proc/{pid}/wchan").read_text()
@@ -345,8 +341,7 @@ def test_sigterm_to_the_shim_as_pid_1_stops_the_command_at_once(sim: Simulator) 
 
 
 def _child_of(pid: int) -> int:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return int(children[0])
+    return children(pid)[0]
 
 
 # The command on a terminal: its group and the terminal's foreground group, then a line for each
