@@ -93,6 +93,31 @@ class UnderTest(NamedTuple):
 
 _under_test: UnderTest | None = None
 
+# The promises the docs make for a verdict's time, on a normal machine: off EC2 (no IMDS, no EC2
+# facts) and the hop limit (three token answers lost in a row, a probe answered after each).
+OFF_EC2_SECONDS = 1.5
+HOP_LIMIT_SECONDS = 6.0
+# `import requests, tenacity`, the floor of every fetching start, where the budgets were set.
+REFERENCE_IMPORT_FLOOR = 0.116
+
+
+@functools.cache
+def import_floor() -> float:
+    """This machine's `import requests, tenacity` in a fresh interpreter, the median of three."""
+    times = []
+    for _ in range(3):
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-c", "import requests, tenacity"], check=True, timeout=60)
+        times.append(time.monotonic() - started)
+    return sorted(times)[1]
+
+
+def budget(promise: float) -> float:
+    """A verdict's budget here: the promise, what emulation adds, and twice what this machine's
+    import floor exceeds the reference one by (a start, and a fetching child's), so that a slow,
+    busy machine measures the shim, not itself."""
+    return promise + under_test().START_SLACK + 2 * max(0.0, import_floor() - REFERENCE_IMPORT_FLOOR)
+
 
 def configure() -> None:
     """Decide what this run tests; a usage error (not a traceback) when it cannot be run."""

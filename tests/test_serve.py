@@ -27,8 +27,8 @@ from helpers import (
     HERE,
     SAY_ENDPOINT,
     SHIM,
-    START_SLACK,
     ask_endpoint,
+    budget,
     clean_env,
     closed_port,
     missing,
@@ -51,7 +51,7 @@ SERVED_VARIABLES = {
     "AWS_ACCOUNT_ID",
 }
 # How soon after the command a companion must be gone (the bar), plus emulation's slack.
-GONE_WITHIN = 2.0 + START_SLACK
+GONE_WITHIN = budget(2.0)
 REPO = HERE.parent
 LOAD = REPO / "bench" / "endpoint_load.py"
 JS_SDK = Path(os.environ.get("JS_SDK_DIR", REPO / "build" / "js-sdk"))
@@ -371,7 +371,7 @@ def test_nothing_answers_within_1_5_s_of_the_commands_end(
         hang.close()
     assert reached == "True", f"the {moment} moment never came"
     assert code == status
-    assert gone_after <= 1.5 + START_SLACK
+    assert gone_after <= budget(1.5)
     assert refused(url)
 
 
@@ -442,7 +442,7 @@ def test_expiry_signal_arrives_when_the_keys_are_due_for_renewal(simulator: Call
     expires = expiry(report["expiration"])
     due = expires - min(900, (expires - report["started"]) / 2)
     assert len(report["got"]) == 1
-    assert due - 0.3 <= report["got"][0] <= due + 0.5 + START_SLACK
+    assert due - 0.3 <= report["got"][0] <= budget(due + 0.5)
 
 
 def test_expiry_signal_term_ends_a_command_that_does_not_catch_it(
@@ -597,7 +597,7 @@ def test_clients_without_the_token_cannot_hold_every_connection_slot(sim: Simula
     assert result.returncode == 0, result.stderr
     answers = json.loads(result.stdout)
     assert [status for status, _ in answers] == [200, 200, 200]
-    assert max(seconds for _, seconds in answers) < 1.0 + START_SLACK
+    assert max(seconds for _, seconds in answers) < budget(1.0)
 
 
 def test_a_request_trickling_for_longer_than_5_s_is_cut_off(sim: Simulator) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from helpers import SHIM, START_SLACK, alive, children, clean_env, hammering, missing, run_shim
+from helpers import SHIM, alive, budget, children, clean_env, hammering, missing, run_shim
 
 from shim.simulator.server import Simulator
 
@@ -40,20 +40,10 @@ FORWARDED = [
     *("SIGPIPE", "SIGXFSZ"),
 ]
 
-# The command: a line for every signal it gets, as it gets it; "ready PID" first; ends when stdin does.
-ECHOER = """
-import os, signal, sys
-def said(number, frame):
-    try:
-        word = signal.Signals(number).name
-    except ValueError:  # a real-time signal without a name of its own
-        word = str(number)
-    os.write(1, word.encode() + b"\\n")
-for name in sys.argv[1:]:
-    signal.signal(int(name) if name.isdigit() else getattr(signal, name), said)
-os.write(1, f"ready {os.getpid()}\\n".encode())
-sys.stdin.read()
-"""
+# The command: a line for every signal it gets, as it gets it; "ready PID" first; ends when stdin
+# does. It takes its signals with sigtimedwait: Python handlers around a blocking read lose one that
+# lands just before the read (issue 45; tests/signal_stress.py --command handlers counts them).
+ECHOER = [sys.executable, str(Path(__file__).parent / "programs" / "signal_echo.py")]
 # Sent after the signal under test has arrived: a real-time signal, which the kernel delivers after
 # every standard one and Python handles after them, so a second delivery of the signal under test
 # that the shim still had to send would arrive before it.
@@ -125,7 +115,7 @@ def test_a_signal_sent_to_the_shim_reaches_the_command_once(
 ) -> None:
     """kill -SIG <shim>: the command gets SIG exactly once (counted until a later signal arrived,
     and on until the command ended)."""
-    process = start(mode, [sys.executable, "-c", ECHOER, name, MARKER], sim)
+    process = start(mode, [*ECHOER, name, MARKER], sim)
     assert line_within(process).startswith("ready ")
     assert arrivals_until_the_marker(process, name) == [name]
     assert process.wait(timeout=30) == 0
@@ -148,7 +138,7 @@ def test_every_normal_signal_is_forwarded_once(sim: Simulator, mode: list[str]) 
     """Each of them, sent to the shim after the one before has arrived (a stop signal discards a
     pending SIGCONT, and the other way round), reaches the command exactly once."""
     assert len(EVERY_NORMAL_SIGNAL) >= 18  # Linux: 19 below SIGRTMIN, less the excluded (3.9 lacks SIGSTKFLT)
-    process = start(mode, [sys.executable, "-c", ECHOER, *EVERY_NORMAL_SIGNAL], sim)
+    process = start(mode, [*ECHOER, *EVERY_NORMAL_SIGNAL], sim)
     assert process.stdout is not None
     assert process.stdin is not None
     assert process.stdout.readline().startswith("ready ")
@@ -165,7 +155,7 @@ def test_every_normal_signal_is_forwarded_once(sim: Simulator, mode: list[str]) 
 def test_a_real_time_signal_is_forwarded_too(sim: Simulator) -> None:
     """SIGRTMIN+3 (any catchable signal, not only the well-known ones) reaches the command once."""
     number = str(signal.SIGRTMIN + 3)
-    process = start(["--init"], [sys.executable, "-c", ECHOER, number, MARKER], sim)
+    process = start(["--init"], [*ECHOER, number, MARKER], sim)
     assert line_within(process).startswith("ready ")
     assert arrivals_until_the_marker(process, number) == [number]
 
@@ -186,7 +176,7 @@ def test_the_shim_exits_with_the_commands_status(
 @SUPERVISED_MODES
 def test_the_command_dies_with_a_killed_shim(sim: Simulator, mode: list[str]) -> None:
     """SIGKILL to the shim (the OOM killer): the command does not run on without it."""
-    process = start(mode, [sys.executable, "-c", ECHOER], sim)
+    process = start(mode, [*ECHOER], sim)
     assert process.stdout is not None
     command = int(process.stdout.readline().split()[1])
     os.kill(process.pid, signal.SIGKILL)
@@ -337,23 +327,11 @@ def test_sigterm_to_the_shim_as_pid_1_stops_the_command_at_once(sim: Simulator) 
     started = time.monotonic()
     os.kill(shim, signal.SIGTERM)
     assert process.wait(timeout=10) == 143
-    assert time.monotonic() - started < 2 + START_SLACK
+    assert time.monotonic() - started < budget(2)
 
 
 def _child_of(pid: int) -> int:
     return children(pid)[0]
-
-
-# The command on a terminal: its group and the terminal's foreground group, then a line for each
-# SIGINT (and marker) it gets, until end-of-file on the terminal (Ctrl-D).
-ON_A_TERMINAL = """
-import os, signal, sys
-for number in (signal.SIGINT, signal.SIGRTMAX):
-    signal.signal(number, lambda n, f: os.write(1, b"got %d\\n" % n))
-print("group", os.getpid(), os.getpgrp(), os.tcgetpgrp(0), flush=True)
-sys.stdin.read()
-print("done", flush=True)
-"""
 
 
 @SUPERVISED_MODES
@@ -365,19 +343,18 @@ def test_on_a_terminal_the_command_is_the_foreground_group_and_ctrl_c_reaches_it
     pid, master = pty.fork()
     if pid == 0:
         env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url)
-        os.execve(SHIM, [SHIM, *mode, "--", sys.executable, "-c", ON_A_TERMINAL], env)
-    output = _read_until(master, b"group")
-    fields = output.split(b"group", 1)[1].split()[:3]
+        os.execve(SHIM, [SHIM, *mode, "--", *ECHOER, "SIGINT", MARKER], env)
+    output = _read_until(master, b"ready")
+    fields = output.split(b"ready", 1)[1].split()[:3]
     command, group, foreground = (int(field) for field in fields)
     assert command == group == foreground
     os.write(master, b"\x03")
-    output += _read_until(master, b"got %d" % signal.SIGINT)
+    output += _read_until(master, b"SIGINT")
     os.kill(pid, signal.SIGRTMAX)
-    output += _read_until(master, b"got %d" % signal.SIGRTMAX)
-    os.write(master, b"\x04")
-    output += _read_until(master, b"done")
+    output += _read_until(master, MARKER.encode())
+    os.write(master, b"\x04")  # end of file on the terminal: the command ends
     _, status = os.waitpid(pid, 0)
-    assert output.count(b"got %d" % signal.SIGINT) == 1, output
+    assert output.count(b"SIGINT") == 1, output
     assert os.waitstatus_to_exitcode(status) == 0
     os.close(master)
 
@@ -525,7 +502,7 @@ def test_a_sigpipe_the_shim_raises_at_itself_is_not_forwarded(simulator: Callabl
     sim = simulator(expires_in=2)
     read_end, write_end = os.pipe()
     process = subprocess.Popen(
-        [SHIM, "--serve", "--", sys.executable, "-c", ECHOER, "SIGPIPE", MARKER],
+        [SHIM, "--serve", "--", *ECHOER, "SIGPIPE", MARKER],
         env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

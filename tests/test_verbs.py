@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from helpers import EXPORTED_VARIABLES, SHIM, START_SLACK, clean_env, probe_command, run_shim
+from helpers import EXPORTED_VARIABLES, SHIM, budget, clean_env, probe_command, run_shim
 
 from shim.command_line.config import EXPORT_FORMATS
 from shim.credentials import Credentials, Fetched
@@ -225,7 +225,7 @@ def test_doctor_not_on_ec2(unanswered_endpoint: str) -> None:
     steps = {step["name"]: step for step in json.loads(result.stdout)["steps"]}
     assert steps["tcp"]["status"] == "fail"
     assert "unreachable" in steps["tcp"]["detail"]
-    assert result.seconds < 1.5 + START_SLACK
+    assert result.seconds < budget(1.5)
 
 
 def test_doctor_no_role(simulator: Callable[..., Simulator]) -> None:
