@@ -40,6 +40,9 @@ DETAILS = {
     "attempts": "tries per request while IMDS is busy or garbled",
     "deadline": "overall limit; nothing waits past it. Only a busy or throttling IMDS is waited for "
     "this long",
+    "dmi_dir": "the folder of the machine's DMI facts, read only when IMDS does not answer: where they "
+    "say EC2, silence is congestion, tried until the deadline "
+    "([troubleshooting](troubleshooting.md#many-containers-at-once)); tests point it elsewhere",
     "no_imds_v1": "never fall back to IMDSv1",
     "override": "fetch even when [stepping aside](../README.md#when-it-steps-aside) would apply, first "
     "clearing every identity variable",

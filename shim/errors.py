@@ -92,8 +92,20 @@ class Throttled(Transient):
 
 
 class ConnectFailed(Transient):
-    """No TCP connection to IMDS (timed out, refused or no route). Retried once only: a second
-    silence means there is no IMDS here (:class:`ImdsUnreachable`), not a busy one."""
+    """No TCP connection to IMDS: refused or no route, or (where the machine does not say it is
+    an EC2 instance) no answer to the SYN. Retried once only: a second one means there is no IMDS
+    here (:class:`ImdsUnreachable`), not a busy one."""
+
+
+class NoAnswer(Transient):
+    """A request went out and nothing came back in time: on an EC2 instance, congestion (packets
+    over the link-local allowance are dropped silently) or an overloaded IMDS, retried until the
+    deadline. ``connected``: whether the TCP connection was made (a read timed out); ``on_ec2``:
+    whether the machine says it is an EC2 instance (off EC2, silence is not congestion)."""
+
+    def __init__(self, message: str, connected: bool, on_ec2: bool) -> None:
+        super().__init__(message)
+        self.connected, self.on_ec2 = connected, on_ec2
 
 
 def raised_at(error: BaseException) -> str:

@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from helpers import START_SLACK, clean_env, closed_port, missing, probe_command, run_shim
+from helpers import (
+    HOP_LIMIT_SECONDS,
+    OFF_EC2_SECONDS,
+    budget,
+    clean_env,
+    closed_port,
+    missing,
+    probe_command,
+    run_shim,
+)
 
 from shim.imds.protocol import IDENTITY_DOCUMENT_PATH, REGION_PATH, ROLE_PATH, TOKEN_PATH
 from shim.simulator.server import REDIRECT_TARGET, Simulator
@@ -18,7 +27,6 @@ from shim.simulator.server import REDIRECT_TARGET, Simulator
 pytestmark = pytest.mark.behaviour
 
 StartSimulator = Callable[..., Simulator]
-VERDICT_SECONDS = 1.5 + START_SLACK
 
 
 def paths(sim: Simulator) -> list[tuple[str, str, int]]:
@@ -115,28 +123,32 @@ def test_token_redirect_is_named_a_redirect(simulator: StartSimulator) -> None:
 
 @pytest.mark.timed  # a verdict budget: measured apart from the parallel suites
 def test_hop_limit_symptom_falls_back_to_imdsv1_with_warning(simulator: StartSimulator) -> None:
-    """A token PUT that connects but never answers: IMDSv1 in <= 1.5 s, one warning naming the hop limit."""
+    """Token PUTs that connect but never answer: IMDSv1 in <= 6 s, one warning naming the hop limit."""
     sim = simulator(token_hang=True)
     result = run_shim(["--", *probe_command()], endpoint=sim.url)
     assert result.returncode == 0, result.stderr
-    assert result.seconds <= VERDICT_SECONDS
+    assert result.seconds <= budget(HOP_LIMIT_SECONDS)
     assert result.probe()["env"]["AWS_ACCESS_KEY_ID"].startswith("ASIA")
     warnings = result.stderr.strip().splitlines()
     assert len(warnings) == 1
     assert "hop limit" in warnings[0]
     assert "--http-put-response-hop-limit 2" in warnings[0]
-    assert [m for m, _, _ in paths(sim)].count("PUT") == 1  # the silent PUT is not retried
+    # Blamed on evidence: three silent PUTs, a probe answered after the second and the third.
+    asked = [(method, path) for method, path, _ in paths(sim)]
+    put, probe = ("PUT", TOKEN_PATH), ("GET", TOKEN_PATH)
+    assert asked[:5] == [put, put, probe, put, probe]
+    assert asked.count(put) == 3
 
 
 @pytest.mark.timed  # a verdict budget: measured apart from the parallel suites
 @pytest.mark.parametrize("v1_refused_by", ["instance", "shim"])
 def test_hop_limit_with_imdsv2_required_is_diagnosed(simulator: StartSimulator, v1_refused_by: str) -> None:
-    """Hop-limit symptom plus IMDSv1 refused: exit 125 in <= 1.5 s naming the hop limit and the fix."""
+    """Hop-limit symptom plus IMDSv1 refused: exit 125 in <= 6 s naming the hop limit and the fix."""
     sim = simulator(token_hang=True, imds_v2_required=True)
     args = ["--no-imds-v1"] if v1_refused_by == "shim" else []
     result = run_shim([*args, "--", "true"], endpoint=sim.url)
     assert result.returncode == 125
-    assert result.seconds <= VERDICT_SECONDS
+    assert result.seconds <= budget(HOP_LIMIT_SECONDS)
     line = one_error_line(result.stderr)
     assert "hop limit is probably 1" in line
     assert "aws ec2 modify-instance-metadata-options" in line
@@ -148,7 +160,7 @@ def test_off_ec2_verdict_within_budget(unanswered_endpoint: str) -> None:
     """No TCP answer at all: exit 125 in <= 1.5 s saying IMDS is unreachable (not on EC2)."""
     result = run_shim(["--", "true"], endpoint=unanswered_endpoint)
     assert result.returncode == 125
-    assert result.seconds <= VERDICT_SECONDS
+    assert result.seconds <= budget(OFF_EC2_SECONDS)
     line = one_error_line(result.stderr)
     assert "unreachable" in line
     assert "does not look like an EC2 instance" in line
@@ -159,7 +171,7 @@ def test_off_ec2_optional_runs_command_without_credentials(unanswered_endpoint: 
     """--optional off EC2: one warning, the command runs without credentials, its status returned."""
     result = run_shim(["--optional", "--", *probe_command()], endpoint=unanswered_endpoint)
     assert result.returncode == 0
-    assert result.seconds <= VERDICT_SECONDS
+    assert result.seconds <= budget(OFF_EC2_SECONDS)
     assert "AWS_ACCESS_KEY_ID" not in result.probe()["env"]
     assert len(result.stderr.strip().splitlines()) == 1
     assert "running the command without credentials (--optional)" in result.stderr
@@ -172,7 +184,7 @@ def test_connection_refused_is_unreachable() -> None:
     result = run_shim(["--", "true"], endpoint=f"http://127.0.0.1:{closed_port()}")
     assert result.returncode == 125
     assert "unreachable" in one_error_line(result.stderr)
-    assert result.seconds <= VERDICT_SECONDS
+    assert result.seconds <= budget(OFF_EC2_SECONDS)
 
 
 def test_no_role_attached(simulator: StartSimulator) -> None:
@@ -227,7 +239,7 @@ def test_retry_after_beyond_deadline_gives_up_at_once(simulator: StartSimulator)
     sim = simulator(fail_first=100, fail_status=503, retry_after=60)
     result = run_shim(["--no-imds-v1", "--deadline", "5", "--", "true"], endpoint=sim.url)
     assert result.returncode == 125
-    assert result.seconds < 5 + START_SLACK
+    assert result.seconds < budget(5)
     assert len(sim.requests) == 1
 
 
@@ -237,7 +249,7 @@ def test_busy_until_deadline_fails_within_deadline(simulator: StartSimulator) ->
     sim = simulator(fail_first=10_000, fail_status=503)
     result = run_shim(["--deadline", "2", "--attempts", "100", "--", "true"], endpoint=sim.url)
     assert result.returncode == 125
-    assert result.seconds < 2 + 0.5 + START_SLACK  # interpreter start and exit on top of the deadline
+    assert result.seconds < budget(2 + 0.5)  # interpreter start and exit on top of the deadline
     assert "503" in one_error_line(result.stderr)
     assert len(sim.requests) > 3
 
@@ -361,7 +373,7 @@ def test_silent_gets_are_retried_then_fail_by_deadline(simulator: StartSimulator
         ["--timeout", "0.1", "--deadline", "1.5", "--no-imds-v1", "--", "true"], endpoint=sim.url
     )
     assert result.returncode == 125
-    assert result.seconds < 1.5 + 0.5 + START_SLACK
+    assert result.seconds < budget(1.5 + 0.5)
     one_error_line(result.stderr)
 
 

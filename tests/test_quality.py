@@ -179,7 +179,7 @@ def test_the_readmes_python_recipe_is_dockerfile_example() -> None:
 
 def test_the_backoff_figures_in_the_docs_are_the_policys() -> None:
     """docs/imds.md quotes the retry policy's base, cap and throttled base as the code has them."""
-    from shim.imds.tenacity_policy import BACKOFF_BASE, BACKOFF_CAP, THROTTLED_BACKOFF_BASE
+    from shim.imds.backoff import BACKOFF_BASE, BACKOFF_CAP, THROTTLED_BACKOFF_BASE
 
     text = " ".join((ROOT / "docs" / "imds.md").read_text().split())
     assert (

@@ -8,9 +8,10 @@ import pytest
 import tenacity
 from helpers import FakeTime
 
-from shim.errors import ConnectFailed, Throttled, Transient
+from shim.errors import ConnectFailed, NoAnswer, Throttled, Transient
+from shim.imds.backoff import BACKOFF_CAP
 from shim.imds.deadline import Deadline
-from shim.imds.tenacity_policy import BACKOFF_CAP, retry_policy
+from shim.imds.tenacity_policy import retry_policy
 from shim.imds.try_first import with_retries
 
 
@@ -45,6 +46,27 @@ def test_throttling_backs_off_from_two_seconds() -> None:
     fake = FakeTime()
     policy(fake)(failing(4, Throttled("429")))
     assert fake.sleeps == pytest.approx([2.0, 4.0, 4.0, 4.0])
+
+
+def test_congestion_on_ec2_is_tried_past_the_attempts_until_the_deadline() -> None:
+    """No answer on a machine that says it is EC2: waits from 0.5 s (0.5, 1, 2, 4, 4 ...), and
+    --attempts does not stop the tries; only the deadline does."""
+    fake = FakeTime()
+    attempt = failing(100, NoAnswer("no TCP answer", connected=False, on_ec2=True))
+    with pytest.raises(NoAnswer):
+        policy(fake, attempts=3, deadline=20)(attempt)
+    assert fake.sleeps[:5] == pytest.approx([0.5, 1.0, 2.0, 4.0, 4.0])
+    assert attempt.calls["n"] > 3  # type: ignore[attr-defined]
+    assert sum(fake.sleeps) <= 20
+
+
+def test_no_answer_off_ec2_keeps_the_attempt_budget() -> None:
+    """Off EC2 (or with no facts) a silent IMDS is not congestion: --attempts counts as ever."""
+    fake = FakeTime()
+    attempt = failing(100, NoAnswer("no answer to GET", connected=True, on_ec2=False))
+    with pytest.raises(NoAnswer):
+        policy(fake, attempts=3, deadline=60)(attempt)
+    assert attempt.calls["n"] == 3  # type: ignore[attr-defined]
 
 
 def test_backoff_is_capped() -> None:

@@ -203,6 +203,14 @@ OPTIONS: tuple[Option, ...] = (
         "SECONDS",
     ),
     Option(
+        "dmi_dir",
+        ("--dmi-dir",),
+        "where the machine's DMI facts are read (is this an EC2 instance?), only when IMDS does not answer",
+        text,
+        "/sys/class/dmi/id",
+        "DIR",
+    ),
+    Option(
         "no_imds_v1",
         ("--no-imds-v1",),
         "require IMDSv2 tokens, never fall back to IMDSv1",
@@ -327,6 +335,7 @@ class Config:
         log_format: str,
         format: str | None,
         in_pod: bool,
+        dmi_dir: str,
     ) -> None:
         self.endpoint, self.role, self.timeout, self.attempts = endpoint, role, timeout, attempts
         self.expect_role = expect_role
@@ -334,8 +343,9 @@ class Config:
         self.optional, self.refresh, self.error_exit_code = optional, refresh, error_exit_code
         self.serve, self.expiry_signal, self.init = serve, expiry_signal, init
         self.log_level, self.log_format, self.format = log_level, log_format, format
-        # In a Kubernetes pod: the hop-limit advice differs there (see imds_protocol.hop_limit_fix).
+        # In a Kubernetes pod: the hop-limit advice differs there (see shim.imds.protocol.hop_limit_fix).
         self.in_pod = in_pod
+        self.dmi_dir = dmi_dir
 
     @property
     def supervised(self) -> bool:
@@ -395,6 +405,7 @@ class Config:
             log_format=str(settings["log_format"]),
             format=settings.text("format"),
             in_pod=in_pod,
+            dmi_dir=str(settings["dmi_dir"]),
         )
 
     def as_flags(self) -> list[str]:
@@ -412,6 +423,8 @@ class Config:
             self.log_level,
             "--log-format",
             self.log_format,
+            "--dmi-dir",
+            self.dmi_dir,
         ]
         if self.role:
             flags += ["--role", self.role]

@@ -3,7 +3,8 @@
 Owns the protocol facts (:mod:`.protocol`: addresses, paths, headers, the hop-limit text), the
 client (:mod:`.client`: token, IMDSv1 fallback, classification, diagnoses), the one boundary every
 IMDS byte passes (:mod:`.answers`), the retry policy (:mod:`.try_first` without tenacity, then
-:mod:`.tenacity_policy`), time (:mod:`.deadline`, :mod:`.time_limit`), the lean ``requests``
+:mod:`.tenacity_policy`, with :mod:`.backoff`'s figures), the machine's own word on being EC2
+(:mod:`.machine`), time (:mod:`.deadline`, :mod:`.time_limit`), the lean ``requests``
 import (:mod:`.lean_requests`) and the fetch sequence (:mod:`.fetch`: role, credentials, region,
 account).
 

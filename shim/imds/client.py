@@ -5,8 +5,14 @@ no cookies kept), redirects never followed or even read, every body capped at 64
 decompressed, an explicit (connect, read) timeout on every call, both capped by the remaining
 deadline. Failures are classified by what the network did:
 
-- no TCP answer at all: not on EC2 (or firewalled); one retry, then :class:`ImdsUnreachable`;
-- token PUT connected but silent: the IMDSv2 hop-limit symptom; IMDSv1 fallback with a warning, or
+- refused, no route, or (where the machine does not say it is EC2) no TCP answer: not on EC2, or
+  firewalled; one retry, then :class:`ImdsUnreachable`, in about a second;
+- no answer on a machine whose DMI facts say EC2 (:mod:`shim.imds.machine`): congestion, since
+  every container on a host shares one allowance of link-local packets and what is over it is
+  dropped silently; retried with jittered backoff until the deadline;
+- token PUT connected but silent: the IMDSv2 hop-limit symptom, but a storm loses some answers too,
+  and the hop limit loses every one. So it is blamed only once three token answers in a row never
+  came while IMDS answered a probe each time in between; then IMDSv1 with a warning, or
   :class:`HopLimitExceeded` with the fix when IMDSv1 is refused or disabled;
 - 5xx, 429, garbled bodies, silent GETs: a busy IMDS, retried with backoff until the deadline;
 - a body over 64 KiB: no IMDS answer is that large, so it fails at once.
@@ -26,8 +32,10 @@ from __future__ import annotations
 import http.client
 import http.cookiejar
 import random
+import socket
+import struct
 import time
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import Callable, TypeVar
 
 from shim import __version__
 from shim.command_line.config import Config
@@ -39,13 +47,16 @@ from shim.errors import (
     ImdsRefused,
     ImdsUnreachable,
     ImdsUnusable,
+    NoAnswer,
     Throttled,
     Transient,
     UsageError,
 )
 from shim.imds.answers import parse_retry_after, parse_token
+from shim.imds.backoff import CONGESTED_BACKOFF_BASE, full_jitter
 from shim.imds.deadline import Deadline
 from shim.imds.lean_requests import requests, urllib3
+from shim.imds.machine import Machine
 from shim.imds.protocol import (
     HOP_LIMIT_CAUSE,
     TOKEN_HEADER,
@@ -64,16 +75,28 @@ MAX_BODY_BYTES = 64 * 1024
 # (the hop-limit symptom) is still told apart from a slow one.
 TIME_LIMIT_MARGIN = 0.05
 USER_AGENT = f"imds-shim/{__version__}"
-if TYPE_CHECKING:
-    pass
-else:  # the C module: `signal` wraps it in enums, about half a millisecond at every start
-    pass
+# Token answers lost in a row, with a probe answered after each but the first, before the hop
+# limit is blamed: a storm loses one or two now and then, the hop limit every one (issue 41).
+HOP_LIMIT_TOKEN_TRIES = 3
+HOP_LIMIT_PROBES = HOP_LIMIT_TOKEN_TRIES - 1
+# Once congestion is seen, a try waits longer, so that TCP's own retransmissions (a SYN again
+# after 1 s, a lost answer again after 0.2, 0.6, 1.4 s) do the retrying on the connection there
+# is, rather than a new connection with its handshake and close on top: every packet counts.
+CONGESTED_CONNECT_TIMEOUT = 2.0
+CONGESTED_READ_TIMEOUT = 3.0
+# Closing with a reset: one packet, where FIN, ACK, FIN, ACK are four, and no TIME_WAIT. Every
+# answer has been read by then; what IMDS might still send is not wanted.
+RESET_ON_CLOSE = (socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+ALLOWANCE_ADVICE = (
+    "every container on the host shares IMDS's allowance of 1,024 packets per second per network "
+    "interface (docs/troubleshooting.md, 'Many containers at once')"
+)
 
 T = TypeVar("T")
 V1_STATUSES = (403, 404, 405)  # the token PUT answers these where IMDSv2 is not available
 
 
-class ReadTimedOut(Transient):
+class ReadTimedOut(NoAnswer):
     """Connected, sent the request, and no answer came within the read timeout."""
 
 
@@ -103,8 +126,18 @@ class ImdsSession(requests.Session):
         return super().prepare_request(request)
 
 
+class ImdsAdapter(requests.adapters.HTTPAdapter):
+    """Connections that close with a reset (:data:`RESET_ON_CLOSE`)."""
+
+    def init_poolmanager(self, *args: object, **kwargs: object) -> None:
+        options = urllib3.connection.HTTPConnection.default_socket_options
+        kwargs["socket_options"] = [*options, RESET_ON_CLOSE]
+        super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
+
+
 def new_session() -> requests.Session:
     session = ImdsSession()
+    session.mount("http://", ImdsAdapter())
     session.trust_env = False
     session.headers["User-Agent"] = USER_AGENT
     session.headers["Accept-Encoding"] = "identity"
@@ -133,6 +166,16 @@ class ImdsClient:
         self.hop_limit_suspected = False
         self.fallback_warning: str | None = None
         self.requests_sent = 0
+        self._machine: Machine | None = None
+        # The evidence for the hop limit, against congestion (see _token_answers_never_come).
+        self.tokens_unanswered = self.probes_answered = 0
+        self.congestion_seen = False
+
+    def machine(self) -> Machine:
+        """The machine's own word on being EC2, read once, and only when IMDS has not answered."""
+        if self._machine is None:
+            self._machine = Machine(self.config.dmi_dir)
+        return self._machine
 
     def close(self) -> None:
         self.session.close()
@@ -144,7 +187,10 @@ class ImdsClient:
         remaining = self.deadline.remaining()
         if remaining <= 0:
             raise ImdsGaveUp(self._past_deadline(method, path))
-        timeout = (min(self.config.connect_timeout, remaining), min(self.config.timeout, remaining))
+        connect, read = self.config.connect_timeout, self.config.timeout
+        if self.congestion_seen:
+            connect, read = max(connect, CONGESTED_CONNECT_TIMEOUT), max(read, CONGESTED_READ_TIMEOUT)
+        timeout = (min(connect, remaining), min(read, remaining))
         limit = min(self.config.answer_limit, remaining)
         started = time.monotonic()
         self.requests_sent += 1
@@ -169,10 +215,18 @@ class ImdsClient:
             raise Transient(f"the answer to {method} {path} took longer than {limit:g} s") from None
         except requests.exceptions.ConnectTimeout:
             status = "connect timeout"
-            raise ConnectFailed(f"no TCP answer within {timeout[0]:g} s") from None
+            detail = f"no TCP answer within {timeout[0]:g} s"
+            if not self.machine().is_ec2:
+                raise ConnectFailed(detail) from None
+            self.congestion_seen = True  # a SYN dropped on an EC2 instance
+            raise NoAnswer(detail, connected=False, on_ec2=True) from None
         except requests.exceptions.ReadTimeout:
             status = "read timeout"
-            raise ReadTimedOut(f"no answer to {method} {path} within {timeout[1]:g} s") from None
+            # A token answer lost is evidence for the hop limit, weighed in obtain_token; any
+            # other lost answer is congestion.
+            self.congestion_seen |= path != TOKEN_PATH
+            detail = f"no answer to {method} {path} within {timeout[1]:g} s"
+            raise ReadTimedOut(detail, connected=True, on_ec2=self.machine().is_ec2) from None
         except requests.exceptions.ConnectionError as error:
             if _never_connected(error):
                 status = "connection failed"
@@ -230,36 +284,38 @@ class ImdsClient:
     def obtain_token(self) -> None:
         """Get a token, or settle on IMDSv1 where that is allowed and IMDSv2 is not to be had."""
         allow_v1 = not self.config.no_imds_v1
-        try:
-            token = self._with_retries(self._put_token, self.config.attempts)
-        except TokenUnanswered:
-            self.hop_limit_suspected = True
-            waited = f"{self.config.timeout:g} s"
-            if not allow_v1:
-                raise HopLimitExceeded(
-                    _hop_limit_message(
-                        self.config,
-                        waited,
-                        "IMDSv1 is disabled (--no-imds-v1 / AWS_EC2_METADATA_V1_DISABLED)",
+        while True:
+            try:
+                token = self._with_retries(self._put_token, self.config.attempts)
+                break
+            except TokenUnanswered:
+                verdict = self._token_answers_never_come()
+                if verdict == "again":
+                    continue
+                if verdict == "hop limit":
+                    self._blame_the_hop_limit(allow_v1)
+                    return
+                # Token answers lost while IMDS was congested: IMDSv1 where it is allowed (as the
+                # SDKs fall back), else more token tries until the deadline.
+                if allow_v1:
+                    self.fallback_warning = (
+                        f"no IMDSv2 token: {self.tokens_unanswered} token requests went unanswered "
+                        "while IMDS was congested; fell back to IMDSv1"
                     )
-                ) from None
-            # Said once IMDSv1 has worked: if it is refused too, the error says it all.
-            self.fallback_warning = (
-                f"the IMDSv2 token request connected but got no answer within {waited}: "
-                f"{HOP_LIMIT_CAUSE}; fell back to IMDSv1. Fix: {hop_limit_fix(self.config.in_pod)}"
-            )
-            self._use_v1()
-            return
-        except ConnectFailed as error:
-            raise self._verdict(error) from None
-        except Transient as error:
-            if not allow_v1:
-                raise ImdsGaveUp(f"no IMDSv2 token: {error}, and IMDSv1 is disabled") from None
-            if self.deadline.remaining() < self.config.timeout:
-                raise ImdsGaveUp(self._gave_up(error)) from None
-            self.fallback_warning = f"no IMDSv2 token ({error}); fell back to IMDSv1"
-            self._use_v1()
-            return
+                    self._use_v1()
+                    return
+            except ConnectFailed as error:
+                raise self._verdict(error) from None
+            except Transient as error:
+                if not allow_v1:
+                    if isinstance(error, NoAnswer) and error.on_ec2:
+                        raise self._verdict(error) from None
+                    raise ImdsGaveUp(f"no IMDSv2 token: {error}, and IMDSv1 is disabled") from None
+                if self.deadline.remaining() < self.config.timeout:
+                    raise self._verdict(error) from None
+                self.fallback_warning = f"no IMDSv2 token ({error}); fell back to IMDSv1"
+                self._use_v1()
+                return
         if token is None:
             if not allow_v1:
                 raise ImdsRefused(
@@ -270,6 +326,68 @@ class ImdsClient:
             self._use_v1()
             return
         self.token, self.version = token, 2
+
+    def _token_answers_never_come(self) -> str:
+        """A token PUT connected and got no answer: "again" (try another), "hop limit", or
+        "congested" (another try is not worth more than IMDSv1).
+
+        The hop limit loses every token answer and no other; congestion loses any answer now and
+        then. So one lost token answer is simply asked again; after each further one, IMDS is
+        probed with a GET of the token path (answered 405 at once, and not limited by the hop
+        limit, which holds only for PUT answers; no IMDSv1 metadata is read). The hop limit is
+        blamed after :data:`HOP_LIMIT_TOKEN_TRIES` lost token answers with every probe answered
+        and nothing else lost; under congestion the tries back off and go on to the deadline.
+        """
+        self.tokens_unanswered += 1
+        if self.tokens_unanswered == 1:
+            return "again"
+        if self.deadline.remaining() <= self.config.timeout:
+            raise self._no_token_verdict()
+        if self._probe_answered():
+            self.probes_answered += 1
+        else:
+            self.congestion_seen = True
+        if self.tokens_unanswered >= HOP_LIMIT_TOKEN_TRIES and self.probes_answered >= HOP_LIMIT_PROBES:
+            return "congested" if self.congestion_seen else "hop limit"
+        if self.congestion_seen:
+            pause = full_jitter(CONGESTED_BACKOFF_BASE, self.tokens_unanswered - 1, self.rng)
+            if pause >= self.deadline.remaining():
+                raise self._no_token_verdict()
+            self.sleep(pause)
+        return "again"
+
+    def _probe_answered(self) -> bool:
+        """Whether IMDS answers a request whose answer the hop limit does not touch."""
+        try:
+            self.send("GET", TOKEN_PATH, {})
+        except Transient:
+            return False
+        return True
+
+    def _blame_the_hop_limit(self, allow_v1: bool) -> None:
+        self.hop_limit_suspected = True
+        waited = (
+            f"{self.config.timeout:g} s, {self.tokens_unanswered} times in a row, while IMDS answered "
+            "every other request"
+        )
+        if not allow_v1:
+            raise HopLimitExceeded(
+                _hop_limit_message(
+                    self.config, waited, "IMDSv1 is disabled (--no-imds-v1 / AWS_EC2_METADATA_V1_DISABLED)"
+                )
+            )
+        # Said once IMDSv1 has worked: if it is refused too, the error says it all.
+        self.fallback_warning = (
+            f"the IMDSv2 token request connected but got no answer within {waited}: "
+            f"{HOP_LIMIT_CAUSE}; fell back to IMDSv1. Fix: {hop_limit_fix(self.config.in_pod)}"
+        )
+        self._use_v1()
+
+    def _no_token_verdict(self) -> ImdsGaveUp:
+        return ImdsGaveUp(
+            f"no IMDSv2 token: {self.tokens_unanswered} token requests in {self.deadline.elapsed():.1f} s "
+            f"went unanswered while IMDS was congested (throttled or overloaded?): {ALLOWANCE_ADVICE}"
+        )
 
     def _with_retries(self, attempt: Callable[[], T], attempts: int) -> T:
         return with_retries(attempt, self.deadline, attempts, self.sleep, self.rng)
@@ -299,7 +417,7 @@ class ImdsClient:
                 raise HopLimitExceeded(
                     _hop_limit_message(
                         self.config,
-                        f"{self.config.timeout:g} s",
+                        f"{self.config.timeout:g} s, {self.tokens_unanswered} times in a row",
                         "IMDSv1 is disabled on this instance (IMDSv2 required)",
                     )
                 )
@@ -335,8 +453,14 @@ class ImdsClient:
     def _verdict(self, error: Transient) -> CredentialsUnavailable:
         """What retrying ended in: IMDS was never reached, or it never answered usefully."""
         if isinstance(error, ConnectFailed):
-            return ImdsUnreachable(
-                unreachable_message(self.config.endpoint, str(error), self.config.optional), str(error)
+            message = unreachable_message(
+                self.config.endpoint, str(error), self.config.optional, self.machine()
+            )
+            return ImdsUnreachable(message, str(error))
+        if isinstance(error, NoAnswer) and error.on_ec2:
+            return ImdsGaveUp(
+                f"IMDS did not answer: {self.requests_sent} tries in {self.deadline.elapsed():.1f} s, and "
+                f"{self.machine().describe()}: throttled or overloaded? {ALLOWANCE_ADVICE}"
             )
         return ImdsGaveUp(self._gave_up(error))
 
@@ -378,8 +502,16 @@ def _never_connected(error: requests.exceptions.ConnectionError) -> bool:
     return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
-def unreachable_message(endpoint: str, detail: str, optional: bool = False) -> str:
-    """Why IMDS is unreachable, with the --optional advice unless --optional was given."""
+def unreachable_message(
+    endpoint: str, detail: str, optional: bool = False, machine: Machine | None = None
+) -> str:
+    """Why IMDS is unreachable, with the --optional advice unless --optional was given. Where the
+    machine says it is EC2, only a refusal or a missing route gets here: something blocks IMDS."""
+    if machine is not None and machine.is_ec2:
+        return (
+            f"IMDS at {endpoint} is unreachable ({detail}), and {machine.describe()}: something "
+            "here blocks the metadata address (a firewall rule, a network policy, a proxy's network?)"
+        )
     verdict = (
         f"IMDS at {endpoint} is unreachable ({detail}): this does not look like an EC2 instance, "
         "or a firewall blocks the metadata address"

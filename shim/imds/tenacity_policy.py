@@ -1,8 +1,10 @@
 """The retry policy, composed from tenacity's ``stop``, ``wait`` and ``retry`` parts.
 
 - ``retry``: only :class:`Transient` failures (5xx, 429, garbled bodies, read timeouts, a rejected
-  token). A :class:`ConnectFailed` (no TCP answer from IMDS) gets one more try and no more: on a machine
-  that is not on EC2 every further try only delays the verdict.
+  token). A :class:`ConnectFailed` (refused, no route, or an unanswered SYN where the machine does
+  not say it is EC2) gets one more try and no more: off EC2 every further try only delays the
+  verdict. A :class:`NoAnswer` on a machine that says it is EC2 is congestion (the link-local
+  allowance drops packets silently): tried until the deadline, whatever ``--attempts`` says.
 - ``wait``: exponential backoff with full jitter, so a herd of containers starting together spreads
   out instead of hammering IMDS in lockstep; a ``Retry-After`` is honoured as a floor. Throttling
   (429) starts from a 2 s base instead of 50 ms (the AWS SDKs' standard mode also starts throttled
@@ -10,9 +12,11 @@
   slows down. With 100 shims against 50 req/s, from a regular install (faster starts make a
   tighter herd than the editable install the first figures came from): 1.25-1.36x the needed
   requests with a 2 s base and the herd done in 10-12 s; 1.37-2.09x with 1 s; 1.65-1.71x with
-  0.5 s (editable).
-- ``stop``: the attempt budget, or the overall :class:`Deadline`, whichever comes first; a sleep
-  that would end past the deadline is not taken.
+  0.5 s (editable). Congestion (:class:`NoAnswer` on EC2) starts from 0.5 s: every packet a herd
+  sends while the allowance is spent is dropped, and each try has already waited out its
+  timeout (bench/storm.py: 100 of 100 served through a five-times over-subscribed allowance).
+- ``stop``: the attempt budget (not counted for congestion on EC2), or the overall
+  :class:`Deadline`, whichever comes first; a sleep that would end past the deadline is not taken.
 
 Imported only once a request has failed (see :func:`shim.imds.try_first.with_retries`).
 """
@@ -29,13 +33,17 @@ from tenacity.retry import retry_base
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from shim.errors import ConnectFailed, Throttled, Transient
+from shim.errors import ConnectFailed, NoAnswer, Throttled, Transient
+from shim.imds.backoff import (
+    BACKOFF_BASE,
+    BACKOFF_CAP,
+    CONGESTED_BACKOFF_BASE,
+    THROTTLED_BACKOFF_BASE,
+    full_jitter,
+)
 from shim.imds.deadline import Deadline
 
 # The lower-case class names below follow tenacity's own (stop_after_attempt, wait_random, ...).
-BACKOFF_BASE = 0.05
-THROTTLED_BACKOFF_BASE = 2.0
-BACKOFF_CAP = 4.0
 UNREACHABLE_TRIES = 2
 
 
@@ -53,7 +61,8 @@ class retry_transient(retry_base):
 class wait_jitter_or_retry_after(wait_base):
     """Full jitter: uniform(0, min(cap, base * 2**(n-1))), raised to any ``Retry-After``.
 
-    The base is ``throttled_base`` after a 429, ``base`` after anything else.
+    The base is ``throttled_base`` after a 429, ``congested_base`` after no answer on EC2,
+    ``base`` after anything else.
     """
 
     def __init__(
@@ -62,18 +71,41 @@ class wait_jitter_or_retry_after(wait_base):
         cap: float = BACKOFF_CAP,
         rng: Callable[[], float] = random.random,
         throttled_base: float = THROTTLED_BACKOFF_BASE,
+        congested_base: float = CONGESTED_BACKOFF_BASE,
     ) -> None:
         self.base, self.cap, self.rng, self.throttled_base = base, cap, rng, throttled_base
+        self.congested_base = congested_base
 
     def __call__(self, retry_state: RetryCallState) -> float:
         outcome = retry_state.outcome
         error = outcome.exception() if outcome is not None and outcome.failed else None
-        base = self.throttled_base if isinstance(error, Throttled) else self.base
-        ceiling: float = min(self.cap, base * 2.0 ** (retry_state.attempt_number - 1))
-        delay = ceiling * self.rng()
+        base = self.base
+        if isinstance(error, Throttled):
+            base = self.throttled_base
+        elif congested(error):
+            base = self.congested_base
+        delay = min(self.cap, full_jitter(base, retry_state.attempt_number, self.rng))
         if isinstance(error, Transient) and error.retry_after is not None:
             delay = max(delay, error.retry_after)
         return delay
+
+
+def congested(error: BaseException | None) -> bool:
+    """No answer, on a machine that says it is an EC2 instance: worth every try the deadline allows."""
+    return isinstance(error, NoAnswer) and error.on_ec2
+
+
+class stop_after_attempt_unless_congested(stop_base):
+    """tenacity's ``stop_after_attempt``, except after congestion, which only the deadline stops."""
+
+    def __init__(self, attempts: int) -> None:
+        self.attempts = attempts
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        if outcome is not None and outcome.failed and congested(outcome.exception()):
+            return False
+        return retry_state.attempt_number >= self.attempts
 
 
 class stop_at_deadline(stop_base):
@@ -96,7 +128,7 @@ def retry_policy(
     return tenacity.Retrying(
         retry=retry_transient(),
         wait=wait_jitter_or_retry_after(rng=rng),
-        stop=tenacity.stop_after_attempt(attempts) | stop_at_deadline(deadline),
+        stop=stop_after_attempt_unless_congested(attempts) | stop_at_deadline(deadline),
         sleep=sleep,
         reraise=True,
     )

@@ -69,6 +69,14 @@ SIMULATOR_OPTIONS: tuple[Option, ...] = (
     ),
     _sim("token_hang", "--token-hang", "accept token PUTs but never answer them"),
     _sim(
+        "token_hang_first",
+        "--token-hang-first",
+        "leave the first N token PUTs unanswered, as a storm might lose them",
+        natural,
+        0,
+        "N",
+    ),
+    _sim(
         "token_status",
         "--token-status",
         "answer token PUTs with this status (e.g. 403: no v2)",
@@ -147,6 +155,7 @@ class Knobs:
     imds_v2_required: bool
     hop_limit: int
     token_hang: bool
+    token_hang_first: int
     token_status: int
     fail_first: int
     fail_status: int

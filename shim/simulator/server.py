@@ -17,6 +17,7 @@ import json
 import secrets
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -80,6 +81,7 @@ class State:
     bucket: float = 0.0
     bucket_time: float = field(default_factory=time.monotonic)
     credentials_answers: int = 0
+    token_puts: int = 0
     closing: threading.Event = field(default_factory=threading.Event)
 
     def rotation_period(self) -> float:
@@ -191,7 +193,8 @@ class Handler(BaseHTTPRequestHandler):
         settings = state.settings
         if method != "PUT":
             return 405, b"Method Not Allowed\n", {}
-        if settings.token_hang:
+        state.token_puts += 1
+        if settings.token_hang or state.token_puts <= settings.token_hang_first:
             return 0, b"", {}
         if settings.token_status:
             return settings.token_status, b"simulated token answer\n", {}
@@ -305,6 +308,11 @@ class SimulatorServer(ThreadingHTTPServer):
     # socketserver's default backlog of 5 drops SYNs when a herd connects at once, which a shim
     # rightly reads as "no IMDS here"; the real IMDS does not do that.
     request_queue_size = 1024
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that closed with a reset (imds-shim does) or went away is no error of ours."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
 
     def __init__(self, settings: Knobs) -> None:
         self.address_family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
