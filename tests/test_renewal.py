@@ -35,8 +35,21 @@ def credentials(key: str, expires_at: float) -> Credentials:
 def test_renewal_is_due_min_15_minutes_or_half_the_lifetime_before_expiry(
     lifetime: float, before_expiry: float
 ) -> None:
-    """Due at expiry - min(15 min, lifetime / 2)."""
-    assert renewal_due(1000.0 + lifetime, 1000.0) == 1000.0 + lifetime - before_expiry
+    """Due at expiry - min(15 min, lifetime / 2) (with a jitter of 0, for a long-lived set)."""
+    assert renewal_due(1000.0 + lifetime, 1000.0, rng=lambda: 0.0) == 1000.0 + lifetime - before_expiry
+
+
+def test_renewals_of_a_long_lived_set_spread_over_five_minutes() -> None:
+    """Every container on a host holds the same set: a 6 h set is renewed between 20 and 15
+    minutes before it expires, at a moment each supervisor draws for itself."""
+    expires = 1000.0 + 6 * HOUR
+    assert renewal_due(expires, 1000.0, rng=lambda: 0.0) == expires - 900.0
+    assert renewal_due(expires, 1000.0, rng=lambda: 0.999) == pytest.approx(expires - 900.0 - 299.7)
+    drawn = {renewal_due(expires, 1000.0) for _ in range(100)}
+    assert len(drawn) > 90
+    assert all(expires - 1200.0 <= due <= expires - 900.0 for due in drawn)
+    # A set that lives less than 40 minutes keeps the one rule (the simulator's short sets).
+    assert renewal_due(1000.0 + 2400.0, 1000.0) == 1000.0 + 2400.0 - 900.0
 
 
 def test_retry_delays_grow_to_a_cap_and_stay_inside_the_sets_life() -> None:
@@ -61,7 +74,7 @@ class LoopDriver:
         self.asked: list[float] = []
         self.watched: dict[int, Callable[[], None]] = {}
         first = credentials("AKIA0", first_expiry)
-        self.store = CredentialStore(first, None, clock=self.time.clock)
+        self.store = CredentialStore(first, None, clock=self.time.clock, rng=lambda: 0.0)
         self.standing = Standing("--serve")
         self.standing.hold(ROLE, first)
         config = Config.from_settings(

@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from shim.command_line.config import Config
 from shim.credentials import Credentials, Fetched, format_duration, format_time
 from shim.errors import ShimError
-from shim.lifetime.renewal import Renewer, renewal_due
+from shim.lifetime.renewal import Renewer, jitter, renewal_due
 from shim.lifetime.standing import Standing
 from shim.lifetime.supervisor import Service, Supervisor
 from shim.log import log
@@ -73,9 +73,13 @@ class CredentialStore:
     yet (``--optional`` with IMDS down at the start) until the first :meth:`replace`."""
 
     def __init__(
-        self, credentials: Credentials | None, account_id: str | None, clock: Callable[[], float] = time.time
+        self,
+        credentials: Credentials | None,
+        account_id: str | None,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = jitter,
     ) -> None:
-        self.account_id, self.clock = account_id, clock
+        self.account_id, self.clock, self.rng = account_id, clock, rng
         self.credentials: Credentials | None = None
         self.body: bytes | None = None
         self.expires_at = self.due_at = 0.0
@@ -96,7 +100,7 @@ class CredentialStore:
         self.credentials = credentials
         self.body = json.dumps(document).encode()
         self.expires_at = expires_at
-        self.due_at = renewal_due(expires_at, self.clock())
+        self.due_at = renewal_due(expires_at, self.clock(), self.rng)
 
     def answer(self) -> bytes | None:
         """The JSON to hand out, or None once the set has expired (or before the first)."""

@@ -5,6 +5,11 @@ command is told to restart): renew once less than min(15 minutes, half the set's
 IMDS offers a new set at least five minutes before the old one expires (typically much earlier);
 15 minutes is also when botocore starts refreshing. Half the lifetime keeps short-lived sets (the
 simulator's, seconds long) renewing before they run out.
+
+Every container on an instance holds the same set, so all their supervisors would renew at the
+same second: where the set lives long enough (hours, as IMDS's do), each renews at a random moment
+in the :data:`RENEW_SPREAD` before that, spreading a host's renewals over five minutes instead of
+sending them through IMDS's shared packet allowance at once.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ if TYPE_CHECKING:
     from shim.lifetime.standing import Standing
 
 RENEW_BEFORE = 15 * 60.0
+RENEW_SPREAD = 5 * 60.0
 RETRY_BASE = 1.0
 RETRY_CAP = 30.0
 # A retry while the current set is still valid comes before half its remaining time is gone,
@@ -38,15 +44,19 @@ RETRY_FLOOR = 1.0
 CHILD_GRACE = 5.0
 
 
-def renewal_due(expires_at: float, obtained_at: float) -> float:
-    """The moment (seconds since the epoch) a set obtained at ``obtained_at`` should be replaced."""
-    lifetime = max(expires_at - obtained_at, 0.0)
-    return expires_at - min(RENEW_BEFORE, lifetime / 2)
-
-
 def jitter() -> float:
     """A random fraction in [0, 1), from the OS: ``random`` would load hashlib at every start."""
     return int.from_bytes(os.urandom(4), "big") / 2**32
+
+
+def renewal_due(expires_at: float, obtained_at: float, rng: Callable[[], float] = jitter) -> float:
+    """The moment (seconds since the epoch) a set obtained at ``obtained_at`` should be replaced:
+    min(15 minutes, half its lifetime) before it expires, and for a set that lives more than
+    twice (15 + 5) minutes, up to :data:`RENEW_SPREAD` earlier, at random."""
+    lifetime = max(expires_at - obtained_at, 0.0)
+    if lifetime > 2 * (RENEW_BEFORE + RENEW_SPREAD):
+        return expires_at - RENEW_BEFORE - RENEW_SPREAD * rng()
+    return expires_at - min(RENEW_BEFORE, lifetime / 2)
 
 
 def retry_delay(failures: int, left: float, rng: Callable[[], float] = jitter) -> float:
