@@ -158,7 +158,13 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
 
         pid = invocation.settings.get("pid")
         verdict, line = status(pid if isinstance(pid, int) else None)
-        write_stdout(f"imds-shim status: {line}\n")
+        if log.json:  # --log-format json: the answer as one object too, for a probe's log
+            import json
+
+            answer = {"program": "imds-shim", "verb": STATUS, "healthy": verdict == 0, "message": line}
+            write_stdout(json.dumps(answer, ensure_ascii=True) + "\n")
+        else:
+            write_stdout(f"imds-shim status: {line}\n")
         return verdict
     config = Config.from_settings(invocation.settings, in_pod=in_pod(environ))
     if invocation.verb == EXEC:

@@ -110,6 +110,9 @@ BAD_INPUT = [
     (["--endpoint-mode", "IPv5", "--", "true"], "--endpoint-mode"),
     (["--role", "bad role!", "--", "true"], "not a valid IAM role name"),
     (["--no-such-flag", "--", "true"], "unknown option '--no-such-flag'"),
+    # An unknown flag's value is not taken for a verb (issue 43).
+    (["--bogus-flag", "X", "--", "true"], "unknown option '--bogus-flag'"),
+    (["simulate", "--bogus", "1"], "unknown option '--bogus'"),
     (["--role"], "--role needs a value"),
     (["--override=yes", "--", "true"], "--override takes no value"),
     (["python", "app.py"], "put it after '--'"),

@@ -241,3 +241,36 @@ def test_workflow_hygiene(path: Path) -> None:
             if step.get("uses", "").startswith("actions/checkout@"):
                 assert step["with"]["persist-credentials"] is False
                 assert step["with"]["fetch-depth"] == 0
+
+
+# Where actions/attest-build-provenance's `push-to-registry` looks for registry credentials:
+# Docker's config (it logs in through @actions/docker's config, not containers' auth.json).
+DOCKER_CONFIG = '"$HOME/.docker/config.json"'
+
+
+def test_the_image_jobs_login_is_where_the_provenance_push_reads_it() -> None:
+    """A job that pushes provenance to a registry logs in to Docker's config file: a skopeo login
+    into its own auth.json would leave the attestation with "No credentials found for registry"
+    after the image was pushed, and the release page would never be made."""
+    for name, job in _workflow(WORKFLOWS[1])["jobs"].items():
+        steps = job["steps"]
+        pushes = [s for s in steps if s.get("uses", "").startswith("actions/attest-build-provenance@")
+                  and s.get("with", {}).get("push-to-registry")]  # fmt: skip
+        if not pushes:
+            continue
+        logins = [line for s in steps for line in s.get("run", "").splitlines() if "login" in line]
+        assert logins, name
+        for line in logins:
+            assert f"--authfile {DOCKER_CONFIG}" in line, f"{name}: {line.strip()}"
+
+
+def test_the_signing_key_is_removed_on_every_way_out() -> None:
+    """The step that writes the minisign key sets a trap that removes it before writing it, so a
+    failed make release does not leave it on the runner."""
+    for job in _workflow(WORKFLOWS[1])["jobs"].values():
+        for step in job["steps"]:
+            script = step.get("run", "")
+            if "MINISIGN_SECRET_KEY" not in script:
+                continue
+            trap = script.index("trap 'rm -f \"$key\"' EXIT")
+            assert trap < script.index('>"$key"')

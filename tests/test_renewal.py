@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Callable
@@ -80,7 +81,9 @@ class LoopDriver:
         config = Config.from_settings(
             parse_command_line(["--serve", "--", "true"], {}).settings, in_pod=False
         )
-        self.renewer = Renewer(self.store, self.standing, config, self.time.clock, lambda: 1.0, self.launch)
+        self.renewer = Renewer(
+            self.store, self.standing, config, self.time.clock, lambda: 1.0, self.launch, self.time.clock
+        )
         self.renewer.attach(self)  # type: ignore[arg-type]
 
     def watch(self, descriptor: int, handler: Callable[[], None]) -> None:
@@ -187,3 +190,76 @@ def _pipe_holding(data: bytes) -> tuple[int, int]:
     os.write(write_end, data)
     os.close(write_end)
     return 0, read_end
+
+
+class Stub:
+    """The supervisor's side a Renewer talks to."""
+
+    def __init__(self) -> None:
+        self.watched: dict[int, Callable[[], None]] = {}
+        self.children: dict[int, Callable[[int], None]] = {}
+
+    def watch(self, descriptor: int, handler: Callable[[], None]) -> None:
+        self.watched[descriptor] = handler
+
+    def unwatch(self, descriptor: int) -> None:
+        del self.watched[descriptor]
+
+    def adopt(self, pid: int, ended: Callable[[int], None]) -> None:
+        self.children[pid] = ended
+
+
+def test_a_wall_clock_jump_during_a_renewal_kills_nothing() -> None:
+    """NTP steps the clock an hour forward while a renewal child fetches: the child's overstay is
+    measured on the monotonic clock, so it is neither killed nor counted as a failure."""
+    wall, steady = FakeTime(), FakeTime()
+    store = CredentialStore(credentials("AKIA0", 6 * HOUR), None, clock=wall.clock, rng=lambda: 0.0)
+    standing = Standing("--serve")
+    standing.hold(ROLE, store.credentials)  # type: ignore[arg-type]
+    config = Config.from_settings(parse_command_line(["--serve", "--", "true"], {}).settings, in_pod=False)
+    fetching = subprocess.Popen(["sleep", "60"])  # the "child": real, so a kill would show
+    read_end, write_end = os.pipe()
+
+    def launch(work: Callable[[], Fetched]) -> tuple[int, int]:
+        return fetching.pid, read_end
+
+    renewer = Renewer(store, standing, config, wall.clock, lambda: 1.0, launch, steady.clock)
+    renewer.attach(Stub())  # type: ignore[arg-type]
+    wall.now = store.due_at
+    try:
+        assert renewer.tick() == config.deadline + 5.0  # started; its overstay is due then
+        wall.now += HOUR
+        steady.now += 1.0
+        assert renewer.tick() == pytest.approx(config.deadline + 5.0 - 1.0)
+        assert fetching.poll() is None
+        assert standing.failures == 0
+    finally:
+        os.close(write_end)
+        fetching.kill()
+        fetching.wait()
+        renewer.close()
+
+
+def test_a_renewal_childs_lost_lines_are_counted_once_by_the_parent() -> None:
+    """The parent has lost 7 lines to a full stderr; its renewal child loses 3 of its own: the
+    child starts from 0 and sends its 3 back, so the parent's next line reports 10 (not 7, and
+    not the child's 10 on top of the parent's 7)."""
+    from shim.log import log
+
+    def work() -> Fetched:
+        log.lost += 3  # three lines the child could not write
+        return Fetched(credentials("AKIA1", 6 * HOUR), ROLE, None, None, 2, 2)
+
+    before = log.lost
+    log.lost = 7
+    try:
+        pid, answer = child_fetch.start_fetch(work)
+        data = b""
+        while chunk := os.read(answer, 65536):
+            data += chunk
+        os.close(answer)
+        os.waitpid(pid, 0)
+        child_fetch.read_outcome(data)
+        assert log.lost == 10
+    finally:
+        log.lost = before

@@ -148,8 +148,13 @@ def _read_head(head: Sequence[str], verb_options: VerbOptions) -> tuple[Invocati
         elif token in VERBOSITY_FLAGS:
             option_tokens += ["--log-level", VERBOSITY_FLAGS[token]]
         elif token.startswith("-") and len(token) > 1:
+            known = (*OPTIONS, *verb_options(verb or EXEC))
+            name = token.partition("=")[0]
+            if not any(name in option.flags for option in known):
+                # Said now: read on, its value would be taken for an unknown verb.
+                raise UsageError(f"unknown option {name!r} (see imds-shim --help)")
             option_tokens.append(token)
-            value_due = _expects_value(token, (*OPTIONS, *verb_options(verb or EXEC)))
+            value_due = _expects_value(token, known)
         elif verb is None and token in VERBS:
             verb = token
         elif verb is None:

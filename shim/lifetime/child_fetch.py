@@ -61,6 +61,9 @@ def _run_in_child(work: Callable[[], Fetched], answer: int) -> None:
         # The supervisor blocks the signals it reads from its queue; a fetch needs SIGALRM (its
         # time limit) like any other process, and the parent's queue is not the child's.
         signals.pthread_sigmask(signals.SIG_SETMASK, ())
+        # The parent's lines lost so far are the parent's to report; the child counts its own
+        # and sends them back with its outcome (outcome_of).
+        log.lost = 0
         # Nor may the child hold the endpoint's sockets: once the supervisor is gone, nothing
         # must accept a connection.
         _close_all_but(answer, log.descriptor)
@@ -86,6 +89,8 @@ def outcome_of(work: Callable[[], Fetched]) -> bytes:
         outcome = {"interrupted": interruption.signum}
     except Exception as error:  # only the type: a message could quote a value
         outcome = {"error": "ShimError", "message": f"internal error {type(error).__name__} in a fetch"}
+    if log.lost:
+        outcome["lines_lost"] = log.lost
     return json.dumps(outcome).encode() + b"\n"
 
 
@@ -105,6 +110,11 @@ def read_outcome(data: bytes) -> Fetched:
         outcome = json.loads(data) if len(data) <= MAX_ANSWER_BYTES else {}
     except ValueError:
         outcome = {}
+    if not isinstance(outcome, dict):
+        outcome = {}
+    lost = outcome.get("lines_lost")
+    if isinstance(lost, int) and 0 < lost < 1 << 31:  # the child's lines lost on a full stderr
+        log.lost += lost
     if "fetched" in outcome:
         return _decode(outcome["fetched"])
     if "interrupted" in outcome:

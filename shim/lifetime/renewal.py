@@ -78,6 +78,11 @@ class Renewer(Service):
     if it overstays it, or when the command ends. A failed renewal, or one that brings no newer set
     (IMDS has not rotated yet), is tried again after :func:`retry_delay`; the cached set is served
     meanwhile, never past its expiry.
+
+    Two clocks: wall time (``clock``) for what an expiry decides (the due moment, the time left),
+    monotonic time (``monotonic``) for every duration it measures itself (a child's overstay, the
+    wait before a retry), so that NTP stepping a freshly booted instance's clock neither kills a
+    healthy renewal nor postpones a retry.
     """
 
     def __init__(
@@ -88,15 +93,14 @@ class Renewer(Service):
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = jitter,
         launch: Callable[[Callable[[], Fetched]], tuple[int, int]] = start_fetch,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store, self.standing, self.config, self.clock, self.rng = store, standing, config, clock, rng
-        self.launch = launch
-        # No set yet (--optional, IMDS down at the start): the start's failure was the first.
-        self.next_try = (
-            store.due_at
-            if store.credentials is not None
-            else clock() + retry_delay(max(standing.failures, 1), 0.0, rng)
-        )
+        self.launch, self.monotonic = launch, monotonic
+        self.next_try = store.due_at  # wall time: when the set is due
+        self.retry_at: float | None = None  # monotonic: when a retry is due, which then governs
+        if store.credentials is None:  # --optional, IMDS down at the start: its failure was the first
+            self.retry_at = monotonic() + retry_delay(max(standing.failures, 1), 0.0, rng)
         self.supervisor: Supervisor | None = None
         self.child: int | None = None
         self.answer: int | None = None
@@ -108,18 +112,18 @@ class Renewer(Service):
         self.supervisor = supervisor
 
     def tick(self) -> float | None:
-        now = self.clock()
         if self.child is not None:
-            overdue = self.started_at + self.config.deadline + CHILD_GRACE - now
+            overdue = self.started_at + self.config.deadline + CHILD_GRACE - self.monotonic()
             if overdue > 0:
                 return overdue
             self._kill_child()
             self._failed("the renewal overstayed --deadline")
-            now = self.clock()
-        if now >= self.next_try:
+        retrying = self.retry_at is not None
+        wait = (self.retry_at or 0.0) - self.monotonic() if retrying else self.next_try - self.clock()
+        if wait <= 0:
             self._start()
             return self.config.deadline + CHILD_GRACE
-        return self.next_try - now
+        return wait
 
     def _start(self) -> None:
         assert self.supervisor is not None
@@ -135,7 +139,7 @@ class Renewer(Service):
         except ShimError as error:  # no process to fetch with, for now
             self._failed(str(error))
             return
-        self.received, self.started_at = b"", self.clock()
+        self.received, self.started_at, self.retry_at = b"", self.monotonic(), None
         self.supervisor.adopt(self.child, lambda status: None)
         self.supervisor.watch(self.answer, self._on_answer)
 
@@ -171,7 +175,7 @@ class Renewer(Service):
         if store.credentials is not None and fresh.credentials.expiration <= store.credentials.expiration:
             # IMDS has not rotated yet: no failure, but asked again with the same backoff.
             self.unrotated += 1
-            self.next_try = self.clock() + retry_delay(
+            self.retry_at = self.monotonic() + retry_delay(
                 self.unrotated, store.expires_at - self.clock(), self.rng
             )
             return
@@ -216,7 +220,7 @@ class Renewer(Service):
             failures=standing.failures,
             expires=None if store.credentials is None else format_time(store.credentials.expiration),
         )
-        self.next_try = self.clock() + retry_delay(standing.failures, left, self.rng)
+        self.retry_at = self.monotonic() + retry_delay(standing.failures, left, self.rng)
 
     def _kill_child(self) -> None:
         if self.child is not None:

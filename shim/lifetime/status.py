@@ -4,9 +4,10 @@ How the verb finds the supervisor (``--pid PID`` names one instead): every super
 listens on a Linux *abstract* unix socket, ``imds-shim/status/<pid namespace>/<pid>`` (no file, so
 it works ``FROM scratch`` and on a read-only root), and names its process ``imds-shim``
 (``/proc/PID/comm``). ``status`` asks its own ancestors first (run inside the supervised command,
-it reaches its own supervisor), then every such process in its PID namespace by PID (``docker
-exec`` and exec probes join the container's), and reports the first that answers. It needs no
-variable of the command's.
+it reaches its own supervisor), then PID 1, then a supervisor in its PID namespace that shares its
+mount namespace (``docker exec`` and exec probes join the container's; in a pod sharing one PID
+namespace each container has its own mount namespace), never one picked from several (see
+:func:`ask`). It needs no variable of the command's.
 
 What it gives, and to whom: one line with mode, role, the *masked* key ID, expiry, the last
 renewal and the failures in a row; never a secret. The supervisor answers only a peer whose user
@@ -18,8 +19,11 @@ name first. The client believes only the process it asked: the peer's PID (``SO_
 seen from this PID namespace) must be that supervisor's, and its user root or the asker's own
 (any user, when the asker is root). A supervisor that finds its name taken says so once and
 listens under that name plus an unpredictable suffix, which the client finds in
-``/proc/net/unix``. It accepts every waiting connection in one turn of its loop, and a client
-whose connection finds the queue full waits for its turn until its deadline instead of giving up.
+``/proc/net/unix`` (first the names whose socket inode is among the supervisor's own descriptors).
+It accepts a few waiting connections a turn of its loop, so that no flood keeps the loop from
+its other work; a client whose connection finds the queue full waits for its turn until that
+name's budget is spent. A root asker believes a supervisor of another user only when it is an
+ancestor or PID 1.
 """
 
 from __future__ import annotations
@@ -46,6 +50,12 @@ if TYPE_CHECKING:
 PROGRAM = "imds-shim"
 HEALTHY, UNHEALTHY = 0, 1  # Docker's HEALTHCHECK and Kubernetes' exec probes read these
 ASK_TIMEOUT = 1.0
+# A name that no descriptor of the supervisor's vouches for (a suffixed one anyone may bind) gets
+# this long to take a connection: a squatter's full queue must not eat the whole budget.
+DECOY_BUDGET = 0.1
+# Connections taken from the queue in one turn of the supervisor's loop: a flood of them, of any
+# user, then costs a turn a few accepts, and the loop goes on to forward, reap and serve.
+ACCEPTS_PER_TURN = 8
 MAX_STANDING_BYTES = 4096
 
 
@@ -114,9 +124,10 @@ class StatusService(Service):
         )
 
     def _answer(self) -> None:
-        """Every connection waiting now, each answered (or refused) without waiting for it."""
+        """Up to :data:`ACCEPTS_PER_TURN` waiting connections, each answered (or refused) without
+        waiting for it; the rest wait for the loop's next turn."""
         assert self.listener is not None
-        while True:
+        for _ in range(ACCEPTS_PER_TURN):
             try:
                 peer, _ = self.listener.accept()
             except OSError:  # none left (EAGAIN), or one that left already
@@ -135,27 +146,63 @@ class StatusService(Service):
 
 
 def ask() -> Answer:
-    """The standing of the nearest supervisor that answers us, or None: an ancestor first (status
-    run inside the supervised command asks its own), then any in this PID namespace by PID. An
-    impostor's answer is never taken; if only impostors answered, what they were."""
+    """The standing of this container's supervisor, or why there is none to be had.
+
+    Who is asked, in order: the ``imds-shim`` processes among this process's ancestors (status
+    run inside the supervised command), then PID 1 (a container's entrypoint), then the others
+    in this PID namespace that share this process's mount namespace (its container's: in a pod
+    that shares one PID namespace every container has its own). Where that last step leaves more
+    than one, none is picked. A candidate that passes the peer check gives the verdict, its
+    silence too; one whose names are held by others is passed over.
+    """
     me = os.getpid()
     try:
         pids = sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
     except OSError:
         return None
+    supervisors = [pid for pid in pids if pid != me and _is_supervisor(pid)]
+    ancestors = [pid for pid in _ancestors() if pid in supervisors]
+    near = [*ancestors, *([1] if 1 in supervisors and 1 not in ancestors else [])]
     impostor: Answer = None
-    for pid in [*_ancestors(), *pids]:
-        try:
-            with open(f"/proc/{pid}/comm") as comm:
-                if pid == me or comm.read().strip() != PROGRAM:
-                    continue
-        except OSError:
-            continue
-        answer = _ask_one(pid)
-        if isinstance(answer, dict):
+    for pid in near:
+        answer = _ask_one(pid, believe_any_user=True)
+        if not _passed_over(answer):
+            return answer
+        impostor = impostor or answer
+    mine = _mount_namespace(me)
+    others = [pid for pid in supervisors if pid not in near and _mount_namespace(pid) == mine]
+    if len(others) > 1:
+        shown = ", ".join(str(pid) for pid in others[:8])
+        return f"more than one imds-shim supervisor here (PIDs {shown}): name one with --pid"
+    for pid in others:
+        answer = _ask_one(pid, believe_any_user=False)
+        if not _passed_over(answer):
             return answer
         impostor = impostor or answer
     return impostor
+
+
+class Impostor(str):
+    """Why a name's holder is not the supervisor asked for: passed over, unlike a verdict."""
+
+
+def _passed_over(answer: Answer) -> bool:
+    return answer is None or isinstance(answer, Impostor)
+
+
+def _is_supervisor(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip() == PROGRAM
+    except OSError:
+        return False
+
+
+def _mount_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
 
 
 def _ancestors() -> list[int]:
@@ -171,48 +218,84 @@ def _ancestors() -> list[int]:
     return found
 
 
-def _ask_one(pid: int) -> Answer:
-    """Ask supervisor ``pid``, under its usual name and then under any suffixed one it took."""
-    deadline = time.monotonic() + ASK_TIMEOUT
+def _ask_one(pid: int, believe_any_user: bool = True) -> Answer:
+    """Ask supervisor ``pid``, each of its names once, each under a budget of its own: first the
+    names whose socket ``pid`` itself holds (its descriptors, where this user may read them), else
+    its usual name and then any suffixed one. ``believe_any_user``: a root asker believes a
+    supervisor of another user only when it is an ancestor or PID 1."""
+    usual = socket_name(pid)
+    held = _names_held_by(pid)
+    names = held or [usual, *_suffixed_names(pid)]
     impostor: Answer = None
-    for name in [socket_name(pid), *_suffixed_names(pid)]:
-        answer = _ask_at(name, pid, deadline)
-        if isinstance(answer, dict):
+    for name in names:
+        budget = ASK_TIMEOUT if (held or name == usual) else DECOY_BUDGET
+        answer = _ask_at(name, pid, budget, believe_any_user)
+        if not _passed_over(answer):
             return answer
         impostor = impostor or answer
     return impostor
+
+
+def _unix_names() -> dict[str, str]:
+    """Abstract unix socket names by inode, as /proc/net/unix lists them ('@' for the NUL)."""
+    try:
+        with open("/proc/net/unix") as table:
+            rows = [line.split() for line in table.read().splitlines()[1:]]
+    except OSError:
+        return {}
+    return {row[6]: row[7] for row in rows if len(row) == 8 and row[7].startswith("@")}
+
+
+def _names_held_by(pid: int) -> list[bytes]:
+    """The status names whose listening socket is one of ``pid``'s own descriptors (empty where
+    this user may not read them): no name another process bound can be among them."""
+    try:
+        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:
+        return []
+    inodes = {link[8:-1] for link in links if link.startswith("socket:[")}
+    prefix = "@" + socket_name(pid)[1:].decode()
+    held = sorted(path for inode, path in _unix_names().items() if inode in inodes)
+    return [f"\0{path[1:]}".encode() for path in held if path == prefix or path.startswith(prefix + "/")]
 
 
 def _suffixed_names(pid: int) -> list[bytes]:
     """The names under which supervisor ``pid`` may listen because its usual one was taken, as
     /proc/net/unix lists them (abstract names start with '@' there)."""
     prefix = "@" + socket_name(pid, "/")[1:].decode()
-    try:
-        with open("/proc/net/unix") as table:
-            paths = {line.split()[-1] for line in table.read().splitlines()[1:] if len(line.split()) == 8}
-    except OSError:
-        return []
-    return [f"\0{path[1:]}".encode() for path in sorted(paths) if path.startswith(prefix)]
+    return [f"\0{path[1:]}".encode() for path in sorted(_unix_names().values()) if path.startswith(prefix)]
 
 
-def _ask_at(name: bytes, pid: int, deadline: float) -> Answer:
-    client = _connect(name, deadline)
+def _ask_at(name: bytes, pid: int, budget: float, believe_any_user: bool) -> Answer:
+    """One name: a connection within ``budget``, the peer check, then the answer within
+    :data:`ASK_TIMEOUT`: once the peer is the supervisor, its silence is the verdict."""
+    client = _connect(name, time.monotonic() + budget)
     if client is None:
         return None
     data = b""
     try:
-        peer_pid, peer_uid = peer_of(client)
-        if peer_pid != pid or (peer_uid not in (0, os.geteuid()) and os.geteuid() != 0):
-            return (
-                f"the status socket of PID {pid} is held by another process (PID {peer_pid or '?'}, "
+        try:
+            peer_pid, peer_uid = peer_of(client)
+        except OSError:
+            return None
+        mine = os.geteuid()
+        believed = peer_uid in (0, mine) or (mine == 0 and believe_any_user)
+        if peer_pid != pid or not believed:
+            holder = "another process" if peer_pid != pid else "a process of another user"
+            return Impostor(
+                f"the status socket of PID {pid} is held by {holder} (PID {peer_pid or '?'}, "
                 f"uid {peer_uid}), not by imds-shim's supervisor"
             )
-        client.settimeout(max(0.0, deadline - time.monotonic()))
-        while len(data) <= MAX_STANDING_BYTES and (chunk := client.recv(MAX_STANDING_BYTES)):
-            data += chunk
-        document = json.loads(data)
-    except (OSError, ValueError):
-        return None
+        client.settimeout(ASK_TIMEOUT)
+        try:
+            while len(data) <= MAX_STANDING_BYTES and (chunk := client.recv(MAX_STANDING_BYTES)):
+                data += chunk
+        except OSError:  # a timeout: the supervisor is there and does not answer
+            return f"supervisor PID {pid} did not answer in {ASK_TIMEOUT:g} s"
+        try:
+            document = json.loads(data)
+        except ValueError:
+            return f"supervisor PID {pid} answered something that is not its standing"
     finally:
         client.close()
     return document if isinstance(document, dict) else None
@@ -286,4 +369,4 @@ def _rfc3339(moment: float) -> str:
 
 def status(pid: int | None = None) -> tuple[int, str]:
     """The ``status`` verb: (exit status, the line to print); ``pid`` names one supervisor."""
-    return report(ask() if pid is None else _ask_one(pid))
+    return report(ask() if pid is None else _ask_one(pid, believe_any_user=True))
