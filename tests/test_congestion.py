@@ -90,7 +90,7 @@ def test_on_ec2_a_silent_imds_is_congestion_tried_until_the_deadline(
     # Off EC2 the verdict takes two tries of 0.5 s; here the tries go on, each waiting longer once
     # congestion is seen (the kernel sends the SYN again within a try), until the deadline.
     assert tries >= 2
-    assert 3.0 <= result.seconds <= budget(3.5)
+    assert 2.0 <= result.seconds <= budget(3.5)  # no sleep is begun that would end past it
 
 
 def test_on_ec2_a_refused_connection_is_a_block_not_another_machine(tmp_path: Path) -> None:
