@@ -51,7 +51,7 @@ COMMANDS = {
 MODES = {"serve": ["--serve"], "expiry-signal": ["--expiry-signal", "USR1"], "init": ["--init"]}
 STANDARD = ["SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGALRM", "SIGCONT", "SIGINT", "SIGQUIT"]
 REAL_TIME = [str(signal.SIGRTMIN + 2), str(signal.SIGRTMAX - 1)]
-MARKER = signal.SIGRTMAX
+MARKER = int(signal.SIGRTMAX)  # an int: str() of a Signals member differs across Pythons
 KERNEL_SIGRTMIN = 32  # strace's SIGRT_N is the kernel's 32 + N (glibc keeps 32 and 33 for itself)
 KINDS = (
     "standard, real-time",
