@@ -29,6 +29,7 @@ from shim.errors import (
     raised_at,
 )
 from shim.execute import interruptible, replace_process
+from shim.lifetime.modes import chosen_mode
 from shim.log import flush_standard_streams, log, write_stdout
 from shim.runtime import as_this_program, is_imds_shim, launch_environment
 from shim.step_aside import clear_identity, in_pod, node_role_warning, reason_to_step_aside
@@ -38,8 +39,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from shim.credentials import Fetched
+    from shim.lifetime.modes import Handover, Mode
     from shim.lifetime.standing import Standing
-    from shim.lifetime.supervisor import Service
 
 
 def fetch_credentials(config: Config, environ: Mapping[str, str]) -> Fetched:
@@ -62,11 +63,11 @@ def fetch_credentials(config: Config, environ: Mapping[str, str]) -> Fetched:
     return fetched
 
 
-def command_environment(
-    config: Config, environ: Mapping[str, str], standing: Standing | None = None
-) -> tuple[dict[str, str], list[Service]]:
-    """The environment the command runs with (the shim's own, plus the role's credentials), and
-    what the supervisor runs beside it. With a ``standing`` (the supervised modes) the fetch runs
+def hand_over_credentials(
+    config: Config, mode: Mode, environ: Mapping[str, str], standing: Standing | None
+) -> Handover:
+    """Step aside, or fetch and let ``mode`` hand the set over: the environment the command runs
+    with, and what the supervisor runs beside it. A supervising mode (``standing`` given) fetches
     in a forked child, and the standing learns what ``status`` will report."""
     reason = None if config.override else reason_to_step_aside(environ)
     if reason is not None:
@@ -89,50 +90,10 @@ def command_environment(
     except CredentialsUnavailable as error:
         if not config.optional:
             raise
-        if config.serve:
-            return waiting_for_imds(config, environment, standing, error)
-        log.warning(f"{error}; running the command without credentials (--optional)")
-        if standing is not None:
-            standing.note = f"running without credentials (--optional): {error}"
-        return environment, []
+        return mode.without_credentials(config, environment, standing, error)
     if standing is not None:
         standing.hold(fetched.role, fetched.credentials)
-    if config.refresh:
-        from shim.lifetime.refresh import refreshing_environment
-
-        return refreshing_environment(config, environment, fetched), []
-    if config.serve:
-        from shim.lifetime.endpoint import serving_environment
-
-        assert standing is not None
-        return serving_environment(config, environment, fetched, standing)
-    from shim.variables import export_into, exported_variables
-
-    export_into(environment, exported_variables(fetched, environment))
-    if config.expiry_signal is not None:
-        from shim.lifetime.expiry_signal import ExpirySignal
-
-        return environment, [ExpirySignal(config.expiry_signal, fetched.credentials)]
-    return environment, []
-
-
-def waiting_for_imds(
-    config: Config, environ: Mapping[str, str], standing: Standing | None, error: CredentialsUnavailable
-) -> tuple[dict[str, str], list[Service]]:
-    """``--serve --optional`` with IMDS down at the start: the command starts now, with the endpoint,
-    which answers 503 until the renewals, retried with backoff, bring a first set."""
-    import time
-
-    from shim.lifetime.endpoint import serving_environment
-
-    assert standing is not None
-    log.warning(
-        f"{error}; starting the command with the endpoint, which has no credentials until IMDS answers "
-        "(--optional); trying again with backoff"
-    )
-    standing.failures, standing.last_error = 1, str(error)
-    standing.note = f"waiting for IMDS since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
-    return serving_environment(config, environ, None, standing)
+    return mode.hand_over(config, environment, fetched, standing)
 
 
 def load_supervisor() -> None:
@@ -167,47 +128,49 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
             write_stdout(f"imds-shim status: {line}\n")
         return verdict
     config = Config.from_settings(invocation.settings, in_pod=in_pod(environ))
+    mode = chosen_mode(invocation.settings)
+    if invocation.verb == DOCTOR:
+        from shim.doctor import doctor
+
+        with interruptible():
+            return doctor(config, mode, environ)
     if invocation.verb == EXEC:
-        log.mode = config.lifetime
-    command = invocation.command
-    standing: Standing | None = None
-    placeholders: list[int] = []
-    services: list[Service] = []
+        log.mode = mode.name
+        return _run_command(config, mode, invocation.command, environ)
+    from shim.formats import render
+
+    # export and credential-process print the instance role's credentials by definition: on a
+    # host, other configured identities are normal and do not stop them.
     with interruptible():
-        if invocation.verb == DOCTOR:
-            from shim.doctor import doctor
-
-            return doctor(config, environ)
-        if invocation.verb == EXEC and is_imds_shim(command):
-            # `docker run IMAGE imds-shim doctor` under ENTRYPOINT ["imds-shim", "--"]: the inner
-            # imds-shim does its own job; keys exported here would only mislead it.
-            log.info("the command is imds-shim itself: running it without fetching")
-            command, environment, services = as_this_program(command), dict(environ), []
-        elif invocation.verb == EXEC:
-            if config.supervised:
-                from shim.lifetime.standing import Standing
-                from shim.lifetime.supervisor import hold_standard_descriptors
-
-                # Before any socket or pipe is made: none of them may land on 0, 1 or 2.
-                placeholders = hold_standard_descriptors()
-                standing = Standing(config.mode)
-            environment, services = command_environment(config, environ, standing)
-        else:
-            from shim.formats import render
-
-            # export and credential-process print the instance role's credentials by definition:
-            # on a host, other configured identities are normal and do not stop them.
-            fetched = fetch_credentials(config, environ)
-            output = render(invocation.verb, config.format, fetched, environ)
-    if standing is not None:
-        from shim.lifetime.status import StatusService
-        from shim.lifetime.supervisor import supervise
-
-        return supervise(command, environment, [StatusService(standing), *services], placeholders)
-    if invocation.verb == EXEC:
-        replace_process(command, environment)
-    write_stdout(output)  # only once everything succeeded: never a half-written env file
+        fetched = fetch_credentials(config, environ)
+    write_stdout(render(invocation.verb, config.format, fetched, environ))
     return 0
+
+
+def _run_command(config: Config, mode: Mode, command: list[str], environ: Mapping[str, str]) -> int:
+    """The entrypoint, as tini's main reads: step aside or fetch, the mode hands the set over,
+    then exec the command or supervise it. Returns only when supervising."""
+    if is_imds_shim(command):
+        # `docker run IMAGE imds-shim doctor` under ENTRYPOINT ["imds-shim", "--"]: the inner
+        # imds-shim does its own job; keys exported here would only mislead it.
+        log.info("the command is imds-shim itself: running it without fetching")
+        replace_process(as_this_program(command), dict(environ))
+    if not mode.supervises:
+        with interruptible():
+            environment = hand_over_credentials(config, mode, environ, None)[0]
+        replace_process(command, environment)
+    from shim.lifetime.standing import Standing
+    from shim.lifetime.supervisor import hold_standard_descriptors
+
+    # Before any socket or pipe is made: none of them may land on 0, 1 or 2.
+    placeholders = hold_standard_descriptors()
+    standing = Standing(mode.flags)
+    with interruptible():
+        environment, services = hand_over_credentials(config, mode, environ, standing)
+    from shim.lifetime.status import StatusService
+    from shim.lifetime.supervisor import supervise
+
+    return supervise(command, environment, [StatusService(standing), *services], placeholders)
 
 
 def _verb_options(verb: str) -> Sequence[Option]:
@@ -235,8 +198,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             # a security review asks for (the bundle's SBOM names the same version).
             write_stdout(f"imds-shim {__version__} (CPython {'.'.join(map(str, sys.version_info[:3]))})\n")
             return 0
-        log.set_level(invocation.settings.text("log_level") or "warning")
-        log.set_format(invocation.settings.text("log_format") or "text")
+        # A verb without these options (status has no --log-level) keeps what is set already.
+        if "log_level" in invocation.settings:
+            log.set_level(str(invocation.settings["log_level"]))
+        if "log_format" in invocation.settings:
+            log.set_format(str(invocation.settings["log_format"]))
         log.mode = invocation.verb
         if "error_exit_code" in invocation.settings:  # the simulator has no such option
             error_exit_code = invocation.settings.whole("error_exit_code")

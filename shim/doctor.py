@@ -19,11 +19,12 @@ from typing import Callable, TypeVar
 from shim import __version__
 from shim.command_line.config import Config
 from shim.credentials import format_duration, format_time, seconds_left
-from shim.errors import ShimError, Transient
+from shim.errors import ShimError, Transient, UnexpectedRole
 from shim.imds.client import ImdsClient, unreachable_message
 from shim.imds.deadline import Deadline
-from shim.imds.fetch import discover_role, lookup_identity, role_credentials
+from shim.imds.fetch import check_expected_role, discover_role, lookup_identity, role_credentials
 from shim.imds.protocol import HOP_LIMIT_CAUSE, ROLE_PATH, hop_limit_fix
+from shim.lifetime.modes import Mode
 from shim.log import log, printable, write_stdout
 from shim.step_aside import (
     OWN_ENDPOINT,
@@ -86,29 +87,36 @@ class Report:
         for name in names:
             self.add(name, "skip", why)
 
-    def text(self, obtained: bool) -> str:
+    def text(self, obtained: bool, ready: bool) -> str:
         lines = [f"imds-shim doctor {__version__}"]
         for step in self.steps:
             took = "" if step.ms is None else f" ({step.ms:g} ms)"
             lines.append(f"  {step.status:<4}  {step.name:<15} {step.detail}{took}")
-        lines.append("result: credentials available" if obtained else "result: no credentials (see fail)")
+        if not obtained:
+            lines.append("result: no credentials (see fail)")
+        elif ready:
+            lines.append("result: credentials available")
+        else:
+            lines.append("result: credentials available, but the entrypoint would fail (see fail)")
         return "\n".join(lines) + "\n"
 
-    def json(self, obtained: bool) -> str:
+    def json(self, obtained: bool, ready: bool) -> str:
         document = {
             "version": __version__,
             "credentials": obtained,
+            "entrypoint_would_start": obtained and ready,
             "steps": [asdict(step) for step in self.steps],
         }
         return json.dumps(document, indent=2) + "\n"
 
 
-def _environment(report: Report, config: Config, environ: Mapping[str, str]) -> None:
+def _environment(report: Report, config: Config, environ: Mapping[str, str]) -> bool:
+    """What outranks the instance role; False where the entrypoint would refuse to start."""
     try:
         cause = step_aside_cause(environ)
     except ShimError as error:
         report.add("environment", "fail", str(error))
-        return
+        return False
     reason = None if cause is None else cause[1]
     if reason is None:
         report.add("environment", "ok", "nothing configured that outranks the instance role")
@@ -142,35 +150,19 @@ def _environment(report: Report, config: Config, environ: Mapping[str, str]) -> 
             f"{', '.join(proxies)} set: imds-shim never uses a proxy for "
             "IMDS, but botocore does unless NO_PROXY lists 169.254.169.254",
         )
+    return True
 
 
-def _mode(report: Report, config: Config) -> None:
-    """How the entrypoint would hand the credentials over, and what that means for a long run."""
-    if config.serve:
-        detail = (
-            "--serve: the command gets AWS_CONTAINER_CREDENTIALS_FULL_URI on 127.0.0.1 and a token, "
-            "renewed from IMDS while it runs; every AWS SDK and the CLI read it"
-        )
-    elif config.refresh:
-        detail = (
-            "--refresh: the command gets an AWS config file whose credential_process renews; "
-            "the Go, JavaScript and Java SDKs run it through sh, which the image must have"
-        )
-    elif config.expiry_signal is not None:
-        import signal
-
-        name = signal.Signals(config.expiry_signal).name
-        detail = f"static keys; --expiry-signal sends {name} to the command when they are due for renewal"
-    else:
-        detail = (
-            "static keys: they do not renew; for a command that runs longer than they live, "
-            "use --serve (or --refresh, or --expiry-signal)"
-        )
-    if config.supervised:
-        detail += "; the shim stays as the command's parent and init (imds-shim status answers)"
-    else:
-        detail += "; the shim execs the command (as PID 1 of a container, add --init or docker run --init)"
-    report.add("mode", "info", detail)
+def _mode(report: Report, mode: Mode, environ: Mapping[str, str]) -> bool:
+    """How the entrypoint would hand the credentials over, and whether the machine gives the mode
+    what it needs (a private folder, a loopback port): False where the entrypoint would fail."""
+    try:
+        mode.check(environ)
+    except ShimError as error:
+        report.add("mode", "fail", f"{mode.describe()}; but {error}")
+        return False
+    report.add("mode", "info", mode.describe())
+    return True
 
 
 def _tcp(report: Report, config: Config) -> bool:
@@ -203,6 +195,12 @@ def _imds_steps(report: Report, config: Config, client: ImdsClient) -> bool:
         report.add("role", "ok", f"{role} (discovered)", elapsed)
     else:
         report.add("role", "info", f"{role} (given)")
+    try:
+        check_expected_role(config, role)
+    except UnexpectedRole as error:
+        report.add("expected role", "fail", str(error))
+        report.skip_rest(later[1:], "not the expected role")
+        return False
     given_role = role
     credentials, elapsed, _ = report.timed("credentials", lambda: role_credentials(client, given_role))
     if credentials is None:
@@ -284,13 +282,14 @@ def _probe_v1(client: ImdsClient) -> tuple[bool | None, float, str | None]:
     return status != 401, watch.ms, None
 
 
-def doctor(config: Config, environ: Mapping[str, str]) -> int:
-    """Print the report; 0 when credentials were obtained, the error exit code otherwise."""
+def doctor(config: Config, mode: Mode, environ: Mapping[str, str]) -> int:
+    """Print the report; 0 where the entrypoint, with these settings, would hand credentials
+    over, the error exit code where it would fail."""
     if not log.enabled("debug"):
         log.set_level("error")  # the report says it all; warnings would repeat it
     report = Report()
-    _environment(report, config, environ)
-    _mode(report, config)
+    ready = _environment(report, config, environ)
+    ready = _mode(report, mode, environ) and ready
     report.add("endpoint", "info", config.endpoint)
     obtained = False
     if _tcp(report, config):
@@ -301,9 +300,9 @@ def doctor(config: Config, environ: Mapping[str, str]) -> int:
             client.close()
     else:
         report.skip_rest(("imdsv2 token", "role", "credentials", "region/account"), "no TCP")
-    if os.getpid() == 1 and config.supervised:
+    if os.getpid() == 1 and mode.supervises:
         # The image's entrypoint runs in a supervised mode: there imds-shim is PID 1 and the init.
-        report.add("pid 1", "info", f"running as PID 1; under {config.mode} imds-shim is the init itself")
+        report.add("pid 1", "info", f"running as PID 1; under {mode.flags} imds-shim is the init itself")
     elif os.getpid() == 1:
         report.add(
             "pid 1",
@@ -311,6 +310,6 @@ def doctor(config: Config, environ: Mapping[str, str]) -> int:
             "running as PID 1: use docker run --init (or tini) so the "
             "command is not PID 1 and zombies are reaped",
         )
-    output = report.json(obtained) if config.format == "json" else report.text(obtained)
+    output = report.json(obtained, ready) if config.format == "json" else report.text(obtained, ready)
     write_stdout(output)
-    return 0 if obtained else config.error_exit_code
+    return 0 if obtained and ready else config.error_exit_code

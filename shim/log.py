@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     Field = Union[str, int, float, None]
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
-LOG_FORMATS = ("text", "json")
+LOG_FORMATS = ("text", "json")  # the first is the default
 PIPE_BUF = 4096  # Linux: a write of at most this many bytes enters a pipe whole or not at all
 DEFAULT_LEVEL = "warning"
 

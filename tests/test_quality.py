@@ -34,22 +34,13 @@ def test_static_check_is_clean(command: list[str]) -> None:
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
 
-def _run_time_imports(path: Path) -> set[str]:
-    """The shim modules a module imports at run time, at the top or inside functions."""
+def _imports(path: Path) -> set[str]:
+    """The shim modules a module imports: at the top, inside functions, and for type checking only
+    (a cycle through a type-only import is still two modules that lean on each other)."""
     import ast
 
-    tree = ast.parse(path.read_text())
-    type_checking_only = {
-        id(node)
-        for block in ast.walk(tree)
-        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-        for statement in block.body
-        for node in ast.walk(statement)
-    }
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in type_checking_only:
-            continue
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("shim."):
             found.add(node.module)
         elif isinstance(node, ast.Import):
@@ -64,11 +55,11 @@ def _module_name(path: Path) -> str:
 
 
 def _import_graph() -> dict[str, set[str]]:
-    return {_module_name(path): _run_time_imports(path) for path in (ROOT / "shim").rglob("*.py")}
+    return {_module_name(path): _imports(path) for path in (ROOT / "shim").rglob("*.py")}
 
 
 def test_package_has_no_import_cycles() -> None:
-    """No shim module imports, however lazily, a module that imports it back."""
+    """No shim module imports, however lazily (or for types only), a module that imports it back."""
     graph = _import_graph()
 
     def cycle_from(module: str, trail: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -110,6 +101,7 @@ MAY_IMPORT = {
     },
     "shim.lifetime": {
         "shim.errors",
+        "shim.command_line.exit_codes",
         "shim.log",
         "shim.runtime",
         "shim.execute",
@@ -274,3 +266,54 @@ def test_the_signing_key_is_removed_on_every_way_out() -> None:
                 continue
             trap = script.index("trap 'rm -f \"$key\"' EXIT")
             assert trap < script.index('>"$key"')
+
+
+def _cited_names(path: Path) -> set[str]:
+    """Every ``shim.x.y`` a module names (its comments and docstrings included), and each
+    ``:mod:`.x``` relative to its package, spelled out."""
+    import re
+
+    text = path.read_text()
+    package = _module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else _module_name(path)
+    found = {name.rstrip(".") for name in re.findall(r"(?<![\w/.])shim(?:\.\w+)+", text)}
+    found |= {f"{package}{name}" for name in re.findall(r":\w+:`(\.\w+(?:\.\w+)*)`", text)}
+    # A bare :func:`name` (or :meth:`Class.name`) is the module's own; a bare :meth:`name`, of one
+    # of its classes ("*").
+    for role, name in re.findall(r":(func|class|data|meth|attr):`(\w+(?:\.\w+)*)`", text):
+        if not name.startswith("shim."):
+            bare_member = role in ("meth", "attr") and "." not in name
+            found.add(f"{_module_name(path)}.{'*.' if bare_member else ''}{name}")
+    return found
+
+
+def _resolves(name: str) -> bool:
+    """Whether a dotted name is a module, or an attribute (a class's included) of one."""
+    import importlib
+
+    parts = name.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            target: object = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        if parts[split:][:1] == ["*"]:  # a member of any class of the module
+            classes = [value for value in vars(target).values() if isinstance(value, type)]
+            return any(hasattr(cls, parts[-1]) for cls in classes)
+        for attribute in parts[split:]:
+            if not hasattr(target, attribute):
+                return False
+            target = getattr(target, attribute)
+        return True
+    return False
+
+
+def test_every_name_the_code_cites_exists() -> None:
+    """No comment or docstring names a module, function or class of the shim that is not there
+    (one named ``imds_protocol.hop_limit_fix`` outlived its module)."""
+    stale = sorted(
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in sorted((ROOT / "shim").rglob("*.py"))
+        for name in _cited_names(path)
+        if not _resolves(name)
+    )
+    assert stale == []

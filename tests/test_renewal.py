@@ -16,9 +16,9 @@ from shim.command_line.parse import parse_command_line
 from shim.credentials import Credentials, Fetched
 from shim.errors import ImdsUnreachable
 from shim.lifetime import child_fetch
-from shim.lifetime.endpoint import CredentialStore
-from shim.lifetime.renewal import Renewer, renewal_due, retry_delay
+from shim.lifetime.renewal import Renewer, retry_delay
 from shim.lifetime.standing import Standing
+from shim.lifetime.store import CredentialStore, renewal_due
 
 HOUR = 3600.0
 ROLE = "the-role"
@@ -207,6 +207,10 @@ class Stub:
 
     def adopt(self, pid: int, ended: Callable[[int], None]) -> None:
         self.children[pid] = ended
+
+    def stop_helper(self, pid: int) -> None:
+        child_fetch.stop(pid)
+        self.children.pop(pid, None)
 
 
 def test_a_wall_clock_jump_during_a_renewal_kills_nothing() -> None:

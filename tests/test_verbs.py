@@ -1,4 +1,4 @@
-"""export, credential-process, --refresh and doctor, run as users run them."""
+"""export, credential-process and --refresh, run as users run them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from helpers import EXPORTED_VARIABLES, SHIM, budget, clean_env, probe_command, run_shim
+from helpers import EXPORTED_VARIABLES, SHIM, clean_env, probe_command, run_shim
 
 from shim.command_line.config import EXPORT_FORMATS
 from shim.credentials import Credentials, Fetched
@@ -171,109 +171,6 @@ def test_refresh_gives_a_profile_not_static_keys(sim: Simulator) -> None:
     assert os.path.isabs(text.split("= ", 1)[1].split()[0])
 
 
-def test_doctor_healthy(sim: Simulator) -> None:
-    """doctor on a healthy IMDS: exit 0, every step ok, the key masked."""
-    result = run_shim(["doctor"], endpoint=sim.url)
-    assert result.returncode == 0, result.stdout
-    assert "result: credentials available" in result.stdout
-    assert "ASIA…" in result.stdout
-    assert " fail " not in result.stdout
-
-
-def test_doctor_hop_limit(simulator: Callable[..., Simulator]) -> None:
-    """doctor with the hop-limit symptom and IMDSv2 required: exit 125, names the hop limit and fix."""
-    sim = simulator(token_hang=True, imds_v2_required=True)
-    result = run_shim(["doctor", "--format", "json"], endpoint=sim.url)
-    assert result.returncode == 125
-    report = json.loads(result.stdout)
-    assert report["credentials"] is False
-    text = json.dumps(report)
-    assert "hop limit" in text
-    assert "--http-put-response-hop-limit 2" in text
-    # One story, in order: the token step fails (IMDSv1 cannot stand in), the rest is skipped.
-    steps = [
-        (step["name"], step["status"])
-        for step in report["steps"]
-        if step["name"] not in ("environment", "mode", "endpoint", "tcp")
-    ]
-    assert steps == [
-        ("imdsv2 token", "fail"),
-        ("role", "skip"),
-        ("credentials", "skip"),
-        ("region/account", "skip"),
-    ]
-    assert "IMDSv1 is used instead" not in text
-
-
-def test_doctor_hop_limit_with_imdsv1_allowed(simulator: Callable[..., Simulator]) -> None:
-    """doctor with the hop-limit symptom where IMDSv1 works: warns once, then credentials via v1."""
-    sim = simulator(token_hang=True)
-    result = run_shim(["doctor", "--format", "json"], endpoint=sim.url)
-    assert result.returncode == 0, result.stdout
-    steps = {step["name"]: step for step in json.loads(result.stdout)["steps"]}
-    assert steps["imdsv2 token"]["status"] == "warn"
-    assert "IMDSv1 is used instead" in steps["imdsv2 token"]["detail"]
-    assert steps["imdsv1"]["detail"].startswith("enabled on this instance")
-    assert steps["credentials"]["status"] == "ok"
-
-
-@pytest.mark.timed  # a verdict budget: measured apart from the parallel suites
-def test_doctor_not_on_ec2(unanswered_endpoint: str) -> None:
-    """doctor off EC2: exit 125 quickly, the TCP step fails saying IMDS is unreachable."""
-    result = run_shim(["doctor", "--format", "json"], endpoint=unanswered_endpoint)
-    assert result.returncode == 125
-    steps = {step["name"]: step for step in json.loads(result.stdout)["steps"]}
-    assert steps["tcp"]["status"] == "fail"
-    assert "unreachable" in steps["tcp"]["detail"]
-    assert result.seconds < budget(1.5)
-
-
-def test_doctor_no_role(simulator: Callable[..., Simulator]) -> None:
-    """doctor with no instance profile: exit 125 and the role step says so."""
-    sim = simulator(no_role=True)
-    result = run_shim(["doctor", "--format", "json"], endpoint=sim.url)
-    assert result.returncode == 125
-    steps = {step["name"]: step for step in json.loads(result.stdout)["steps"]}
-    assert "no IAM role is attached" in steps["role"]["detail"]
-
-
-def test_doctor_reports_step_aside_and_proxy(sim: Simulator) -> None:
-    """doctor names the variable that would make the entrypoint step aside, and proxy variables."""
-    env = clean_env(
-        AWS_CONTAINER_CREDENTIALS_RELATIVE_URI="/v2/x",
-        HTTP_PROXY="http://proxy:3128",
-        AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url,
-    )
-    result = run_shim(["doctor"], env=env)
-    assert "would step aside: AWS_CONTAINER_CREDENTIALS_RELATIVE_URI is set" in result.stdout
-    assert "HTTP_PROXY" in result.stdout
-
-
-@pytest.mark.parametrize(
-    ("variables", "also_set"),
-    [
-        ({"AWS_PROFILE": "prod", "AWS_DEFAULT_PROFILE": "old"}, "AWS_DEFAULT_PROFILE"),
-        (
-            {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "x", "AWS_PROFILE": "prod"},
-            "AWS_PROFILE",
-        ),
-        (
-            {"AWS_WEB_IDENTITY_TOKEN_FILE": "/t", "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://x/"},
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-        ),
-    ],
-    ids=["profile and its older name", "keys and a profile", "pod identity outranks IRSA"],
-)
-def test_doctor_lists_the_other_identities_set(
-    sim: Simulator, variables: dict[str, str], also_set: str
-) -> None:
-    """doctor lists every other identity variable set beside the one that decides, and only those."""
-    env = clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, **variables)
-    lines = [line for line in run_shim(["doctor"], env=env).stdout.splitlines() if "also set:" in line]
-    assert len(lines) == 1
-    assert lines[0].endswith(f"also set: {also_set}")
-
-
 def test_export_does_not_step_aside(sim: Simulator) -> None:
     """export prints the instance role's credentials even where the entrypoint would step aside."""
     env = clean_env(
@@ -282,44 +179,3 @@ def test_export_does_not_step_aside(sim: Simulator) -> None:
     result = run_shim(["export", "--format", "json"], env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["AWS_ACCESS_KEY_ID"].startswith("ASIASIMULATED")
-
-
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="needs root and unshare to make a PID namespace",
-)
-def test_doctor_hints_at_an_init_when_pid_1(sim: Simulator) -> None:
-    """Run as PID 1 (a container without --init), doctor says to use docker run --init."""
-    completed = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", SHIM, "doctor"],
-        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert completed.returncode == 0, completed.stdout
-    assert "pid 1" in completed.stdout
-    assert "docker run --init" in completed.stdout
-    assert "pid 1" not in run_shim(["doctor"], endpoint=sim.url).stdout
-
-
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="needs root and unshare to make a PID namespace",
-)
-@pytest.mark.parametrize(("variable", "mode"), [("IMDS_SHIM_SERVE", "--serve"), ("IMDS_SHIM_INIT", "--init")])
-def test_doctor_as_pid_1_of_a_supervised_image_gives_no_init_advice(
-    sim: Simulator, variable: str, mode: str
-) -> None:
-    """`docker run IMAGE imds-shim doctor` in an image with IMDS_SHIM_SERVE=1: imds-shim is the
-    init there, so doctor says so instead of asking for docker run --init."""
-    completed = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", SHIM, "doctor"],
-        env=clean_env(AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url, **{variable: "1"}),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert completed.returncode == 0, completed.stdout
-    assert f"running as PID 1; under {mode} imds-shim is the init itself" in completed.stdout
-    assert "--init (or tini)" not in completed.stdout

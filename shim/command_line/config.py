@@ -25,6 +25,7 @@ from shim.command_line.values import (
     seconds,
     text,
 )
+from shim.log import DEFAULT_LEVEL, LOG_FORMATS
 
 # typing costs ~15 ms to import: the annotations here are strings, checked by mypy only.
 TYPE_CHECKING = False
@@ -280,7 +281,7 @@ OPTIONS: tuple[Option, ...] = (
         ("--log-level",),
         "debug, info, warning or error (-v info, -vv debug, -q error)",
         log_level,
-        "warning",
+        DEFAULT_LEVEL,
         "LEVEL",
         verbs=frozenset({*FETCH_VERBS, SIMULATE}),
     ),
@@ -289,7 +290,7 @@ OPTIONS: tuple[Option, ...] = (
         ("--log-format",),
         "text, or json: one JSON object a line on stderr (time, level, message, mode, fields)",
         log_format,
-        "text",
+        LOG_FORMATS[0],
         "FORMAT",
         verbs=frozenset({*FETCH_VERBS, SIMULATE, STATUS}),
     ),
@@ -303,9 +304,6 @@ OPTIONS: tuple[Option, ...] = (
         verbs=frozenset({EXPORT, DOCTOR}),
     ),
 )
-
-# The ways of handing over credentials other than plain static keys; at most one per run.
-MODE_FLAGS = (("--refresh", "refresh"), ("--serve", "serve"), ("--expiry-signal", "expiry_signal"))
 
 
 class Config:
@@ -326,10 +324,6 @@ class Config:
         no_imds_v1: bool,
         override: bool,
         optional: bool,
-        refresh: bool,
-        serve: bool,
-        expiry_signal: int | None,
-        init: bool,
         error_exit_code: int,
         log_level: str,
         log_format: str,
@@ -340,37 +334,11 @@ class Config:
         self.endpoint, self.role, self.timeout, self.attempts = endpoint, role, timeout, attempts
         self.expect_role = expect_role
         self.deadline, self.no_imds_v1, self.override = deadline, no_imds_v1, override
-        self.optional, self.refresh, self.error_exit_code = optional, refresh, error_exit_code
-        self.serve, self.expiry_signal, self.init = serve, expiry_signal, init
+        self.optional, self.error_exit_code = optional, error_exit_code
         self.log_level, self.log_format, self.format = log_level, log_format, format
         # In a Kubernetes pod: the hop-limit advice differs there (see shim.imds.protocol.hop_limit_fix).
         self.in_pod = in_pod
         self.dmi_dir = dmi_dir
-
-    @property
-    def supervised(self) -> bool:
-        """Whether the shim stays as the command's parent (see :mod:`shim.lifetime`), not exec."""
-        return self.serve or self.expiry_signal is not None or self.init
-
-    @property
-    def mode(self) -> str:
-        """The lifetime mode's flag, as ``status`` names it."""
-        if self.serve:
-            return "--serve"
-        if self.expiry_signal is not None:
-            return "--expiry-signal"
-        return "--init --refresh" if self.refresh else "--init"
-
-    @property
-    def lifetime(self) -> str:
-        """The entrypoint's mode in a word, as the JSON log lines name it."""
-        if self.serve:
-            return "serve"
-        if self.expiry_signal is not None:
-            return "expiry-signal"
-        if self.init:
-            return "init"
-        return "refresh" if self.refresh else "exec"
 
     @property
     def connect_timeout(self) -> float:
@@ -396,10 +364,6 @@ class Config:
             no_imds_v1=settings.flag("no_imds_v1"),
             override=settings.flag("override"),
             optional=settings.flag("optional"),
-            refresh=settings.flag("refresh"),
-            serve=settings.flag("serve"),
-            expiry_signal=None if settings.get("expiry_signal") is None else settings.whole("expiry_signal"),
-            init=settings.flag("init"),
             error_exit_code=settings.whole("error_exit_code"),
             log_level=str(settings["log_level"]),
             log_format=str(settings["log_format"]),

@@ -2,8 +2,8 @@
 
 Otherwise the status is the command's: imds-shim execs it, or (supervised) exits with it.
 ``bundle/launcher.c`` keeps a copy of :data:`SHIM_FAILED` (it fails before Python starts), and
-``tests/test_bundle.py`` checks that the two agree. ``--help`` and the README's table come from
-:data:`MEANINGS`.
+``tests/test_bundle.py`` checks that the two agree. ``--help``'s list comes from :data:`MEANINGS`;
+docs/exit-codes.md is the page that explains each (tests/test_docs.py holds it to these).
 """
 
 SHIM_FAILED = 125  # the default; --error-exit-code / IMDS_SHIM_ERROR_EXIT_CODE change it

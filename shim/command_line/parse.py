@@ -16,7 +16,6 @@ from shim.command_line.config import (
     EXEC,
     EXPORT,
     EXPORT_FORMATS,
-    MODE_FLAGS,
     OPTIONS,
     SIMULATE,
     STATUS,
@@ -117,7 +116,6 @@ def parse_command_line(
     options = (*OPTIONS, *verb_options(invocation.verb))
     invocation.settings = parse_options(option_tokens, options, invocation.verb, environ)
     _check_format(invocation)
-    _check_modes(invocation.settings)
     _check_command(invocation.verb, command, has_command)
     return invocation
 
@@ -197,16 +195,6 @@ def _check_format(invocation: Invocation) -> None:
     elif value not in choices:
         expected = ", ".join(choices)
         raise UsageError(f"--format for {verb}: expected one of {expected}, got {shown(str(value))}")
-
-
-def _check_modes(settings: Settings) -> None:
-    """At most one way of handing over credentials: static keys (optionally with a signal before
-    they expire), --refresh's profile, or --serve's endpoint."""
-    chosen = [flag for flag, name in MODE_FLAGS if settings.get(name) not in (None, False)]
-    if len(chosen) > 1:
-        raise UsageError(
-            f"{' and '.join(chosen)} cannot be combined: choose one way to hand over credentials"
-        )
 
 
 def _given_early(environ: Mapping[str, str], argv: Sequence[str], flag: str, variable: str) -> list[str]:

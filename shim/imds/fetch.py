@@ -75,15 +75,20 @@ def lookup_identity(client: ImdsClient, need_region: bool) -> Identity:
     return identity
 
 
-def current_credentials(client: ImdsClient, config: Config) -> tuple[str, Credentials]:
-    """The role (given, or discovered anew: an instance profile can be swapped) and its credentials,
-    refused before they are fetched if the role is not the one --expect-role names."""
-    role = config.role or discover_role(client)
+def check_expected_role(config: Config, role: str) -> None:
+    """Refuse ``role`` (given or discovered) when it is not the one --expect-role names."""
     if config.expect_role is not None and role != config.expect_role:
         given = "--role names" if config.role else "this instance's role is"
         raise UnexpectedRole(
             f"--expect-role {config.expect_role}: {given} {role}; refusing to hand out its credentials"
         )
+
+
+def current_credentials(client: ImdsClient, config: Config) -> tuple[str, Credentials]:
+    """The role (given, or discovered anew: an instance profile can be swapped) and its credentials,
+    refused before they are fetched if the role is not the one --expect-role names."""
+    role = config.role or discover_role(client)
+    check_expected_role(config, role)
     return role, role_credentials(client, role)
 
 

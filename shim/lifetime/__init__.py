@@ -12,7 +12,7 @@ Two process models, chosen by the mode:
   (:mod:`shim.lifetime.renewal`), answers ``imds-shim status`` (:mod:`shim.lifetime.status`),
   and exits with the command's status (128+N when signal N killed it).
 
-The loop sleeps in one ``select`` on everything it waits for (signals through the wakeup pipe,
+The loop sleeps in one ``select`` on everything it waits for (signals through a signalfd,
 sockets, the renewal child's pipe) with the time to its next due moment as the timeout: at rest
 it does not wake up at all.
 

@@ -141,17 +141,23 @@ def fetch_in_child(work: Callable[[], Fetched], meanwhile: Callable[[], None] = 
     finally:
         os.close(read_end)
         if not data.endswith(b"\n"):
-            _kill(pid)
-            os.waitpid(pid, 0)
+            stop(pid)
     # A child that has answered is left to exit on its own (freeing its memory takes milliseconds):
     # the supervisor reaps it, as every child that ends.
     return read_outcome(data)
 
 
-def _kill(pid: int) -> None:
-    try:  # noqa: SIM105 -- contextlib would be one more import before the first fetch
-        os.kill(pid, 9)
+def stop(pid: int) -> None:
+    """Kill a fetching child of ours and wait for it: nothing of ours may outlive the shim. The
+    one way the shim ends a child (the command is only ever signalled, never killed)."""
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)  # SIGKILL takes a moment
     except ProcessLookupError:  # it has just exited by itself
+        pass
+    except ChildProcessError:  # the supervisor's loop has already reaped it
         pass
 
 

@@ -32,10 +32,11 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 
 from shim.command_line.config import Config
-from shim.credentials import Credentials, Fetched, format_duration, format_time
+from shim.credentials import Fetched, format_duration, format_time
 from shim.errors import ShimError
-from shim.lifetime.renewal import Renewer, jitter, renewal_due
+from shim.lifetime.renewal import Renewer
 from shim.lifetime.standing import Standing
+from shim.lifetime.store import CredentialStore
 from shim.lifetime.supervisor import Service, Supervisor
 from shim.log import log
 from shim.variables import FULL_URI, SERVE_ADDRESS, SERVE_PATH, identity_without_keys
@@ -66,45 +67,6 @@ REASONS = {
     405: "Method Not Allowed",
     503: "Service Unavailable",
 }
-
-
-class CredentialStore:
-    """The set the endpoint hands out, already rendered, and when it is due for renewal; no set
-    yet (``--optional`` with IMDS down at the start) until the first :meth:`replace`."""
-
-    def __init__(
-        self,
-        credentials: Credentials | None,
-        account_id: str | None,
-        clock: Callable[[], float] = time.time,
-        rng: Callable[[], float] = jitter,
-    ) -> None:
-        self.account_id, self.clock, self.rng = account_id, clock, rng
-        self.credentials: Credentials | None = None
-        self.body: bytes | None = None
-        self.expires_at = self.due_at = 0.0
-        if credentials is not None:
-            self.replace(credentials)
-
-    def replace(self, credentials: Credentials) -> None:
-        document = {
-            "AccessKeyId": credentials.access_key_id,
-            "SecretAccessKey": credentials.secret_access_key,
-            "Token": credentials.session_token,
-            "Expiration": format_time(credentials.expiration),
-        }
-        account_id = credentials.account_id or self.account_id
-        if account_id:
-            document["AccountId"] = account_id
-        expires_at = credentials.expiration.timestamp()
-        self.credentials = credentials
-        self.body = json.dumps(document).encode()
-        self.expires_at = expires_at
-        self.due_at = renewal_due(expires_at, self.clock(), self.rng)
-
-    def answer(self) -> bytes | None:
-        """The JSON to hand out, or None once the set has expired (or before the first)."""
-        return self.body if self.clock() < self.expires_at else None
 
 
 class Connection:

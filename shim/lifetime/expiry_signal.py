@@ -1,7 +1,7 @@
 """``--expiry-signal``: tell a command that reads only static keys to restart before they expire.
 
 Environment keys cannot be renewed under a running process. The supervisor sends the chosen
-signal to the command when the keys are due for renewal (:mod:`shim.lifetime.renewal`), once; the
+signal to the command when the keys are due for renewal (:mod:`shim.lifetime.store`), once; the
 orchestrator's restart policy then starts it again with a fresh set. The signal goes through
 :meth:`Supervisor.signal_command`, which refuses once the command has been waited for: it can
 only ever reach the command, never a process that was given its PID later.
@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timezone
 
 from shim.credentials import Credentials, format_duration, format_time
-from shim.lifetime.renewal import renewal_due
+from shim.lifetime.store import renewal_due
 from shim.lifetime.supervisor import Service, Supervisor
 from shim.log import log
 

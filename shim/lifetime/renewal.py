@@ -1,15 +1,6 @@
-"""When a set of credentials is due for renewal, and how long to wait after a renewal that failed.
-
-One rule for ``--serve`` (when the endpoint fetches a new set) and ``--expiry-signal`` (when the
-command is told to restart): renew once less than min(15 minutes, half the set's lifetime) is left.
-IMDS offers a new set at least five minutes before the old one expires (typically much earlier);
-15 minutes is also when botocore starts refreshing. Half the lifetime keeps short-lived sets (the
-simulator's, seconds long) renewing before they run out.
-
-Every container on an instance holds the same set, so all their supervisors would renew at the
-same second: where the set lives long enough (hours, as IMDS's do), each renews at a random moment
-in the :data:`RENEW_SPREAD` before that, spreading a host's renewals over five minutes instead of
-sending them through IMDS's shared packet allowance at once.
+"""``--serve``'s renewals: a forked child fetches the next set when the store says it is due
+(:mod:`shim.lifetime.store`), and a renewal that brought nothing new is tried again after a
+backoff (:func:`retry_delay`), never hammering IMDS and never waiting past the set's expiry.
 """
 
 from __future__ import annotations
@@ -20,6 +11,7 @@ import time
 from shim.credentials import format_duration, format_time
 from shim.errors import ShimError
 from shim.lifetime.child_fetch import read_outcome, start_fetch
+from shim.lifetime.store import jitter
 from shim.lifetime.supervisor import Service, Supervisor
 from shim.log import log
 
@@ -29,11 +21,9 @@ if TYPE_CHECKING:
 
     from shim.command_line.config import Config
     from shim.credentials import Fetched
-    from shim.lifetime.endpoint import CredentialStore
     from shim.lifetime.standing import Standing
+    from shim.lifetime.store import CredentialStore
 
-RENEW_BEFORE = 15 * 60.0
-RENEW_SPREAD = 5 * 60.0
 RETRY_BASE = 1.0
 RETRY_CAP = 30.0
 # A retry while the current set is still valid comes before half its remaining time is gone,
@@ -42,21 +32,6 @@ RETRY_FLOOR = 1.0
 # How long past --deadline a renewal child may take (its own deadline ends it first) before the
 # supervisor kills it.
 CHILD_GRACE = 5.0
-
-
-def jitter() -> float:
-    """A random fraction in [0, 1), from the OS: ``random`` would load hashlib at every start."""
-    return int.from_bytes(os.urandom(4), "big") / 2**32
-
-
-def renewal_due(expires_at: float, obtained_at: float, rng: Callable[[], float] = jitter) -> float:
-    """The moment (seconds since the epoch) a set obtained at ``obtained_at`` should be replaced:
-    min(15 minutes, half its lifetime) before it expires, and for a set that lives more than
-    twice (15 + 5) minutes, up to :data:`RENEW_SPREAD` earlier, at random."""
-    lifetime = max(expires_at - obtained_at, 0.0)
-    if lifetime > 2 * (RENEW_BEFORE + RENEW_SPREAD):
-        return expires_at - RENEW_BEFORE - RENEW_SPREAD * rng()
-    return expires_at - min(RENEW_BEFORE, lifetime / 2)
 
 
 def retry_delay(failures: int, left: float, rng: Callable[[], float] = jitter) -> float:
@@ -116,7 +91,7 @@ class Renewer(Service):
             overdue = self.started_at + self.config.deadline + CHILD_GRACE - self.monotonic()
             if overdue > 0:
                 return overdue
-            self._kill_child()
+            self._stop_child()
             self._failed("the renewal overstayed --deadline")
         retrying = self.retry_at is not None
         wait = (self.retry_at or 0.0) - self.monotonic() if retrying else self.next_try - self.clock()
@@ -222,21 +197,13 @@ class Renewer(Service):
         )
         self.retry_at = self.monotonic() + retry_delay(standing.failures, left, self.rng)
 
-    def _kill_child(self) -> None:
-        if self.child is not None:
-            try:
-                os.kill(self.child, 9)
-                os.waitpid(self.child, 0)  # SIGKILL takes a moment; nothing of ours may outlive the shim
-            except ChildProcessError:  # already reaped by the supervisor's loop
-                pass
-            except ProcessLookupError:
-                pass
-            if self.supervisor is not None:
-                self.supervisor.children.pop(self.child, None)
+    def _stop_child(self) -> None:
+        if self.child is not None and self.supervisor is not None:  # one was started: _start
+            self.supervisor.stop_helper(self.child)
         if self.answer is not None and self.supervisor is not None:
             self.supervisor.unwatch(self.answer)
             os.close(self.answer)
         self.child, self.answer = None, None
 
     def close(self) -> None:
-        self._kill_child()
+        self._stop_child()

@@ -32,9 +32,10 @@ import gc
 import os
 import selectors
 
+from shim.command_line.exit_codes import SIGNAL_BASE
 from shim.errors import ShimError, raised_at
 from shim.execute import PYTHON_IGNORED_SIGNALS, command_error, restore_inherited_dispositions
-from shim.lifetime.child_fetch import fork_or_fail
+from shim.lifetime.child_fetch import fork_or_fail, stop
 from shim.lifetime.signal_queue import SignalQueue, raised_by_the_shim_itself
 from shim.log import flush_standard_streams, log
 from shim.runtime import inherited_ignored_signals
@@ -59,7 +60,6 @@ UNCATCHABLE = frozenset({signals.SIGKILL, signals.SIGSTOP})
 # Ignored by the shim, which never reads the terminal and must not be stopped for writing to it.
 IGNORED_BY_THE_SHIM = (signals.SIGTTIN, signals.SIGTTOU)
 PR_SET_PDEATHSIG = 1
-SIGNAL_BASE = 128
 
 
 class Service:
@@ -98,6 +98,11 @@ class Supervisor:
     def adopt(self, pid: int, ended: Callable[[int], None]) -> None:
         """A helper process of a service's: ``ended`` gets its wait status once it has been reaped."""
         self.children[pid] = ended
+
+    def stop_helper(self, pid: int) -> None:
+        """End a helper before its time (its ``ended`` is not called: the service knows why)."""
+        stop(pid)
+        self.children.pop(pid, None)
 
     def signal_command(self, signum: int) -> bool:
         """Send ``signum`` to the command; False once it has ended (its PID may be another's now)."""
