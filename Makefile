@@ -5,13 +5,11 @@ BIN := $(VENV)/bin
 
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 # Editable in "compat" mode: a plain path entry, so edits show at once, with no import hook to slow
-# every start and no setuptools banner.
-# --no-compile: of the test tools' 250 MB, the tests import a fraction; compiling it all up front
-# was a quarter of a newcomer's first make test.
+# every start. --no-compile: the tests import a fraction of the test tools (why these settings, with
+# figures: docs/performance.md, "The suite's own time").
 DEVELOP := $(PIP) --no-compile --config-settings editable_mode=compat -e '.[test]'
-# The loopback suites wait on timeouts far more than they compute: six workers on two cores (as
-# a newcomer, not root: 57 s with six, 76 s with four, 56 s with eight). The bundle's suites keep
-# four: they start a frozen Python at every step.
+# Workers for the loopback suites, which wait more than they compute, and for the bundle's, which
+# start a frozen Python at every step.
 JOBS ?= 6
 NATIVE_BUNDLE_JOBS ?= 4
 
@@ -31,8 +29,7 @@ demo: $(BIN)/python
 # herd, a supervisor at rest) one at a time, so that their timings are not shared with other tests.
 # Exit 5 (nothing selected) of the later runs is fine when PYTEST_ARGS leaves those out.
 TIMED_JOBS ?= 3
-# A worker that runs out of tests takes some of another's: 51 s against 59 s for the loopback
-# suites, whose tests last from milliseconds to seconds.
+# A worker that runs out of tests takes some of another's.
 DIST := --dist worksteal
 test: $(BIN)/python
 	$(DEVELOP)
@@ -55,7 +52,7 @@ lint: $(BIN)/python $(ACTIONLINT)
 	$(ACTIONLINT) '.github/workflows/*.yml'
 	$(BIN)/zizmor --offline --no-progress .github/workflows
 
-# docs/options.md, made from the option tables as --help is (tests/test_docs.py holds them equal).
+# docs/options.md and the README's copies of the modes and exit statuses (tests/test_docs.py holds them).
 docs: $(BIN)/python
 	$(DEVELOP)
 	$(BIN)/python scripts/reference-docs.py
@@ -91,13 +88,10 @@ bundle:
 # arm64: see .ci/run). TARBALL=dist/….tar.gz tests that tarball as it is (say, the one make release
 # made) instead of building one. The steps are in scripts/test-bundle.
 BUNDLE_MARKERS ?= behaviour or bundle
-# Under qemu-user every start of the shim costs CPU that four workers on two cores fight over:
-# the emulated arm64 suite missed its time budgets with four (17 of 459, up to 6.9 s against 4.5)
-# and passed with two, in no more time.
+# Under qemu-user every start of the shim costs CPU: two workers for the emulated suite.
 EMULATED_JOBS ?= 2
 BUNDLE_JOBS := $(if $(filter arm64 aarch64,$(ARCH)),$(EMULATED_JOBS),$(NATIVE_BUNDLE_JOBS))
-# The frozen shim starts slower: its verdict budgets (1.5 s) missed with two at a time (1.60 and
-# 1.95 s in CI), so the bundle's timed tests run one at a time, as the serial ones do.
+# The frozen shim starts slower: the bundle's timed tests run one at a time, as the serial ones do.
 BUNDLE_TIMED_JOBS := 1
 TARBALL ?=
 test-bundle: $(BIN)/python

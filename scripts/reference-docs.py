@@ -1,9 +1,10 @@
-"""Write docs/options.md from the option tables, as ``--help`` is made from them, so the two cannot
-drift: ``make docs`` writes it, and ``tests/test_quality.py`` fails when the committed page is not
-what this script makes.
+"""Write docs/options.md from the option tables, as ``--help`` is made from them, and the README's
+copies of facts that have one page of their own (the modes table from docs/lifetime.md, the exit
+statuses from ``MEANINGS``), so none can drift: ``make docs`` writes them, and
+``tests/test_docs.py`` fails when a committed page is not what this script makes.
 
-    python scripts/reference-docs.py            # write docs/options.md
-    python scripts/reference-docs.py --check    # exit 1, saying so, if it would change
+    python scripts/reference-docs.py            # write docs/options.md and the README's copies
+    python scripts/reference-docs.py --check    # exit 1, saying so, if either would change
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from shim.command_line.config import (
 from shim.command_line.exit_codes import MEANINGS
 from shim.simulator.knobs import SIMULATOR_OPTIONS
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "options.md"
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "options.md"
+README = ROOT / "README.md"
+LIFETIME = ROOT / "docs" / "lifetime.md"
+# The README's copies sit between these lines; what is between them is made here.
+BEGIN, END = "<!-- made by scripts/reference-docs.py from {}: make docs -->", "<!-- end of the copy -->"
 
 # What a row says beyond --help's one line: the fine print a reader of the reference needs.
 DETAILS = {
@@ -182,14 +188,41 @@ def page() -> str:
     return "\n".join(lines) + "\n"
 
 
+def modes_table() -> list[str]:
+    """docs/lifetime.md's table of modes without its last column (what each needs from the image),
+    its links made relative to the top of the repository."""
+    text = LIFETIME.read_text()
+    rows = text[text.index("| Mode |") :].splitlines()
+    rows = rows[: next(i for i, line in enumerate(rows) if not line.startswith("|"))]
+    shortened = ["|".join(row.split("|")[:-2]) + "|" for row in rows]
+    relinked = (row.replace("](sdks.md)", "](docs/sdks.md)") for row in shortened)
+    return [row.replace("](../README.md", "](README.md") for row in relinked]
+
+
+def exit_statuses() -> list[str]:
+    return ["| Code | Meaning |", "|---|---|", *(f"| {status} | {meaning} |" for status, meaning in MEANINGS)]
+
+
+def readme() -> str:
+    """The README with its copies made again."""
+    text = README.read_text()
+    for source, made in (("docs/lifetime.md", modes_table()), ("MEANINGS", exit_statuses())):
+        begin = BEGIN.format(source)
+        start, end = text.index(begin) + len(begin), text.index(END, text.index(begin))
+        text = text[:start] + "\n" + "\n".join(made) + "\n" + text[end:]
+    return text
+
+
 def main(argv: list[str]) -> int:
-    made = page()
+    made = {PAGE: page(), README: readme()}
     if "--check" in argv:
-        if PAGE.read_text() != made:
-            print("docs/options.md is not what the option tables make: run make docs", file=sys.stderr)
+        stale = [path.name for path, text in made.items() if path.read_text() != text]
+        if stale:
+            print(f"{' and '.join(stale)}: not what the tables make: run make docs", file=sys.stderr)
             return 1
         return 0
-    PAGE.write_text(made)
+    for path, text in made.items():
+        path.write_text(text)
     return 0
 
 

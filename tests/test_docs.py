@@ -131,7 +131,8 @@ def test_the_hop_limit_fix_is_a_real_aws_command(moto_endpoint: str, tmp_path: P
 
 
 def test_the_options_page_is_what_the_option_tables_make() -> None:
-    """docs/options.md is scripts/reference-docs.py's output (make docs), so it cannot drift."""
+    """docs/options.md and the README's copies (the modes, the exit statuses) are
+    scripts/reference-docs.py's output (make docs), so they cannot drift."""
     completed = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "reference-docs.py"), "--check"],
         capture_output=True,
