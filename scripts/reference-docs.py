@@ -59,7 +59,16 @@ DETAILS = {
     "expiry_signal": "send SIGNAL to the command when its static keys are due for renewal "
     "([lifetime.md](lifetime.md))",
     "init": "stay as the command's parent and init, with static keys ([lifetime.md](lifetime.md))",
+    "on_interruption": "send SIGNAL to the command once, when IMDS announces the instance's end; the "
+    "shim stays as its parent ([interruptions.md](interruptions.md))",
+    "interruption_events": "`spot` (a Spot instance-action), `asg` (Auto Scaling's target state "
+    "`Terminated`), `rebalance` (a rebalance recommendation); the others are logged and shown, not acted on",
+    "interruption_poll": "how often the watch asks IMDS; the first check comes at a random moment of "
+    "the first period",
+    "drain_delay": "seconds between the announcement and the signal: `status --ready` fails meanwhile, "
+    "so a load balancer can take the container out of service first",
     "pid": "for `status`: ask the supervisor with this PID",
+    "ready": "for `status`: exit 1 while draining too (readiness probes; liveness probes leave it out)",
     "error_exit_code": "exit status for the shim's own failures",
     "log_level": "`-v` = info (the fetch in a line; under `--serve` also the endpoint and each renewal), "
     "`-vv` = debug (every request), `-q` = error",

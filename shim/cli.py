@@ -118,7 +118,7 @@ def _dispatch(invocation: Invocation, environ: Mapping[str, str]) -> int:
         from shim.lifetime.status import status
 
         pid = invocation.settings.get("pid")
-        verdict, line = status(pid if isinstance(pid, int) else None)
+        verdict, line = status(pid if isinstance(pid, int) else None, invocation.settings.flag("ready"))
         if log.json:  # --log-format json: the answer as one object too, for a probe's log
             import json
 
@@ -167,6 +167,10 @@ def _run_command(config: Config, mode: Mode, command: list[str], environ: Mappin
     standing = Standing(mode.flags)
     with interruptible():
         environment, services = hand_over_credentials(config, mode, environ, standing)
+    if config.on_interruption is not None:  # whatever the hand-over was: the instance ends all the same
+        from shim.lifetime.interruption import InterruptionWatch
+
+        services.append(InterruptionWatch(config, standing))
     from shim.lifetime.status import StatusService
     from shim.lifetime.supervisor import supervise
 

@@ -18,12 +18,27 @@ from typing import Callable, TypeVar
 
 from shim import __version__
 from shim.command_line.config import Config
+from shim.command_line.values import signal_name
 from shim.credentials import format_duration, format_time, seconds_left
 from shim.errors import ShimError, Transient, UnexpectedRole
+from shim.imds.answers import (
+    parse_lifecycle_state,
+    parse_rebalance,
+    parse_scheduled_events,
+    parse_spot_action,
+)
 from shim.imds.client import ImdsClient, unreachable_message
 from shim.imds.deadline import Deadline
 from shim.imds.fetch import check_expected_role, discover_role, lookup_identity, role_credentials
-from shim.imds.protocol import HOP_LIMIT_CAUSE, ROLE_PATH, hop_limit_fix
+from shim.imds.protocol import (
+    HOP_LIMIT_CAUSE,
+    LIFECYCLE_STATE_PATH,
+    REBALANCE_PATH,
+    ROLE_PATH,
+    SCHEDULED_EVENTS_PATH,
+    SPOT_ACTION_PATH,
+    hop_limit_fix,
+)
 from shim.lifetime.modes import Mode
 from shim.log import log, printable, write_stdout
 from shim.step_aside import (
@@ -223,7 +238,35 @@ def _imds_steps(report: Report, config: Config, client: ImdsClient) -> bool:
         f"region {region or 'unknown'}, account {account or 'unknown'}",
         elapsed,
     )
+    _instance_end(report, config, client)
     return True
+
+
+def _instance_end(report: Report, config: Config, client: ImdsClient) -> None:
+    """What IMDS announces of the instance's end now (what --on-interruption would watch), and
+    scheduled maintenance (shown, never acted on). Told, never a verdict: the entrypoint starts
+    the command all the same."""
+    watch = Stopwatch()
+    try:
+        answers = [
+            client.get(SPOT_ACTION_PATH, parse_spot_action, attempts=1),
+            client.get(LIFECYCLE_STATE_PATH, parse_lifecycle_state, attempts=1),
+            client.get(REBALANCE_PATH, parse_rebalance, attempts=1),
+        ]
+        events = client.get(SCHEDULED_EVENTS_PATH, parse_scheduled_events, attempts=1) or []
+    except (ShimError, Transient) as error:
+        report.add("instance end", "warn", f"could not ask IMDS: {error}", watch.ms)
+        return
+    notices = [f"{n.what}{'' if n.at is None else ' at ' + format_time(n.at)}" for n in answers if n]
+    acting = (
+        f"--on-interruption {signal_name(config.on_interruption)} acts on "
+        f"{', '.join(config.interruption_events)}"
+        if config.on_interruption is not None
+        else "--on-interruption is off"
+    )
+    detail = "; ".join(notices) if notices else "nothing announced (Spot, Auto Scaling, rebalance)"
+    report.add("instance end", "warn" if notices else "ok", f"{detail}; {acting}", watch.ms)
+    report.add("maintenance", "info" if events else "ok", "; ".join(events) or "none scheduled")
 
 
 def _token_steps(report: Report, config: Config, client: ImdsClient) -> bool:

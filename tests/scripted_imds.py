@@ -10,6 +10,7 @@ this is for bytes the simulator would never send.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
@@ -67,6 +68,11 @@ class ScriptedImds(ThreadingHTTPServer):
         self.cookies: list[str | None] = []  # the Cookie header of every request
         self.closing = threading.Event()
         super().__init__(("127.0.0.1", 0), ScriptedHandler)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that closed with a reset (imds-shim does) or went away is no error of ours."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
 
     @property
     def url(self) -> str:

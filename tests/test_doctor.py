@@ -9,25 +9,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from helpers import SHIM, budget, clean_env, run_shim
+from helpers import SHIM, budget, clean_env, closed_port, run_shim
 
 from shim.simulator.server import Simulator
 
 # Run again against the self-contained bundle (make test-bundle): it behaves like the pip-installed shim.
 pytestmark = pytest.mark.behaviour
-
-
-def refused_endpoint() -> str:
-    """A loopback port nobody listens on: connections are refused at once."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{probe.getsockname()[1]}"
 
 
 # Every failure the suite injects at the start, and two healthy controls: (simulator knobs,
@@ -59,7 +51,7 @@ def test_doctor_and_the_entrypoint_give_the_same_verdict(
     """Side by side on each case: the entrypoint starts the command exactly when doctor exits 0,
     and where it refuses, doctor's report has a failed step that says why."""
     knobs, options, variables, starts = CASES[case]
-    endpoint = refused_endpoint() if knobs is None else simulator(**knobs).url
+    endpoint = f"http://127.0.0.1:{closed_port()}" if knobs is None else simulator(**knobs).url
     if variables.get("TMPDIR") == "TMPDIR":
         (tmp_path / "open").mkdir()
         (tmp_path / "open").chmod(0o777)

@@ -111,6 +111,7 @@ MAY_IMPORT = {
         "shim.command_line.values",
         "shim.imds.answers",
         "shim.imds.fetch",
+        "shim.imds.protocol",
     },
 }
 

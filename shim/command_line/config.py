@@ -13,12 +13,15 @@ from __future__ import annotations
 from shim.command_line.exit_codes import SHIM_FAILED
 from shim.command_line.values import (
     count,
+    delay,
     ending_signal,
     endpoint,
     endpoint_mode,
     exit_code,
+    interruption_events,
     log_format,
     log_level,
+    poll_period,
     process_id,
     role_name,
     sdk_true,
@@ -260,12 +263,54 @@ OPTIONS: tuple[Option, ...] = (
         verbs=frozenset({EXEC, DOCTOR}),
     ),
     Option(
+        "on_interruption",
+        ("--on-interruption",),
+        "send the command SIGNAL once when IMDS announces the instance's end (stays as its parent)",
+        ending_signal,
+        None,
+        "SIGNAL",
+        verbs=frozenset({EXEC, DOCTOR}),
+    ),
+    Option(
+        "interruption_events",
+        ("--interruption-events",),
+        "which announcements --on-interruption acts on: spot, asg, rebalance (comma-separated)",
+        interruption_events,
+        "spot,asg",
+        "LIST",
+        verbs=frozenset({EXEC, DOCTOR}),
+    ),
+    Option(
+        "interruption_poll",
+        ("--interruption-poll",),
+        "seconds between --on-interruption's checks of IMDS",
+        poll_period,
+        5.0,
+        "SECONDS",
+        verbs=frozenset({EXEC, DOCTOR}),
+    ),
+    Option(
+        "drain_delay",
+        ("--drain-delay",),
+        "seconds between the announcement and the signal, draining (status --ready says so)",
+        delay,
+        0.0,
+        "SECONDS",
+        verbs=frozenset({EXEC, DOCTOR}),
+    ),
+    Option(
         "pid",
         ("--pid",),
         "status: ask the supervisor with this PID (default: the first found in this PID namespace)",
         process_id,
         None,
         "PID",
+        verbs=frozenset({STATUS}),
+    ),
+    Option(
+        "ready",
+        ("--ready",),
+        "status: also unhealthy (exit 1) while draining for --on-interruption (readiness probes)",
         verbs=frozenset({STATUS}),
     ),
     Option(
@@ -330,6 +375,10 @@ class Config:
         format: str | None,
         in_pod: bool,
         dmi_dir: str,
+        on_interruption: int | None,
+        interruption_events: tuple[str, ...],
+        interruption_poll: float,
+        drain_delay: float,
     ) -> None:
         self.endpoint, self.role, self.timeout, self.attempts = endpoint, role, timeout, attempts
         self.expect_role = expect_role
@@ -339,6 +388,9 @@ class Config:
         # In a Kubernetes pod: the hop-limit advice differs there (see shim.imds.protocol.hop_limit_fix).
         self.in_pod = in_pod
         self.dmi_dir = dmi_dir
+        # --on-interruption: the signal, which announcements count, how often to look, the drain.
+        self.on_interruption, self.interruption_events = on_interruption, interruption_events
+        self.interruption_poll, self.drain_delay = interruption_poll, drain_delay
 
     @property
     def connect_timeout(self) -> float:
@@ -370,6 +422,15 @@ class Config:
             format=settings.text("format"),
             in_pod=in_pod,
             dmi_dir=str(settings["dmi_dir"]),
+            on_interruption=None
+            if settings.get("on_interruption") is None
+            else settings.whole("on_interruption"),
+            interruption_events=tuple((settings.text("interruption_events") or "").split(",")),
+            # Only the entrypoint and doctor have these: the other verbs never watch.
+            interruption_poll=settings.number("interruption_poll")
+            if "interruption_poll" in settings
+            else 0.0,
+            drain_delay=settings.number("drain_delay") if "drain_delay" in settings else 0.0,
         )
 
     def as_flags(self) -> list[str]:

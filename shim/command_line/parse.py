@@ -249,7 +249,7 @@ def help_text() -> str:
         f"       imds-shim [OPTIONS] {CREDENTIAL_PROCESS}",
         f"       imds-shim [OPTIONS] {DOCTOR} [--format {'|'.join(DOCTOR_FORMATS)}]",
         f"       imds-shim {SIMULATE} [SIMULATOR OPTIONS] [-- COMMAND [ARGS...]]",
-        f"       imds-shim {STATUS} [--pid PID]   (0: the credentials are valid, 1: not)",
+        f"       imds-shim {STATUS} [--pid PID] [--ready]   (0: the credentials are valid, 1: not)",
         "",
         "Everything after '--' is the command, passed to exec unchanged.",
         "Precedence: flag > IMDS_SHIM_* variable > AWS SDK variable > default.",

@@ -72,6 +72,30 @@ def seconds(value: str, what: str) -> float:
     return _number(value, what, 0.001, 3600)
 
 
+def delay(value: str, what: str) -> float:
+    """A wait in seconds that may be none at all: 0 to an hour."""
+    return _number(value, what, 0, 3600)
+
+
+def poll_period(value: str, what: str) -> float:
+    """How often to ask IMDS something: half a second to an hour (less would only load IMDS)."""
+    return _number(value, what, 0.5, 3600)
+
+
+INTERRUPTION_EVENTS = ("spot", "asg", "rebalance")
+
+
+def interruption_events(value: str, what: str) -> str:
+    """A comma-separated list of ``spot``, ``asg`` and ``rebalance``, at least one, normalized."""
+    chosen = [word.strip().lower() for word in value.split(",") if word.strip()]
+    unknown = [word for word in chosen if word not in INTERRUPTION_EVENTS]
+    if unknown or not chosen:
+        raise UsageError(
+            f"{what}: expected a comma-separated list of {', '.join(INTERRUPTION_EVENTS)}, got {shown(value)}"
+        )
+    return ",".join(event for event in INTERRUPTION_EVENTS if event in chosen)
+
+
 def signed_seconds(value: str, what: str) -> float:
     """A duration that may be negative (the simulator's already-expired credentials)."""
     return _number(value, what, -86400, 86400)
@@ -190,6 +214,17 @@ def signal_number(value: str, what: str) -> int:
 # own 32 and 33: as --expiry-signal they would never make the command restart.
 NOT_ENDING = ("SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGCONT", "SIGCHLD", "SIGWINCH", "SIGURG")
 GLIBC_RESERVED = (32, 33)
+
+
+def signal_name(number: int) -> str:
+    """``SIGTERM`` for 15; ``signal 40`` for one without a name (the real-time ones). Loads the
+    ``signal`` module (and enum): for messages off the start-up path only."""
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def ending_signal(value: str, what: str) -> int:

@@ -11,7 +11,10 @@ environment variables, the ``--refresh`` config file, log lines, ``doctor`` outp
 - role name: what IAM accepts (letters, digits, ``+=,.@_-``);
 - region: lower-case letters, digits and ``-``; account ID: exactly 12 ASCII digits;
 - Expiration: RFC 3339, parsed without overflow;
-- ``Code``: ``Success`` (or absent); ``Retry-After``: whole seconds.
+- ``Code``: ``Success`` (or absent); ``Retry-After``: whole seconds;
+- the instance's end: a Spot action and an Auto Scaling state from short known lists, RFC 3339
+  times, scheduled events' codes and states as IAM-like words and their ``7 Dec 2026 16:27:36
+  GMT`` windows (:class:`Notice`).
 
 A required value that fails its check makes the answer garbled (:class:`Transient`: fetched
 again under the deadline, then reported); an optional one (region, account) becomes unknown, with
@@ -250,3 +253,124 @@ def parse_region(body: bytes) -> str | None:
         return region
     log.warning("IMDS answered placement/region with something that is not a region name; region unknown")
     return None
+
+
+# -- the instance's end ----------------------------------------------------------------------
+
+SPOT_ACTIONS = ("terminate", "stop", "hibernate")
+# What target-lifecycle-state may say (Auto Scaling's lifecycle states an instance sees itself in).
+LIFECYCLE_STATES = frozenset(
+    {
+        "InService",
+        "Pending",
+        "Terminated",
+        "Detached",
+        "Standby",
+        "Warmed:Pending",
+        "Warmed:Running",
+        "Warmed:Stopped",
+        "Warmed:Hibernated",
+        "Warmed:Terminated",
+    }
+)
+MAX_NOTICE_BYTES = 16 * 1024
+MAX_WORD_LENGTH = 64
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+class Notice:
+    """One announcement, as checked here: ``kind`` (spot, asg, rebalance), what it says in words
+    a log line may carry, when it takes effect (None: not told, or not readable), and whether it
+    may be acted on (``ends``: an Auto Scaling state nobody knows announces nothing)."""
+
+    __slots__ = ("at", "ends", "kind", "what")
+
+    def __init__(self, kind: str, what: str, at: datetime | None, ends: bool = True) -> None:
+        self.kind, self.what, self.at, self.ends = kind, what, at, ends
+
+
+def parse_spot_action(body: bytes) -> Notice:
+    """``{"action": "terminate", "time": "2026-12-07T16:15:30Z"}``. IMDS answers 200 here only
+    with a notice, so an answer of another shape is still one: unreadable, and acted on (the safe
+    side for the command's work is to be told)."""
+    try:
+        document = _json_object(body, "the Spot instance-action answer")
+    except Transient:
+        return Notice("spot", "an unreadable Spot notice", None)
+    action, moment = document.get("action"), parse_timestamp(_text_field(document, "time"))
+    if action not in SPOT_ACTIONS or moment is None:
+        return Notice("spot", "an unreadable Spot notice", moment)
+    return Notice("spot", f"spot {action}", moment)
+
+
+def parse_lifecycle_state(body: bytes) -> Notice | None:
+    """Auto Scaling's target lifecycle state: a notice when it is ``Terminated`` (the group takes
+    the instance away), None while in service; another known state, or an unknown one, is
+    neither (told in words, never in the answer's bytes)."""
+    state = _ascii(body)
+    state = None if state is None else state.strip()
+    if state == "Terminated":
+        return Notice("asg", "auto scaling terminate", None)
+    if state in LIFECYCLE_STATES:
+        return None
+    return Notice("asg", "an unknown Auto Scaling state", None, ends=False)
+
+
+def parse_rebalance(body: bytes) -> Notice:
+    """``{"noticeTime": "2026-12-07T16:10:00Z"}``: the Spot instance is at elevated risk (a 200
+    with another body is the recommendation still, its time unknown)."""
+    try:
+        moment = parse_timestamp(_text_field(_json_object(body, "the rebalance answer"), "noticeTime"))
+    except Transient:
+        moment = None
+    return Notice("rebalance", "rebalance recommended", moment)
+
+
+def parse_event_time(text: str) -> datetime | None:
+    """Scheduled events' ``7 Dec 2026 16:27:36 GMT`` (day without a leading zero), else None."""
+    parts = text.split(" ")
+    if len(parts) != 5 or parts[4] != "GMT" or parts[1] not in MONTHS:
+        return None
+    day, year = whole_number(parts[0]), whole_number(parts[2])
+    clock = parts[3].split(":")
+    numbers = [whole_number(part) if len(part) == 2 else None for part in clock]
+    if day is None or year is None or len(numbers) != 3 or None in numbers:
+        return None
+    hour, minute, second = (int(number or 0) for number in numbers)
+    try:
+        return datetime(year, MONTHS.index(parts[1]) + 1, day, hour, minute, second, tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def _word(value: object) -> str | None:
+    """A code or state: letters, digits and ``-:_``, short; else None."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_WORD_LENGTH or not value.isascii():
+        return None
+    return value if all(c.isalnum() or c in "-:_" for c in value) else None
+
+
+def parse_scheduled_events(body: bytes) -> list[str]:
+    """The scheduled maintenance events, each as one line of words: ``system-reboot (scheduled)
+    from 2026-12-10T02:00:00Z to 2026-12-10T04:00:00Z``. An entry of another shape is one line
+    saying so; a body that is not a JSON list is a Transient (tried again next time)."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        raise Transient("the scheduled events answer is not valid JSON") from None
+    if not isinstance(document, list):
+        raise Transient("the scheduled events answer is not a JSON list")
+    events = []
+    for entry in document[:20]:
+        fields = entry if isinstance(entry, dict) else {}
+        code, state = _word(fields.get("Code")), _word(fields.get("State"))
+        start = parse_event_time(_text_field(fields, "NotBefore"))
+        end = parse_event_time(_text_field(fields, "NotAfter"))
+        if code is None or start is None:
+            events.append("an unreadable scheduled event")
+            continue
+        window = f"from {start.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        if end is not None:
+            window += f" to {end.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        events.append(f"{code} ({(state or 'state unknown').lower()}) {window}")
+    return events

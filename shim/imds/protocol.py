@@ -12,6 +12,11 @@ TOKEN_PATH = "/latest/api/token"
 ROLE_PATH = "/latest/meta-data/iam/security-credentials/"  # + the role's name: its credentials
 IDENTITY_DOCUMENT_PATH = "/latest/dynamic/instance-identity/document"
 REGION_PATH = "/latest/meta-data/placement/region"
+# The instance's end, announced (all 404 until there is something to say; see docs/interruptions.md).
+SPOT_ACTION_PATH = "/latest/meta-data/spot/instance-action"
+LIFECYCLE_STATE_PATH = "/latest/meta-data/autoscaling/target-lifecycle-state"
+REBALANCE_PATH = "/latest/meta-data/events/recommendations/rebalance"
+SCHEDULED_EVENTS_PATH = "/latest/meta-data/events/maintenance/scheduled"
 
 TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"

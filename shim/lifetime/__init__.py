@@ -20,7 +20,7 @@ it does not wake up at all.
 ``imds-shim credential-process`` back through a private config file.
 
 May import: the shared modules (:mod:`shim.errors`, :mod:`shim.log`, :mod:`shim.runtime`,
-:mod:`shim.execute`, :mod:`shim.credentials`, :mod:`shim.variables`), the resolved configuration,
-and of :mod:`shim.imds` only the answer checks and, inside a forked fetch child, the fetch; never
-the verbs or the simulator.
+:mod:`shim.execute`, :mod:`shim.credentials`, :mod:`shim.variables`), the resolved configuration
+and exit statuses, and of :mod:`shim.imds` only the protocol's facts, the answer checks and,
+inside a forked fetch child, the fetch; never the verbs or the simulator.
 """

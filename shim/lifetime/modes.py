@@ -6,8 +6,9 @@ The command line resolves exactly one mode, once (:func:`chosen_mode`); everythi
 mode gives the command is told once, for users, in docs/lifetime.md.
 
 A mode that supervises hands the supervisor its *services* (the endpoint, the renewer, the
-expiry signal) beside the command; the interruption watch is meant to be one more service any
-supervising mode takes, not a mode of its own.
+expiry signal) beside the command; the interruption watch (:mod:`shim.lifetime.interruption`) is
+one more service any supervising mode takes, not a mode of its own: with it, the default mode
+and ``--refresh`` supervise, as under ``--init``.
 
 Imports here are light on purpose (the module is loaded at every start); each mode imports
 what it hands over with only when it does.
@@ -185,9 +186,9 @@ class ExpirySignalMode(Mode):
         return environment, [ExpirySignal(self.signum, fetched.credentials)]
 
     def describe(self) -> str:
-        import signal
+        from shim.command_line.values import signal_name
 
-        name = signal.Signals(self.signum).name
+        name = signal_name(self.signum)
         return f"static keys; --expiry-signal sends {name} to the command when they are due for renewal; " + (
             _SUPERVISED
         )
@@ -212,7 +213,8 @@ def chosen_mode(settings: Settings) -> Mode:
         raise UsageError(
             f"{' and '.join(chosen)} cannot be combined: choose one way to hand over credentials"
         )
-    init = settings.flag("init")
+    # Someone has to be there to listen: --on-interruption supervises, as --init does.
+    init = settings.flag("init") or settings.get("on_interruption") is not None
     if settings.flag("serve"):
         return ServeMode()
     if settings.get("expiry_signal") is not None:

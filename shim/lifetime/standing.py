@@ -22,6 +22,15 @@ class Standing:
         self.failures = 0
         self.last_error: str | None = None
         self.note: str | None = None  # why there are no credentials to stand for (stepped aside, ...)
+        # --on-interruption: the announcement acted on, when the signal went, what else was
+        # announced, scheduled maintenance, and the checks in a row that IMDS did not answer.
+        self.draining: str | None = None  # "spot terminate"
+        self.ends_at: float | None = None  # when it takes effect, where IMDS said
+        self.signal_sent_at: float | None = None
+        self.notices: list[str] = []
+        self.maintenance: list[str] = []
+        self.watch_failures = 0
+        self.watch_signal: str | None = None  # the signal's name, as status says it
 
     def hold(self, role: str, credentials: Credentials) -> None:
         self.role, self.key = role, credentials.masked_key_id
@@ -40,5 +49,12 @@ class Standing:
                 "failures": self.failures,
                 "last_error": self.last_error,
                 "note": self.note,
+                "draining": self.draining,
+                "ends_at": self.ends_at,
+                "signal_sent_at": self.signal_sent_at,
+                "notices": self.notices,
+                "maintenance": self.maintenance,
+                "watch_failures": self.watch_failures,
+                "watch_signal": self.watch_signal,
             }
         ).encode()

@@ -322,17 +322,28 @@ def _connect(name: bytes, deadline: float) -> socket.socket | None:
             return None
 
 
-def report(standing: Answer, now: float | None = None) -> tuple[int, str]:
+def report(standing: Answer, now: float | None = None, ready: bool = False) -> tuple[int, str]:
     """The exit status and the one line for a standing (None: no supervisor answered; a string:
-    only an impostor did)."""
+    only an impostor did). ``ready`` (``status --ready``): unhealthy while draining too, so that
+    a readiness probe or a load balancer takes the container out of service, while a liveness
+    probe, asking without it, leaves a container that is ending on purpose alone."""
     if isinstance(standing, str):
         return UNHEALTHY, printable(f"unhealthy: {standing}")
     if standing is None:
         return UNHEALTHY, (
             "unhealthy: no imds-shim supervisor answered in this container "
-            "(status needs --serve, --expiry-signal or --init, and the same user or root)"
+            "(status needs --serve, --expiry-signal, --init or --on-interruption, and the same user or root)"
         )
     moment = time.time() if now is None else now
+    healthy, parts = _credentials_parts(standing, moment)
+    parts += _watch_parts(standing, moment)
+    draining = isinstance(standing.get("draining"), str)
+    verdict = "ok" if healthy and not (ready and draining) else "unhealthy"
+    return (HEALTHY if verdict == "ok" else UNHEALTHY), printable(f"{verdict}: {', '.join(parts)}")
+
+
+def _credentials_parts(standing: dict[str, object], moment: float) -> tuple[bool, list[str]]:
+    """Whether the credentials the command relies on are valid, and the words that say so."""
     mode = standing.get("mode")
     expires_at = standing.get("expires_at")
     failures = standing.get("failures")
@@ -343,8 +354,7 @@ def report(standing: Answer, now: float | None = None) -> tuple[int, str]:
         parts.append(str(note or "no credentials"))
         if failures:  # --serve --optional, waiting for a first set
             parts.append(f"{failures} failures in a row, last error: {standing.get('last_error')}")
-        verdict = "ok" if healthy else "unhealthy"
-        return (HEALTHY if healthy else UNHEALTHY), printable(f"{verdict}: {', '.join(parts)}")
+        return healthy, parts
     parts.append(f"role {standing.get('role')}")
     parts.append(f"key {standing.get('key')}")
     left = expires_at - moment
@@ -357,16 +367,47 @@ def report(standing: Answer, now: float | None = None) -> tuple[int, str]:
     parts.append(f"{failures} failures in a row")
     if standing.get("last_error") and failures:
         parts.append(f"last error: {standing.get('last_error')}")
-    healthy = left > 0
-    return (HEALTHY if healthy else UNHEALTHY), printable(
-        f"{'ok' if healthy else 'unhealthy'}: {', '.join(parts)}"
+    return left > 0, parts
+
+
+def _watch_parts(standing: dict[str, object], moment: float) -> list[str]:
+    """--on-interruption's words: what is being drained for, what else was announced, scheduled
+    maintenance, and a watch that IMDS does not answer."""
+    parts = []
+    draining, ends_at, sent_at = (
+        standing.get("draining"),
+        standing.get("ends_at"),
+        standing.get("signal_sent_at"),
     )
+    if isinstance(draining, str):
+        text = f"draining: {draining}"
+        if isinstance(ends_at, (int, float)):
+            left = ends_at - moment
+            text += f" at {_rfc3339(ends_at)} ({'in ' + format_duration(left) if left > 0 else 'past'})"
+        signal = standing.get("watch_signal")
+        if isinstance(sent_at, (int, float)):
+            text += f", {signal} sent at {_rfc3339(sent_at)}"
+        else:
+            text += f", {signal} not sent yet (drain delay)"
+        parts.append(text)
+    for key, label in (("notices", "announced"), ("maintenance", "maintenance")):
+        items = standing.get(key)
+        if isinstance(items, list):
+            shown = [item for item in items[:20] if isinstance(item, str)]
+            parts += [
+                f"{label}: {item}" for item in shown if not (draining and item.startswith(str(draining)))
+            ]
+    failures = standing.get("watch_failures")
+    if isinstance(failures, int) and failures:
+        parts.append(f"interruption watch: {failures} checks in a row unanswered")
+    return parts
 
 
 def _rfc3339(moment: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
 
 
-def status(pid: int | None = None) -> tuple[int, str]:
-    """The ``status`` verb: (exit status, the line to print); ``pid`` names one supervisor."""
-    return report(ask() if pid is None else _ask_one(pid, believe_any_user=True))
+def status(pid: int | None = None, ready: bool = False) -> tuple[int, str]:
+    """The ``status`` verb: (exit status, the line to print); ``pid`` names one supervisor;
+    ``ready``: ``status --ready`` (see :func:`report`)."""
+    return report(ask() if pid is None else _ask_one(pid, believe_any_user=True), ready=ready)

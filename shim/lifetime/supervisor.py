@@ -89,8 +89,12 @@ class Supervisor:
         self.command_pid: int | None = None
         self.command_status: int | None = None
 
-    def watch(self, descriptor: int, handler: Handler) -> None:
-        self.selector.register(descriptor, selectors.EVENT_READ, handler)
+    def watch(self, descriptor: int, handler: Handler, writable: bool = False) -> None:
+        """Call ``handler`` when ``descriptor`` is readable (``writable``: when it is writable,
+        as a socket whose connection has been made)."""
+        self.selector.register(
+            descriptor, selectors.EVENT_WRITE if writable else selectors.EVENT_READ, handler
+        )
 
     def unwatch(self, descriptor: int) -> None:
         self.selector.unregister(descriptor)

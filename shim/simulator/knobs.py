@@ -16,11 +16,31 @@ if TYPE_CHECKING:
     from shim.command_line.values import Parser, Value
 
 CREDENTIALS_FAULTS = ("malformed", "oversized", "redirect", "error-code", "missing-token")
+SPOT_ACTIONS = ("terminate", "stop", "hibernate")
+EVENT_CODES = (
+    "instance-stop",
+    "instance-retirement",
+    "instance-reboot",
+    "system-reboot",
+    "system-maintenance",
+)
 
 
 def _fault(value: str, what: str) -> str:
     if value not in CREDENTIALS_FAULTS:
         raise UsageError(f"{what}: expected one of {', '.join(CREDENTIALS_FAULTS)}, got {shown(value)}")
+    return value
+
+
+def _spot_action(value: str, what: str) -> str:
+    if value not in SPOT_ACTIONS:
+        raise UsageError(f"{what}: expected one of {', '.join(SPOT_ACTIONS)}, got {shown(value)}")
+    return value
+
+
+def _event_code(value: str, what: str) -> str:
+    if value not in EVENT_CODES:
+        raise UsageError(f"{what}: expected one of {', '.join(EVENT_CODES)}, got {shown(value)}")
     return value
 
 
@@ -140,6 +160,46 @@ SIMULATOR_OPTIONS: tuple[Option, ...] = (
         0,
         "N",
     ),
+    _sim(
+        "spot_interruption_in",
+        "--spot-interruption-in",
+        "a Spot interruption notice appears this many seconds after the start, for 2 minutes later",
+        _period,
+        None,
+        "SECONDS",
+    ),
+    _sim(
+        "spot_action",
+        "--spot-action",
+        "the notice's action: " + ", ".join(SPOT_ACTIONS),
+        _spot_action,
+        SPOT_ACTIONS[0],
+        "ACTION",
+    ),
+    _sim(
+        "rebalance_in",
+        "--rebalance-in",
+        "a rebalance recommendation appears this many seconds after the start",
+        _period,
+        None,
+        "SECONDS",
+    ),
+    _sim(
+        "asg_terminate_in",
+        "--asg-terminate-in",
+        "in an Auto Scaling group (InService), whose target state turns Terminated after SECONDS",
+        _period,
+        None,
+        "SECONDS",
+    ),
+    _sim(
+        "scheduled_event",
+        "--scheduled-event",
+        "one scheduled maintenance event (" + ", ".join(EVENT_CODES) + "), three days ahead",
+        _event_code,
+        None,
+        "CODE",
+    ),
 )
 
 
@@ -170,6 +230,11 @@ class Knobs:
     account_in_credentials: bool
     credentials_fault: str | None
     fault_times: int
+    spot_interruption_in: float | None
+    spot_action: str
+    rebalance_in: float | None
+    asg_terminate_in: float | None
+    scheduled_event: str | None
 
     def __init__(self, **given: Value) -> None:
         unknown = set(given) - {option.dest for option in SIMULATOR_OPTIONS}

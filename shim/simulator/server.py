@@ -32,8 +32,12 @@ from shim.errors import UsageError
 from shim.execute import command_error, locate
 from shim.imds.protocol import (
     IDENTITY_DOCUMENT_PATH,
+    LIFECYCLE_STATE_PATH,
+    REBALANCE_PATH,
     REGION_PATH,
     ROLE_PATH,
+    SCHEDULED_EVENTS_PATH,
+    SPOT_ACTION_PATH,
     TOKEN_HEADER,
     TOKEN_PATH,
     TOKEN_TTL_HEADER,
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
     from shim.command_line.values import Value
 
 INSTANCE_ID = "i-0123456789abcdef0"
+SPOT_WARNING = 120  # seconds between a Spot notice and its action, as EC2 gives
 REDIRECT_TARGET = "/latest/meta-data/redirected"  # a client that follows redirects asks for it
 
 
@@ -151,6 +156,9 @@ class Handler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         state = self.server.state
         settings = state.settings
+        if state.closing.is_set():  # stopped: a kept-alive connection gets no more answers
+            self.close_connection = True
+            return
         # On arrival, before any --latency: `simulate -v` shows what reached "IMDS" and when.
         log.info(f"request: {method} {self.path}")
         length = int(self.headers.get("Content-Length") or 0)
@@ -221,6 +229,22 @@ class Handler(BaseHTTPRequestHandler):
             return 200, settings.region.encode(), {}
         if path == "/latest/meta-data/instance-id":
             return 200, INSTANCE_ID.encode(), {}
+        return self._instance_end(path, state)
+
+    def _instance_end(self, path: str, state: State) -> tuple[int, bytes, dict[str, str]]:
+        """The announcements of the instance's end, in IMDS's shapes, from their moments on."""
+        settings, since = state.settings, time.time() - state.started
+        spot, rebalance = settings.spot_interruption_in, settings.rebalance_in
+        if path == SPOT_ACTION_PATH and spot is not None and since >= spot:
+            moment = datetime.fromtimestamp(int(state.started + spot + SPOT_WARNING), timezone.utc)
+            return 200, json.dumps({"action": settings.spot_action, "time": _rfc3339(moment)}).encode(), {}
+        if path == REBALANCE_PATH and rebalance is not None and since >= rebalance:
+            moment = datetime.fromtimestamp(int(state.started + rebalance), timezone.utc)
+            return 200, json.dumps({"noticeTime": _rfc3339(moment)}).encode(), {}
+        if path == LIFECYCLE_STATE_PATH and settings.asg_terminate_in is not None:
+            return 200, b"Terminated" if since >= settings.asg_terminate_in else b"InService", {}
+        if path == SCHEDULED_EVENTS_PATH:
+            return 200, json.dumps(_scheduled_events(state)).encode(), {}
         return 404, b"Not Found\n", {}
 
     def _credentials(self, state: State) -> tuple[int, bytes, dict[str, str]]:
@@ -295,6 +319,28 @@ def _identity_document(settings: Knobs) -> dict[str, object]:
         "region": settings.region,
         "version": "2017-09-30",
     }
+
+
+def _scheduled_events(state: State) -> list[dict[str, str]]:
+    if state.settings.scheduled_event is None:
+        return []
+    start = datetime.fromtimestamp(int(state.started) + 3 * 86400, timezone.utc)
+    end = datetime.fromtimestamp(int(state.started) + 3 * 86400 + 7200, timezone.utc)
+    return [
+        {
+            "Code": state.settings.scheduled_event,
+            "Description": "simulated maintenance",
+            "EventId": "instance-event-0123456789abcdef0",
+            "NotBefore": _event_time(start),
+            "NotAfter": _event_time(end),
+            "State": "active",
+        }
+    ]
+
+
+def _event_time(moment: datetime) -> str:
+    """Scheduled events' own form: ``7 Dec 2026 16:27:36 GMT``."""
+    return f"{moment.day} {moment.strftime('%b %Y %H:%M:%S')} GMT"
 
 
 def _rfc3339(moment: datetime) -> str:
