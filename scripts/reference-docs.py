@@ -9,6 +9,7 @@ statuses from ``MEANINGS``), so none can drift: ``make docs`` writes them, and
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -204,7 +205,7 @@ def modes_table() -> list[str]:
     rows = text[text.index("| Mode |") :].splitlines()
     rows = rows[: next(i for i, line in enumerate(rows) if not line.startswith("|"))]
     shortened = ["|".join(row.split("|")[:-2]) + "|" for row in rows]
-    relinked = (row.replace("](sdks.md)", "](docs/sdks.md)") for row in shortened)
+    relinked = (re.sub(r"\]\((?!\.\./|https?:)([\w.-]+\.md)", r"](docs/\1", row) for row in shortened)
     return [row.replace("](../README.md", "](README.md") for row in relinked]
 
 

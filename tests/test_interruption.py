@@ -8,6 +8,7 @@ reports against the moment the server first answered the notice.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -71,6 +72,26 @@ def test_a_spot_notice_is_told_once_within_a_period_and_a_second(
     assert stdout.count("got SIGTERM") == 1
     assert "the instance's end is announced: spot terminate at " in stderr
     assert "sent SIGTERM to the command (spot terminate), 1m" in stderr
+
+
+def test_the_story_in_json_log_lines(
+    simulator: Callable[..., Simulator], running: Callable[..., Running]
+) -> None:
+    """--log-format json: the announcement and the signal are each one object at warning level,
+    with the facts as fields (the event, the signal, the seconds it leaves)."""
+    sim = simulator(spot_interruption_in=0)
+    shim = running(
+        ["--log-format", "json", *WATCH, "--", *FINISHER], AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url
+    )
+    shim.wait_for(lambda line: line.startswith("got SIGTERM"), stream="stdout")
+    returncode, _, stderr = shim.finish()
+    assert returncode == 7
+    records = [json.loads(line) for line in stderr.splitlines()]
+    announced = [r for r in records if "the instance's end is announced" in r["message"]]
+    sent = [r for r in records if r["message"].startswith("--on-interruption: sent SIGTERM")]
+    assert [(r["level"], r["event"], r["signal"]) for r in announced] == [("warning", "spot", 15)]
+    assert [(r["level"], r["signal"]) for r in sent] == [("warning", 15)]
+    assert 100 < sent[0]["left"] <= 120
 
 
 def test_the_signal_goes_once_and_the_watch_then_rests(
@@ -204,7 +225,7 @@ def test_imds_gone_then_back_warns_once_and_recovers(
     shim.wait_for(lambda line: line == "ready\n", stream="stdout")
     wait_until(lambda: requests_to(first, SPOT_ACTION_PATH) >= 1)
     first.stop()
-    shim.wait_for(lambda line: "--on-interruption: IMDS is out of reach" in line and "still watching" in line)
+    shim.wait_for(lambda line: "--on-interruption: IMDS " in line and "still watching" in line)
     wait_until(lambda: "checks in a row unanswered" in status_of(shim).stdout, timeout=10)
     second = simulator(port=port, spot_interruption_in=0)
     shim.wait_for(lambda line: "IMDS answers again, after " in line)

@@ -39,6 +39,13 @@ SCENARIOS: list[tuple[str, dict[str, Any], list[str], dict[str, str]]] = [
     ("doctor", {}, ["doctor"], {}),
     ("doctor json", {"token_hang": True}, ["doctor", "--format", "json"], {}),
     ("command not found", {}, ["--", "no-such-command-xyz"], {}),
+    (
+        "interruption watch",
+        {"spot_interruption_in": 0, "rebalance_in": 0, "imds_v2_required": True},
+        ["--on-interruption", "TERM", "--interruption-poll", "1", "--", "sleep", "3"],
+        {},
+    ),
+    ("doctor, instance end", {"spot_interruption_in": 0, "scheduled_event": "system-reboot"}, ["doctor"], {}),
 ]
 PRINTS_CREDENTIALS = {"export", "export json", "credential-process"}
 

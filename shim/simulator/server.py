@@ -87,6 +87,7 @@ class State:
     bucket_time: float = field(default_factory=time.monotonic)
     credentials_answers: int = 0
     token_puts: int = 0
+    connections: int = 0  # accepted: what a client's keep-alive saves shows here
     closing: threading.Event = field(default_factory=threading.Event)
 
     def rotation_period(self) -> float:

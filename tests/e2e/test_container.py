@@ -886,3 +886,84 @@ def test_the_kubernetes_pod_runs_as_the_kubelet_would_run_it(engine: Engine, imd
                 assert "node" in engine("logs", name).stderr  # the warning: the pod gets the node's role
         finally:
             engine("rm", "--force", name, check=False)
+
+
+FINISHES_ON_TERM = (
+    'trap "echo finishing; sleep 0.5; echo finished; exit 42" TERM; echo ready; while :; do sleep 0.1; done'
+)
+
+
+def test_a_spot_notice_reaches_the_app_which_finishes_and_exits(
+    engine: Engine, image: str, imds: StartImds
+) -> None:
+    """IMDS_SHIM_ON_INTERRUPTION=SIGTERM in the image's environment, a Spot notice 3 s in: the app
+    inside gets SIGTERM, finishes its work, and the container exits with the app's status (42)
+    long before the notice's time (two minutes on)."""
+    imds("--hop-limit", "2", "--spot-interruption-in", "3")
+    name = f"imds-shim-spot-{os.getpid()}"
+    started = time.monotonic()
+    engine(
+        "run",
+        "-d",
+        "--name",
+        name,
+        *engine.network(ON_EC2),
+        "-e",
+        "IMDS_SHIM_ON_INTERRUPTION=SIGTERM",
+        "-e",
+        "IMDS_SHIM_INTERRUPTION_POLL=1",
+        image,
+        "sh",
+        "-c",
+        FINISHES_ON_TERM,
+    )
+    try:
+        waited = engine("wait", name, timeout=60)
+        took = time.monotonic() - started
+        record(f"{label(engine, image)}: Spot notice at 3 s -> the app's own exit", took)
+        assert waited.stdout.strip() == "42", engine("logs", name).stderr
+        logs = engine("logs", name)
+        assert "finishing\nfinished\n" in logs.stdout
+        assert "the instance's end is announced: spot terminate at " in logs.stderr
+        assert took < 3 + 1 + 1 + 10  # the notice, a period, a second, a container's start
+    finally:
+        engine("rm", "--force", name, check=False)
+
+
+@pytest.mark.parametrize("engine", ["docker"], indirect=True)
+def test_under_compose_the_service_turns_unhealthy_while_draining(
+    engine: Engine, imds: StartImds, tmp_path: Path
+) -> None:
+    """Docker Compose, a healthcheck on `imds-shim status --ready`: healthy, then unhealthy once a
+    Spot notice has come (draining, 6 s), then the app gets SIGTERM and the container exits 42."""
+    if COMPOSE is None:
+        pytest.fail("docker-compose is not installed (Debian package docker-compose)")
+    imds("--hop-limit", "2", "--spot-interruption-in", "12")
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n  app:\n    image: my-app\n"
+        f"    command: {json.dumps(['sh', '-c', FINISHES_ON_TERM])}\n"
+        "    environment:\n      IMDS_SHIM_ON_INTERRUPTION: SIGTERM\n"
+        '      IMDS_SHIM_INTERRUPTION_POLL: "1"\n      IMDS_SHIM_DRAIN_DELAY: "6"\n'
+        '    healthcheck:\n      test: ["CMD", "imds-shim", "status", "--ready"]\n'
+        "      interval: 1s\n      retries: 1\n      start_period: 0s\n"
+    )
+    _as_my_app(engine)
+    env = dict(engine.env, COMPOSE_PROJECT_NAME=f"imshdrain{os.getpid()}")
+
+    def compose(*words: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [COMPOSE, *words], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    try:
+        started = compose("up", "-d")
+        assert started.returncode == 0, started.stderr
+        container = compose("ps", "-q", "app").stdout.strip()
+        _wait_for_health(engine, container, "healthy", 12)
+        _wait_for_health(engine, container, "unhealthy", 20)
+        assert "draining for 6s" in engine("logs", container).stderr
+        waited = engine("wait", container, timeout=60)
+        assert waited.stdout.strip() == "42"
+        assert "finished" in engine("logs", container).stdout
+    finally:
+        compose("down", "--timeout", "5")
