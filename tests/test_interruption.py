@@ -335,3 +335,31 @@ def test_doctor_shows_what_is_announced(simulator: Callable[..., Simulator]) -> 
     assert "--on-interruption SIGINT acts on spot, asg" in end
     maintenance = next(line for line in completed.stdout.splitlines() if "maintenance" in line)
     assert "system-reboot (active) from " in maintenance
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--interruption-events", "spot,meteor"], "--interruption-events: expected a comma-separated list"),
+        (["--interruption-events", ","], "--interruption-events: expected a comma-separated list"),
+        (["--interruption-poll", "0.1"], "--interruption-poll: expected a number from 0.5 to 3600"),
+        (["--drain-delay", "-1"], "--drain-delay: expected a number from 0 to 3600"),
+        (["--on-interruption", "STOP"], "--on-interruption: 'STOP' does not end a process"),
+    ],
+    ids=["unknown event", "no event", "poll too short", "negative drain", "a signal that ends nothing"],
+)
+def test_bad_watch_options_are_one_line_and_125(args: list[str], said: str) -> None:
+    """Each of the watch's options refuses a bad value in one line on stderr, exit 125, nothing run."""
+    completed = subprocess.run(
+        [SHIM, "--on-interruption", "TERM", *args, "--", "true"],
+        env={
+            "PATH": os.environ["PATH"],
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{closed_port()}",
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert completed.returncode == 125
+    assert completed.stderr.count("\n") == 1, completed.stderr
+    assert said in completed.stderr
