@@ -67,6 +67,7 @@ COLLECT_DELAY = 0.05
 MAX_HEAD_BYTES = 8 * 1024
 # Scheduled maintenance comes days ahead: asked for at the first poll and then every so many.
 MAINTENANCE_EVERY = 60
+MAINTENANCE_SHOWN = 5
 WATCHED = {SPOT_ACTION_PATH: "spot", LIFECYCLE_STATE_PATH: "asg", REBALANCE_PATH: "rebalance"}
 REFUSED_TOKEN = (403, 404, 405)  # IMDS (or a proxy before it) will not do IMDSv2: IMDSv1, as the fetch
 
@@ -364,6 +365,8 @@ class InterruptionWatch(Service):
             events = parse_scheduled_events(body)
         except Exception:  # a Transient: not a list; asked for again at the next round
             return
+        if len(events) > MAINTENANCE_SHOWN:  # status's answer has a size limit of its own
+            events = [*events[:MAINTENANCE_SHOWN], f"and {len(events) - MAINTENANCE_SHOWN} more"]
         if events != self.standing.maintenance:
             for event in events:
                 log.info(f"--on-interruption: scheduled maintenance: {event} (shown, never acted on)")
