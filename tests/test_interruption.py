@@ -299,6 +299,7 @@ def test_an_unknown_auto_scaling_state_is_not_acted_on(
     shim = running([*WATCH, "--", *ECHOER, "SIGTERM"], AWS_EC2_METADATA_SERVICE_ENDPOINT=imds.url)
     shim.wait_for(lambda line: line.startswith("ready "), stream="stdout")
     said = shim.wait_for(lambda line: "an unknown Auto Scaling state" in line)
+    assert "not acted on (it announces no end)" in said
     assert "\x1b" not in said
     wait_until(lambda: imds.paths.count(LIFECYCLE_STATE_PATH) >= 3)
     returncode, stdout, _ = shim.finish()
@@ -363,3 +364,25 @@ def test_bad_watch_options_are_one_line_and_125(args: list[str], said: str) -> N
     assert completed.returncode == 125
     assert completed.stderr.count("\n") == 1, completed.stderr
     assert said in completed.stderr
+
+
+@pytest.mark.parametrize(
+    ("mode", "shown"),
+    [
+        (["--serve"], "--serve"),
+        (["--expiry-signal", "USR1"], "--expiry-signal"),
+        (["--refresh"], "--init --refresh"),
+    ],
+    ids=["serve", "expiry-signal", "refresh"],
+)
+def test_the_watch_works_in_every_mode(
+    simulator: Callable[..., Simulator], running: Callable[..., Running], mode: list[str], shown: str
+) -> None:
+    """The watch is a service any mode takes: beside --serve and --expiry-signal, and with
+    --refresh, which then supervises as under --init."""
+    sim = simulator(spot_interruption_in=2)  # after status has answered
+    shim = running([*mode, *WATCH, "--", *FINISHER], AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url)
+    shim.wait_for(lambda line: line == "ready\n", stream="stdout")
+    assert status_of(shim).stdout.startswith(f"imds-shim status: ok: mode {shown}, ")
+    shim.wait_for(lambda line: line.startswith("got SIGTERM"), stream="stdout")
+    assert shim.finish()[0] == 7

@@ -381,11 +381,12 @@ class InterruptionWatch(Service):
             self.said[notice.kind] = stable
             self.standing.notices = [*self.said.values()]
             if not acted:
-                log.warning(
-                    f"--on-interruption: {text}; not acted on (--interruption-events "
-                    f"{','.join(self.config.interruption_events)})",
-                    event=notice.kind,
+                why = (
+                    f"--interruption-events {','.join(self.config.interruption_events)}"
+                    if notice.ends
+                    else "it announces no end"
                 )
+                log.warning(f"--on-interruption: {text}; not acted on ({why})", event=notice.kind)
         if not acted or self.standing.draining is not None:
             return
         self.standing.draining = notice.what
