@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from helpers import SHIM, Running, closed_port
+from helpers import SHIM, Running, budget, closed_port
 from scripted_imds import Reply, ScriptedImds
 
 from shim.imds.protocol import LIFECYCLE_STATE_PATH, REBALANCE_PATH, SPOT_ACTION_PATH, TOKEN_PATH
@@ -123,7 +123,6 @@ def test_a_drain_delay_shows_in_status_and_fails_status_ready(
     sim = simulator(spot_interruption_in=0)
     shim = running([*WATCH, "--drain-delay", "3", "--", *FINISHER], AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url)
     shim.wait_for(lambda line: "draining for 3s, then sending SIGTERM" in line)
-    announced = time.monotonic()
     live, ready = status_of(shim), status_of(shim, "--ready")
     assert live.returncode == 0, live.stdout
     assert "draining: spot terminate at " in live.stdout
@@ -131,7 +130,7 @@ def test_a_drain_delay_shows_in_status_and_fails_status_ready(
     assert ready.returncode == 1, ready.stdout
     assert ready.stdout.startswith("imds-shim status: unhealthy: mode --init, ")
     got = float(shim.wait_for(lambda line: line.startswith("got SIGTERM"), stream="stdout").split()[2])
-    assert got - announced >= 3.0 - 0.1
+    assert got - first_answer(sim, SPOT_ACTION_PATH) >= 3.0  # the announcement came after that answer
     assert shim.finish()[0] == 7
 
 
@@ -245,7 +244,7 @@ def test_a_notice_already_there_at_the_start(
     started = time.monotonic()
     shim = running([*WATCH, "--", *FINISHER], AWS_EC2_METADATA_SERVICE_ENDPOINT=sim.url)
     got = float(shim.wait_for(lambda line: line.startswith("got SIGTERM"), stream="stdout").split()[2])
-    assert got - started <= PERIOD + 1.0 + 1.0  # plus the start itself
+    assert got - started <= budget(PERIOD + 1.0 + 1.0)  # plus the start itself, on this machine
     returncode, _, stderr = shim.finish()
     assert returncode == 7
     assert stderr.count("the instance's end is announced") == 1
