@@ -60,6 +60,7 @@ MAX_STANDING_BYTES = 4096
 
 
 PEER_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+TIMEVAL = struct.Struct("ll")  # struct timeval: seconds, microseconds
 
 
 def socket_name(pid: int, suffix: str = "") -> bytes:
@@ -302,24 +303,28 @@ def _ask_at(name: bytes, pid: int, budget: float, believe_any_user: bool) -> Ans
 
 
 def _connect(name: bytes, deadline: float) -> socket.socket | None:
-    """A connection to ``name``, waiting for a place in its queue until ``deadline`` (a unix
-    socket's connect fails at once with EAGAIN while the queue is full, instead of waiting)."""
-    pause = 0.005
-    while True:
-        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        client.setblocking(False)
-        try:
-            client.connect(name)
-            return client
-        except BlockingIOError:
-            client.close()
-            if time.monotonic() + pause > deadline:
-                return None
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
-        except OSError:
-            client.close()
-            return None
+    """A connection to ``name``, waiting for a place in its queue until ``deadline``.
+
+    The wait is the kernel's: a blocking connect with a send timeout (``SO_SNDTIMEO``, which a
+    unix socket's connect honours) sleeps among the listener's waiters and is woken at every
+    accept. One that slept between non-blocking tries lost each freed place to a flood of
+    connects from another user, and now and then its whole budget (1 health check of 20 in a CI run).
+    """
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return None
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    seconds = int(remaining)
+    client.setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDTIMEO, TIMEVAL.pack(seconds, int((remaining - seconds) * 1e6))
+    )
+    try:
+        client.connect(name)
+    except OSError:  # EAGAIN once the time is up (the queue stayed full), or nothing listens
+        client.close()
+        return None
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, TIMEVAL.pack(0, 0))
+    return client
 
 
 def report(standing: Answer, now: float | None = None, ready: bool = False) -> tuple[int, str]:
